@@ -1,0 +1,34 @@
+"""The one small error hierarchy. The CLI prints these without a traceback unless ``--debug``."""
+
+from __future__ import annotations
+
+
+class CurateError(Exception):
+    """Base class of every error curate raises on purpose."""
+
+
+class ConfigError(CurateError):
+    """A pipeline definition is wrong: unknown operator, bad parameter, missing file.
+
+    ``problems`` holds every problem found (each already names its YAML key and line), so a
+    user fixes them all in one go.
+    """
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(f"- {p}" for p in self.problems))
+
+
+class InputError(CurateError):
+    """Bad input data that cannot be skipped (or ``on_error: raise`` was asked for)."""
+
+
+class MissingDependencyError(CurateError):
+    """An operator needs an optional extra that is not installed."""
+
+    def __init__(self, operator: str, module: str, extra: str):
+        self.operator, self.module, self.extra = operator, module, extra
+        super().__init__(
+            f"operator '{operator}' needs the Python module '{module}', which is not installed; "
+            f"install it with: pip install 'curate[{extra}]'"
+        )

@@ -1,0 +1,224 @@
+"""Operator base classes: the whole contract an operator author needs.
+
+Three kinds, one shape (see ``docs`` in the README, "Adding an operator"):
+
+* :class:`Mapper` — ``map(batch) -> batch``: adds or rewrites columns (normalisation, scores).
+* :class:`Filter` — ``score(batch) -> batch`` adds evidence columns; ``rules()`` says when a row is
+  dropped. The base machinery (:mod:`curate.core.step`) splits kept/rejected rows, records the first
+  rule that fired with its score and threshold in the rejects sink, and counts everything.
+* :class:`GlobalStage` — needs the whole dataset: ``fit(ctx)`` reads the spilled output of the steps
+  before it (and may spill its own files under ``ctx.scratch_dir``), saves its state under
+  ``ctx.state_dir``; ``apply(batch)`` then runs per batch like a filter (it may declare ``rules()``).
+
+Parameters are a pydantic model named ``Params`` on the class (subclass :class:`OpParams`), so YAML,
+``curate ops`` and Python keyword arguments all validate the same way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+from curate.core.errors import MissingDependencyError
+
+#: internal row key (UInt64, unique and stable for a run: shard index << 40 | row in shard).
+UID = "__uid"
+
+
+class OpParams(BaseModel):
+    """Base of every operator's ``Params``: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+RuleOp = Literal["<", "<=", ">", ">=", "==", "!=", "is_true", "not_null"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A row is dropped when ``column <op> threshold`` holds (nulls never drop).
+
+    ``reason`` is what the rejects sink records (e.g. ``"min_doc_words"``); the score recorded is
+    the column's value, the threshold is ``threshold``. ``is_true`` drops rows whose boolean column is
+    true (threshold unused); ``not_null`` drops rows whose column is set (e.g. ``dup_of``).
+    """
+
+    reason: str
+    column: str
+    op: RuleOp
+    threshold: float | int | bool | str | None = None
+    #: record this column as the score instead of ``column`` (e.g. a selection decided by a flag)
+    score_column: str | None = None
+
+    def drops(self) -> pl.Expr:
+        c = pl.col(self.column)
+        t = self.threshold
+        expr = {
+            "<": lambda: c < t,
+            "<=": lambda: c <= t,
+            ">": lambda: c > t,
+            ">=": lambda: c >= t,
+            "==": lambda: c == t,
+            "!=": lambda: c != t,
+            "is_true": lambda: c.cast(pl.Boolean),
+            "not_null": lambda: c.is_not_null(),
+        }[self.op]()
+        if self.op in ("<", "<=", ">", ">="):  # NaN never drops (as Python comparisons with nan are False)
+            expr = expr & c.cast(pl.Float64, strict=False).is_not_nan()
+        return expr.fill_null(False)
+
+    def score_expr(self) -> pl.Expr:
+        """The number recorded as ``score`` in the rejects sink (booleans as 0/1, others null)."""
+        if self.score_column is not None:
+            return pl.col(self.score_column).cast(pl.Float64, strict=False)
+        c = pl.col(self.column)
+        if self.op in ("is_true",):
+            return c.cast(pl.Float64)
+        if self.op == "not_null":
+            return pl.lit(None, dtype=pl.Float64)
+        return c.cast(pl.Float64, strict=False)
+
+
+@dataclass
+class RunContext:
+    """What an operator sees of the run: its folders, the seed, workers and device."""
+
+    work_dir: Path
+    state_dir: Path
+    seed: int = 0
+    workers: int = 1
+    device: str = "cpu"
+    step_index: int = 0
+
+
+@dataclass
+class FitContext(RunContext):
+    """What a global stage's ``fit`` sees: the spilled shards of the steps before it, in shard order."""
+
+    shards: list[Path] = field(default_factory=list)
+    scratch_dir: Path = Path(".")
+    _reader: Callable[[Path, Sequence[str] | None], Iterator[pl.DataFrame]] | None = None
+
+    def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
+        """All rows of the previous segment, batch by batch, in stable shard order."""
+        for shard in self.shards:
+            yield from self.read_shard(shard, columns)
+
+    def read_shard(self, shard: Path, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
+        from curate.io.spill import read_spill
+
+        yield from (self._reader or read_spill)(shard, columns)
+
+    def map_shards(self, fn: Callable[[Path, Path], None], name: str, suffix: str = ".parquet") -> list[Path]:
+        """Run ``fn(shard_dir, out_path)`` over every shard, in parallel over ``workers`` processes.
+
+        ``fn`` must be a top-level (picklable) function that writes ``out_path``. Results already on disk
+        from an interrupted run are reused, so a stage's per-shard work resumes where it stopped.
+        Returns the output paths in shard order.
+        """
+        from curate.executors.pool import run_tasks
+
+        out_dir = self.scratch_dir / name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        outs = [out_dir / f"{shard.name}{suffix}" for shard in self.shards]
+        todo = [(fn, shard, out) for shard, out in zip(self.shards, outs) if not out.exists()]
+        run_tasks(_run_shard_fn, todo, workers=self.workers)
+        return outs
+
+
+def _run_shard_fn(fn: Callable[[Path, Path], None], shard: Path, out: Path) -> None:
+    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    fn(shard, tmp)
+    os.replace(tmp, out)
+
+
+class Operator:
+    """Base of all operators. Subclasses set ``Params`` and are registered with ``@register(name)``."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "map"
+    Params: ClassVar[type[OpParams]] = OpParams
+    #: importable module names this operator needs, and the pip extra that provides them.
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
+
+    def __init__(self, params: OpParams | None = None, /, **kwargs: Any):
+        if params is not None and kwargs:
+            raise TypeError("pass either a Params object or keyword arguments, not both")
+        self.params = params if params is not None else self.Params(**kwargs)
+        self.step_name = self.name or type(self).__name__
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        return f"{type(self).__name__}({args})"
+
+    @classmethod
+    def check_dependencies(cls) -> None:
+        """Raise :class:`MissingDependencyError` naming the extra if a needed module is absent."""
+        for module in cls.requires:
+            if importlib.util.find_spec(module) is None:
+                raise MissingDependencyError(cls.name or cls.__name__, module, cls.extra or "all")
+
+    def config(self) -> dict[str, Any]:
+        """The resolved parameters (defaults filled in), as YAML would write them."""
+        return self.params.model_dump(mode="json")
+
+    def setup(self, ctx: RunContext) -> None:  # noqa: B027 - optional hook
+        """Called once per worker before the first batch: load models, state, compile kernels."""
+
+    def process(self, batch: pl.DataFrame) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def rules(self) -> list[Rule]:
+        """When rows are dropped. Mappers have none."""
+        return []
+
+    def finish(self, kept: pl.DataFrame) -> pl.DataFrame:
+        """Runs on the kept rows after the rules: drop temporary columns, rewrite text."""
+        return kept
+
+
+class Mapper(Operator):
+    """Adds or rewrites columns; never drops rows."""
+
+    kind: ClassVar[str] = "map"
+
+    def map(self, batch: pl.DataFrame) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def process(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return self.map(batch)
+
+
+class Filter(Operator):
+    """Scores each row (``score``) and drops it when one of its ``rules()`` fires."""
+
+    kind: ClassVar[str] = "filter"
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def process(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return self.score(batch)
+
+
+class GlobalStage(Operator):
+    """Needs all the data: ``fit`` once over the spilled dataset, then ``apply`` per batch."""
+
+    kind: ClassVar[str] = "global"
+
+    def fit(self, ctx: FitContext) -> None:
+        raise NotImplementedError
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def process(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return self.apply(batch)

@@ -1,0 +1,95 @@
+"""``Pipeline``: compose an input, operators and an output, in Python or from YAML, and run it."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from curate.core.config import ExecutorSpec, load_yaml, parse_config
+from curate.core.errors import ConfigError
+from curate.core.operator import Operator
+from curate.io.readers import InputSpec
+from curate.io.writers import OutputSpec, RejectsSpec
+
+
+class Pipeline:
+    """An input, a list of operators and an output.
+
+    >>> Pipeline(read("data/*.jsonl.gz"), GopherQuality(), C4Quality(), ExactDedup(),
+    ...          write("out/", format="parquet")).run(work_dir=".curate/run", workers=2)
+    """
+
+    def __init__(self, *parts: InputSpec | Operator | OutputSpec | RejectsSpec, work_dir: str | None = None,
+                 executor: ExecutorSpec | None = None, seed: int = 0):
+        self.input: InputSpec | None = None
+        self.output: OutputSpec | None = None
+        self.rejects: RejectsSpec | None = None
+        self.steps: list[Operator] = []
+        for p in parts:
+            if isinstance(p, InputSpec):
+                self.input = p
+            elif isinstance(p, OutputSpec):
+                self.output = p
+            elif isinstance(p, RejectsSpec):
+                self.rejects = p
+            elif isinstance(p, Operator):
+                self.steps.append(p)
+            else:
+                raise TypeError(f"Pipeline parts are read(...), operators and write(...); got {p!r}")
+        if self.input is None or self.output is None:
+            raise ConfigError("a pipeline needs an input (read(...)) and an output (write(...))")
+        for op in self.steps:
+            op.check_dependencies()
+        seen: Counter[str] = Counter()
+        for op in self.steps:
+            seen[op.name] += 1
+            op.step_name = op.name if seen[op.name] == 1 else f"{op.name}#{seen[op.name]}"
+        self.work_dir = work_dir or ".curate/run"
+        self.executor = executor or ExecutorSpec()
+        self.seed = seed
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Pipeline:
+        """Load and validate ``pipeline.yaml``; every problem is reported at once with its line."""
+        data, lines = load_yaml(path)
+        cfg, ops = parse_config(data, lines, source=str(path))
+        return cls(cfg.input, *ops, cfg.output, *([cfg.rejects] if cfg.rejects else []),
+                   work_dir=cfg.work_dir, executor=cfg.executor, seed=cfg.seed)
+
+    def to_config(self) -> dict[str, Any]:
+        """The resolved configuration, every default filled in (written to ``work_dir/pipeline.yaml``)."""
+        assert self.input is not None and self.output is not None
+        return {
+            "input": self.input.model_dump(mode="json"),
+            "steps": [{op.name: op.config()} for op in self.steps],
+            "output": self.output.model_dump(mode="json"),
+            "rejects": self.rejects_spec().model_dump(mode="json"),
+            "work_dir": self.work_dir,
+            "executor": self.executor.model_dump(mode="json"),
+            "seed": self.seed,
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_config(), sort_keys=False)
+
+    def rejects_spec(self) -> RejectsSpec:
+        return self.rejects or RejectsSpec(path=os.path.join(self.work_dir, "rejects"))
+
+    def run(self, work_dir: str | None = None, workers: int | None = None, progress: bool = True,
+            executor: str | None = None):
+        """Run to completion (resuming finished shards and stages); returns the :class:`RunResult`."""
+        if work_dir is not None:
+            self.work_dir = work_dir
+        kind = executor or self.executor.type
+        n = workers or self.executor.workers or os.cpu_count() or 1
+        if kind == "ray":
+            from curate.executors.ray import RayExecutor
+
+            return RayExecutor(self, address=self.executor.address).run(progress=progress)
+        from curate.executors.local import LocalExecutor
+
+        return LocalExecutor(self, workers=n).run(progress=progress)

@@ -1,0 +1,224 @@
+"""The run loop shared by executors: plan segments, run shard tasks, fit global stages, resume, report.
+
+Executors differ only in how they run a list of :class:`ShardTask` (``_run_tasks``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from curate.core.operator import FitContext, GlobalStage, RunContext
+from curate.core.plan import Segment, plan_segments
+from curate.core.runner import ShardTask, read_marker, write_json_atomic
+from curate.core.stats import StepStats, merge_stats
+
+if TYPE_CHECKING:
+    from curate.core.pipeline import Pipeline
+
+log = logging.getLogger("curate")
+
+
+@dataclass
+class RunResult:
+    work_dir: Path
+    output: Path
+    steps: list[StepStats] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed_shards: int = 0
+
+    @property
+    def docs_in(self) -> int:
+        return self.steps[0].docs_in if self.steps else 0
+
+    @property
+    def docs_out(self) -> int:
+        return self.steps[-1].docs_out if self.steps else 0
+
+    def table(self):
+        from rich.table import Table
+
+        t = Table(title=f"curate run - {self.seconds:.1f}s, {self.docs_in:,} docs in, {self.docs_out:,} out")
+        for col in ("step", "docs in", "docs out", "kept %", "MB in", "MB out", "seconds", "top drop reasons"):
+            t.add_column(col, justify="left" if col in ("step", "top drop reasons") else "right")
+        for s in self.steps:
+            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(s.dropped.items(), key=lambda kv: -kv[1])[:3])
+            kept = 100.0 * s.docs_out / s.docs_in if s.docs_in else 100.0
+            t.add_row(s.step, f"{s.docs_in:,}", f"{s.docs_out:,}", f"{kept:.1f}", f"{s.bytes_in / 1e6:.1f}",
+                      f"{s.bytes_out / 1e6:.1f}", f"{s.seconds:.2f}", reasons)
+        return t
+
+
+def detect_device(steps) -> str:
+    """'cuda' when an operator needs torch and CUDA is present; torch is imported only then."""
+    if not any("torch" in op.requires for op in steps):
+        return "cpu"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+class Executor:
+    def __init__(self, pipeline: Pipeline, workers: int = 1):
+        self.p = pipeline
+        self.workers = workers
+        self.work = Path(pipeline.work_dir)
+
+    # -- executor-specific ---------------------------------------------------------------------
+    def _run_tasks(self, tasks: list[ShardTask], progress: Callable[[int], None]) -> None:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
+    def _manifest(self, started: str) -> dict:
+        import importlib.metadata as md
+
+        versions = {}
+        for pkg in ("curate", "polars", "pyarrow", "numpy", "pydantic"):
+            try:
+                versions[pkg] = md.version(pkg)
+            except md.PackageNotFoundError:
+                versions[pkg] = None
+        return {"started": started, "host": platform.node(), "python": platform.python_version(),
+                "versions": versions, "seed": self.p.seed, "workers": self.workers}
+
+    def run(self, progress: bool = True) -> RunResult:
+        p = self.p
+        assert p.input is not None and p.output is not None
+        t0 = time.perf_counter()
+        started = datetime.now(timezone.utc).isoformat()
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / "pipeline.yaml").write_text(p.to_yaml())
+        shards = p.input.shards()
+        rejects = p.rejects_spec()
+        device = detect_device(p.steps)
+        segments = plan_segments(p.input, p.steps, p.output, p.seed)
+        per_shard_stats: list[list[StepStats]] = []
+        stage_fit_seconds: dict[str, float] = {}
+        resumed = 0
+        bar = _Progress(enabled=progress)
+        with bar:
+            for seg in segments:
+                if seg.stage is not None:
+                    stage_fit_seconds[seg.stage.step_name] = self._fit(seg, shards, device, bar)
+                tasks, done_stats = self._tasks(seg, shards, rejects, device)
+                resumed += len(shards) - len(tasks)
+                bar.start(f"segment {seg.index}: " + (", ".join(o.step_name for o in seg.ops) or "read"),
+                          total=None)
+                self._run_tasks(tasks, bar.advance)
+                for t in tasks:
+                    st = read_marker(t.marker, t.fingerprint)
+                    assert st is not None, f"shard {t.shard.index} finished without a marker"
+                    done_stats.append(st)
+                per_shard_stats.extend(done_stats)
+        steps = merge_stats(per_shard_stats)
+        for s in steps:
+            s.seconds += stage_fit_seconds.get(s.step, 0.0)
+        result = RunResult(self.work, Path(p.output.path), steps, time.perf_counter() - t0, resumed)
+        write_json_atomic(self.work / "stats.json", {
+            "seconds": result.seconds, "docs_in": result.docs_in, "docs_out": result.docs_out,
+            "resumed_shards": resumed, "steps": [s.to_dict() for s in steps],
+            "fit_seconds": stage_fit_seconds})
+        manifest = self._manifest(started)
+        manifest["finished"] = datetime.now(timezone.utc).isoformat()
+        write_json_atomic(self.work / "manifest.json", manifest)
+        return result
+
+    def _tasks(self, seg: Segment, shards, rejects, device) -> tuple[list[ShardTask], list[list[StepStats]]]:
+        p = self.p
+        seg_dir = self.work / "segments" / f"{seg.index:03d}"
+        prev_dir = self.work / "segments" / f"{seg.index - 1:03d}"
+        ctxs = []
+        for op, step_i in zip(seg.ops, seg.step_indices):
+            state = self._stage_dir(seg) / "state" if op is seg.stage else self.work / "steps" / f"{step_i:03d}"
+            ctxs.append(RunContext(self.work, state, p.seed, self.workers, device, step_i))
+        tasks, done = [], []
+        for sh in shards:
+            marker = seg_dir / "_done" / f"{sh.name}.json"
+            st = read_marker(marker, seg.fingerprint)
+            if st is not None:
+                done.append(st)
+                continue
+            tasks.append(ShardTask(
+                segment=seg.index, shard=sh, ops=seg.ops, ctx=ctxs,
+                source=p.input if seg.index == 0 else prev_dir / sh.name,
+                spill_dir=None if seg.last else seg_dir, output=p.output if seg.last else None,
+                rejects=rejects, marker=marker, fingerprint=seg.fingerprint))
+        return tasks, done
+
+    def _stage_dir(self, seg: Segment) -> Path:
+        return self.work / "stages" / f"{seg.index:03d}"
+
+    def _fit(self, seg: Segment, shards, device: str, bar: _Progress) -> float:
+        stage = seg.stage
+        assert isinstance(stage, GlobalStage)
+        sdir = self._stage_dir(seg)
+        marker = sdir / "_done.json"
+        try:
+            if json.loads(marker.read_text()).get("fingerprint") == seg.stage_fingerprint:
+                return 0.0
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(sdir / "state", ignore_errors=True)
+        (sdir / "state").mkdir(parents=True, exist_ok=True)
+        scratch = sdir / "scratch"
+        scratch_fp = scratch / "_fingerprint"
+        if not scratch_fp.exists() or scratch_fp.read_text() != seg.stage_fingerprint:
+            shutil.rmtree(scratch, ignore_errors=True)  # per-shard fit work from another config is stale
+            scratch.mkdir(parents=True)
+            scratch_fp.write_text(seg.stage_fingerprint)
+        prev = self.work / "segments" / f"{seg.index - 1:03d}"
+        ctx = FitContext(self.work, sdir / "state", self.p.seed, self.workers, device, seg.step_indices[0],
+                         shards=[prev / sh.name for sh in shards], scratch_dir=scratch)
+        bar.start(f"fitting {stage.step_name}", total=None)
+        t0 = time.perf_counter()
+        stage.fit(ctx)
+        secs = time.perf_counter() - t0
+        write_json_atomic(marker, {"fingerprint": seg.stage_fingerprint, "seconds": secs})
+        return secs
+
+
+class _Progress:
+    """A rich progress bar counting documents (docs/s), or nothing when disabled."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._p = None
+        self._task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                       TimeElapsedColumn)
+
+            self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                               MofNCompleteColumn(), TextColumn("docs"),
+                               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), transient=False)
+            self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+    def start(self, desc: str, total: int | None) -> None:
+        if self._p is not None:
+            self._t0 = time.perf_counter()
+            self._done = 0
+            self._task = self._p.add_task(desc, total=total, rate="")
+
+    def advance(self, n: int) -> None:
+        if self._p is not None and self._task is not None:
+            self._done += n
+            rate = self._done / max(time.perf_counter() - self._t0, 1e-9)
+            self._p.update(self._task, advance=n, rate=f"{rate:,.0f} docs/s")

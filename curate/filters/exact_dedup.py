@@ -1,0 +1,61 @@
+"""Exact deduplication on normalised text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from pydantic import Field
+
+from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
+from curate.core.registry import register
+from curate.core.text import normalize_for_dedup
+
+_HASH_SEED = 0x5EED
+
+
+def _hash_expr(normalize: bool) -> pl.Expr:
+    text = normalize_for_dedup(pl.col("text")) if normalize else pl.col("text")
+    return text.hash(seed=_HASH_SEED)
+
+
+@register("exact_dedup")
+class ExactDedup(GlobalStage):
+    """Removes documents whose normalised text equals an earlier document's.
+
+    Normalisation (default on) lowercases, maps digits to 0, removes punctuation and collapses
+    whitespace, as DataTrove's ``ExactDedup``/``simplify_text`` does, so copies that differ only in case,
+    numbers or spacing collapse. The first document in input order (shard, then line) is kept, so the
+    result does not depend on the number of workers. Hash: polars' 64-bit hash of the normalised text
+    (collision chance ~N^2/2^65). Columns: ``dup_of`` (id of the kept copy, null for kept docs).
+    """
+
+    class Params(OpParams):
+        normalize: bool = Field(True, description="compare normalised text (case, digits, punctuation, spaces)")
+
+    def fit(self, ctx: FitContext) -> None:
+        frames = [b.select(pl.col(UID), pl.col("id"), _hash_expr(self.params.normalize).alias("h"))
+                  for b in ctx.iter_batches(columns=[UID, "id", "text"])]
+        if not frames:
+            pl.DataFrame({UID: [], "dup_of": []}, schema={UID: pl.UInt64, "dup_of": pl.String}).write_parquet(
+                ctx.state_dir / "dups.parquet")
+            return
+        allh = pl.concat(frames)
+        first = allh.group_by("h").agg(pl.col("id").sort_by(UID).first().alias("dup_of"),
+                                        pl.col(UID).min().alias("first_uid"))
+        dups = allh.join(first, on="h").filter(pl.col(UID) != pl.col("first_uid")).select(UID, "dup_of")
+        dups.sort(UID).write_parquet(ctx.state_dir / "dups.parquet")
+
+    def setup(self, ctx: RunContext) -> None:
+        self._dups = pl.read_parquet(Path(ctx.state_dir) / "dups.parquet")
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        if "dup_of" in batch.columns:
+            batch = batch.drop("dup_of")
+        return batch.join(self._dups, on=UID, how="left", maintain_order="left")
+
+    def rules(self) -> list[Rule]:
+        return [Rule("exact_duplicate", "dup_of", "not_null")]
+
+    def finish(self, kept: pl.DataFrame) -> pl.DataFrame:
+        return kept.drop("dup_of")

@@ -1,0 +1,125 @@
+"""The common score-then-select interface of every selector (perplexity ranks, Moore-Lewis, DSIR, LESS,
+Shapley, coresets).
+
+A selector computes one score per document over the whole dataset (``compute_scores``), then keeps
+documents by threshold, top-k, top fraction or a token budget; ties are broken by input order, so the
+selection is deterministic. Rejected documents are recorded with their score and the cut-off score.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import polars as pl
+from pydantic import Field, model_validator
+
+from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
+
+_SELECTED = "__selected"
+
+
+class SelectParams(OpParams):
+    """How many documents to keep. Set at most one of threshold, top_k, fraction, budget_tokens
+    (none: score only, keep everything)."""
+
+    threshold: float | None = Field(None, description="keep documents scoring at least this (at most, "
+                                    "when higher_is_better is false)")
+    top_k: int | None = Field(None, gt=0, description="keep the k best documents")
+    fraction: float | None = Field(None, gt=0, le=1, description="keep this fraction of the best documents")
+    budget_tokens: int | None = Field(None, gt=0, description="keep the best documents until their "
+                                      "whitespace-token count reaches this budget")
+    higher_is_better: bool | None = Field(None, description="score direction; default: the selector's own")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_mode(self):
+        modes = [m for m in ("threshold", "top_k", "fraction", "budget_tokens") if getattr(self, m) is not None]
+        if len(modes) > 1:
+            raise ValueError(f"set only one of threshold, top_k, fraction, budget_tokens (got {', '.join(modes)})")
+        return self
+
+
+def select(scores: pl.DataFrame, params: SelectParams, higher_is_better: bool) -> tuple[pl.Series, float | None]:
+    """Pick documents from ``scores`` (columns ``__uid``, ``score``, optional ``tokens``).
+
+    Returns a boolean Series aligned with ``scores`` and the cut-off score (None when nothing is cut).
+    Order: best score first, then input order (``__uid``) - deterministic.
+    """
+    n = scores.height
+    if n == 0:
+        return pl.Series(_SELECTED, [], dtype=pl.Boolean), None
+    s = pl.col("score").fill_nan(None)
+    ranked = scores.with_row_index("__pos").sort([s, pl.col(UID)], descending=[higher_is_better, False],
+                                                   nulls_last=True)
+    p = params
+    if p.threshold is not None:
+        sc = scores["score"].cast(pl.Float64).fill_nan(None)
+        keep = (sc >= p.threshold) if higher_is_better else (sc <= p.threshold)
+        return keep.fill_null(False).alias(_SELECTED), p.threshold
+    if p.top_k is not None or p.fraction is not None:
+        k = p.top_k if p.top_k is not None else int(round(p.fraction * n))
+        k = min(k, n)
+    elif p.budget_tokens is not None:
+        tokens = ranked["tokens"] if "tokens" in ranked.columns else ranked["score"].cast(pl.Int64) * 0 + 1
+        k = int((tokens.cum_sum() <= p.budget_tokens).sum())
+    else:
+        return pl.Series(_SELECTED, [True] * n), None
+    chosen = ranked["__pos"][:k]
+    keep = pl.Series(_SELECTED, [False] * n).scatter(chosen, True) if k else pl.Series(_SELECTED, [False] * n)
+    cutoff = float(ranked["score"][k - 1]) if 0 < k and ranked["score"][k - 1] is not None else None
+    return keep, cutoff
+
+
+class Selector(GlobalStage):
+    """Base of selectors: subclasses implement ``compute_scores`` and set ``score_column``.
+
+    ``compute_scores(ctx)`` returns a DataFrame with ``__uid`` and ``score`` (and optionally ``tokens``)
+    for every document of the dataset; the base class selects, stores the state, adds the score column
+    to every document and drops the unselected ones with reason ``not_selected``.
+    """
+
+    score_column: ClassVar[str] = "score"
+    higher_is_better: ClassVar[bool] = True
+
+    class Params(SelectParams):
+        pass
+
+    def compute_scores(self, ctx: FitContext) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def _direction(self) -> bool:
+        hib = getattr(self.params, "higher_is_better", None)
+        return self.higher_is_better if hib is None else hib
+
+    def fit(self, ctx: FitContext) -> None:
+        scores = self.compute_scores(ctx)
+        if "tokens" not in scores.columns and getattr(self.params, "budget_tokens", None) is not None:
+            tok = pl.concat([b.select(UID, pl.col("text").str.count_matches(r"\S+").alias("tokens"))
+                             for b in ctx.iter_batches(columns=[UID, "text"])])
+            scores = scores.join(tok, on=UID, how="left")
+        keep, cutoff = select(scores, self.params, self._direction())
+        state = scores.select(UID, pl.col("score").alias(self.score_column)).with_columns(keep)
+        state.write_parquet(ctx.state_dir / "selection.parquet")
+        (ctx.state_dir / "cutoff.txt").write_text("" if cutoff is None else repr(cutoff))
+
+    def setup(self, ctx: RunContext) -> None:
+        self._state = pl.read_parquet(Path(ctx.state_dir) / "selection.parquet")
+        raw = (Path(ctx.state_dir) / "cutoff.txt").read_text()
+        self._cutoff = float(raw) if raw else None
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        batch = batch.drop([c for c in (self.score_column,) if c in batch.columns])
+        return batch.join(self._state, on=UID, how="left", maintain_order="left").with_columns(
+            (~pl.col(_SELECTED).fill_null(True)).alias(_SELECTED))
+
+    def rules(self) -> list[Rule]:
+        # the column holds "not selected"; the recorded threshold is the cut-off score
+        return [Rule("not_selected", _SELECTED, "is_true", getattr(self, "_cutoff", None),
+                     score_column=self.score_column)]
+
+    def finish(self, kept: pl.DataFrame) -> pl.DataFrame:
+        return kept.drop(_SELECTED)
+
+
+Mode = Literal["threshold", "top_k", "fraction", "budget_tokens"]
