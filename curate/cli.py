@@ -10,7 +10,9 @@ import sys
 from curate.core.errors import CurateError
 
 #: modules that add subcommands: each has ``add_commands(subparsers)``; a missing module is skipped.
-_COMMAND_MODULES = ("curate.selectors.lm_cli", "curate.distill.cli", "curate.synth.cli")
+_COMMAND_MODULES = (
+    "curate.filters.cli", "curate.selectors.lm_cli", "curate.selectors.cli", "curate.distill.cli", "curate.synth.cli",
+)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
