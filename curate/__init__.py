@@ -1,7 +1,7 @@
 """curate: streaming data curation for LLM training sets, and a knowledge-distillation student trainer."""
 
 from curate.core.errors import ConfigError, CurateError, InputError, MissingDependencyError
-from curate.core.operator import FitContext, Filter, GlobalStage, Mapper, OpParams, Rule, RunContext
+from curate.core.operator import Filter, FitContext, GlobalStage, Mapper, OpParams, Rule, RunContext
 from curate.core.pipeline import Pipeline
 from curate.core.registry import all_operators, get_operator, register
 from curate.io.readers import read, read_jsonl, read_parquet, read_text

@@ -58,3 +58,60 @@ def strip_accents(text: pl.Expr) -> pl.Expr:
     return pl.when(text.str.contains(r"[^\x00-\x7f]")).then(
         text.map_elements(strip_accents_py, return_dtype=pl.String)
     ).otherwise(text)
+
+
+#: DataTrove ``simplify_text`` number pattern: a run of digits, optionally with one decimal/thousands
+#: separator, becomes a single "0" ("3.14" -> "0", "1,000" -> "0", "2024" -> "0").
+NUMBER = r"\p{Nd}+(?:[.,\u060c\u066b\u2396\u2397\u2398]\p{Nd}+)?"
+
+
+def simplify_text(text: pl.Expr) -> pl.Expr:
+    """DataTrove's ``simplify_text`` (``utils/text.py``, used by ``MinhashConfig``): lowercase, numbers to
+    "0", punctuation and symbols to a space, diacritics stripped (NFD, drop Mn), whitespace collapsed to
+    single spaces, trimmed. Words are then the single-space-separated tokens, so a word n-gram is a
+    contiguous substring of the result (what :mod:`curate.filters.minhash` hashes)."""
+    return (
+        strip_accents(text.str.to_lowercase())
+        .str.replace_all(NUMBER, "0")
+        .str.replace_all(r"[\p{P}\p{S}]", " ")
+        .str.replace_all(r"\s+", " ")
+        .str.strip_chars()
+    )
+
+
+def simplify_text_py(s: str) -> str:
+    """Reference (pure Python) of :func:`simplify_text` for tests and small inputs."""
+    return pl.select(simplify_text(pl.lit(s, dtype=pl.String))).item()
+
+
+#: CCNet's unicode punctuation map (``cc_net/text_normalizer.py::UNICODE_PUNCT``, facebookresearch/cc_net).
+CCNET_UNICODE_PUNCT: dict[str, str] = {
+    "\uff0c": ",", "\u3002": ".", "\u3001": ",", "\u201e": '"', "\u201d": '"', "\u201c": '"', "\u00ab": '"',
+    "\u00bb": '"', "\uff11": '"', "\u300d": '"', "\u300c": '"', "\u300a": '"', "\u300b": '"', "\u00b4": "'",
+    "\u2236": ":", "\uff1a": ":", "\uff1f": "?", "\uff01": "!", "\uff08": "(", "\uff09": ")", "\uff1b": ";",
+    "\u2013": "-", "\u2014": " - ", "\uff0e": ". ", "\uff5e": "~", "\u2019": "'", "\u2026": "...", "\u2501": "-",
+    "\u3008": "<", "\u3009": ">", "\u3010": "[", "\u3011": "]", "\uff05": "%", "\u25ba": "-",
+}
+#: codepoints 0-31 and 127-159, which CCNet's ``remove_non_printing_char`` deletes (this includes "\n", "\t").
+_NON_PRINTING = r"[\x00-\x1f\x7f-\x9f]"
+
+
+def ccnet_normalize(text: pl.Expr, accent: bool = True, case: bool = True, numbers: bool = True,
+                    punct: bool = True) -> pl.Expr:
+    """CCNet's text normalisation (``cc_net/text_normalizer.py::normalize`` with ``punct=1``) as one
+    polars expression: strip, lowercase, NFD + drop combining marks (Mn), every unicode digit to "0",
+    unicode punctuation mapped to ASCII (:data:`CCNET_UNICODE_PUNCT`), non-printing characters removed.
+
+    As in CCNet, the accent step leaves text NFD-decomposed (CCNet's early return never fires), and the
+    last step deletes newlines and tabs, so normalise line by line when line structure matters.
+    """
+    out = text.str.strip_chars()
+    if case:
+        out = out.str.to_lowercase()
+    if accent:
+        out = out.str.normalize("NFD").str.replace_all(r"\p{Mn}", "")
+    if numbers:
+        out = out.str.replace_all(r"\d", "0")
+    if punct:
+        out = out.str.replace_many(list(CCNET_UNICODE_PUNCT), list(CCNET_UNICODE_PUNCT.values()))
+    return out.str.replace_all(_NON_PRINTING, "")

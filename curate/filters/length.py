@@ -35,3 +35,40 @@ class LengthFilter(Filter):
         candidates = [("min_chars", "n_chars", "<", p.min_chars), ("max_chars", "n_chars", ">", p.max_chars),
                       ("min_words", "n_words", "<", p.min_words), ("max_words", "n_words", ">", p.max_words)]
         return [Rule(r, c, op, t) for r, c, op, t in candidates if t is not None]
+
+
+def _frac(pattern: str) -> pl.Expr:
+    n = pl.col("text").str.len_chars()
+    return pl.when(n > 0).then(pl.col("text").str.count_matches(pattern) / n)
+
+
+@register("char_ratio_filter")
+class CharRatioFilter(Filter):
+    """Drops documents by character composition.
+
+    ``min_alnum_ratio`` (alphanumeric characters / all, Data-Juicer ``alphanumeric_filter`` default 0.25),
+    ``max_special_ratio`` (characters that are neither alphanumeric nor whitespace, Data-Juicer
+    ``special_characters_filter`` default 0.25), and optional caps on digits, uppercase letters and
+    whitespace. Columns ``cr_alnum``, ``cr_special``, ``cr_digit``, ``cr_upper``, ``cr_space``.
+    """
+
+    class Params(OpParams):
+        min_alnum_ratio: float | None = Field(0.25, ge=0, le=1)
+        max_special_ratio: float | None = Field(0.25, ge=0, le=1)
+        max_digit_ratio: float | None = Field(None, ge=0, le=1)
+        max_upper_ratio: float | None = Field(None, ge=0, le=1)
+        max_space_ratio: float | None = Field(None, ge=0, le=1)
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return batch.with_columns(
+            _frac(r"[\p{L}\p{N}]").alias("cr_alnum"), _frac(r"[^\p{L}\p{N}\s]").alias("cr_special"),
+            _frac(r"\p{N}").alias("cr_digit"), _frac(r"\p{Lu}").alias("cr_upper"), _frac(r"\s").alias("cr_space"))
+
+    def rules(self) -> list[Rule]:
+        p = self.params
+        spec = [("min_alnum_ratio", "cr_alnum", "<", p.min_alnum_ratio),
+                ("max_special_ratio", "cr_special", ">", p.max_special_ratio),
+                ("max_digit_ratio", "cr_digit", ">", p.max_digit_ratio),
+                ("max_upper_ratio", "cr_upper", ">", p.max_upper_ratio),
+                ("max_space_ratio", "cr_space", ">", p.max_space_ratio)]
+        return [Rule(r, c, op, t) for r, c, op, t in spec if t is not None]

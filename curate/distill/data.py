@@ -1,0 +1,173 @@
+"""Training data for the distillation trainer: read jsonl / curate outputs, tokenise, batch.
+
+A :class:`TokenData` holds token-id sequences and, per sequence, how many leading tokens are prompt
+(no loss on them). :func:`collate` right-pads a list of sequences into ``input_ids``,
+``attention_mask`` and ``labels`` (``-100`` at prompt and padding positions; labels are *unshifted*,
+HF style: position t's label is token t, predicted from positions < t).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import xxhash
+
+from curate.core.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from curate.distill.config import DataSpec
+
+IGNORE = -100
+
+
+@dataclass
+class TokenData:
+    """Token-id sequences plus the number of prompt tokens of each (0 for plain text)."""
+
+    seqs: list[list[int]]
+    n_prompt: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.n_prompt:
+            self.n_prompt = [0] * len(self.seqs)
+        if len(self.n_prompt) != len(self.seqs):
+            raise ValueError("n_prompt must have one entry per sequence")
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def subset(self, idx: Sequence[int]) -> TokenData:
+        return TokenData([self.seqs[i] for i in idx], [self.n_prompt[i] for i in idx])
+
+    def n_tokens(self) -> int:
+        return sum(len(s) for s in self.seqs)
+
+    def fingerprint(self) -> str:
+        """Hash of the exact token ids and prompt lengths (a cache built on other data is refused)."""
+        h = xxhash.xxh3_128()
+        for s, n in zip(self.seqs, self.n_prompt, strict=True):
+            h.update(len(s).to_bytes(4, "little") + n.to_bytes(4, "little"))
+            h.update(b"".join(int(t).to_bytes(4, "little", signed=True) for t in s))
+        return h.hexdigest()
+
+    @classmethod
+    def from_blocks(cls, ids: Sequence[int], block: int) -> TokenData:
+        """Cut one long token stream into consecutive blocks of ``block`` tokens (char-level corpora)."""
+        n = len(ids) // block
+        return cls([list(map(int, ids[i * block:(i + 1) * block])) for i in range(n)])
+
+
+def collate(seqs: Sequence[Sequence[int]], n_prompt: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad into ``input_ids``, ``attention_mask`` and ``labels`` (-100 on prompt and padding)."""
+    import torch
+
+    L = max(len(s) for s in seqs)
+    B = len(seqs)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    att = torch.zeros((B, L), dtype=torch.long)
+    lab = torch.full((B, L), IGNORE, dtype=torch.long)
+    for i, (s, p) in enumerate(zip(seqs, n_prompt, strict=True)):
+        t = torch.as_tensor(list(s), dtype=torch.long)
+        ids[i, : len(s)] = t
+        att[i, : len(s)] = 1
+        lab[i, p: len(s)] = t[p:]
+    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+
+def read_records(paths: Sequence[str]) -> pl.DataFrame:
+    """Rows of jsonl files (``.jsonl``, ``.jsonl.gz``, ``.json`` lines) or curate output folders."""
+    frames = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            from curate.io.writers import read_output
+
+            frames.append(read_output(p))
+        elif p.name.endswith(".gz"):
+            with gzip.open(p, "rb") as fh:
+                frames.append(pl.read_ndjson(io.BytesIO(fh.read()), infer_schema_length=None))
+        elif p.suffix == ".parquet":
+            frames.append(pl.read_parquet(p))
+        else:
+            frames.append(pl.read_ndjson(p, infer_schema_length=None))
+    if not frames:
+        raise InputError(f"no data read from {list(paths)}")
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def tokenize_records(df: pl.DataFrame, tokenizer: Any, spec: DataSpec) -> TokenData:
+    """Tokenise rows: ``text_field``, or ``template`` over prompt/response (loss on the response only)."""
+    eos = getattr(tokenizer, "eos_token_id", None) if spec.add_eos else None
+    if spec.prompt_field:
+        for f in (spec.prompt_field, spec.response_field):
+            if f not in df.columns:
+                raise ConfigError(f"data: field '{f}' not in the data (columns: {df.columns})")
+        pre, _, _ = spec.template.partition("{response}")
+        df = df.filter(pl.col(spec.prompt_field).is_not_null() & pl.col(spec.response_field).is_not_null())
+        prompts = [pre.format(prompt=p) for p in df[spec.prompt_field].cast(pl.Utf8).to_list()]
+        fulls = [spec.template.format(prompt=p, response=r) for p, r in
+                 zip(df[spec.prompt_field].cast(pl.Utf8).to_list(), df[spec.response_field].cast(pl.Utf8).to_list(),
+                     strict=True)]
+        p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        f_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"]
+    else:
+        if spec.text_field not in df.columns:
+            raise ConfigError(f"data: field '{spec.text_field}' not in the data (columns: {df.columns}); "
+                              "set data.text_field, or prompt_field + response_field")
+        texts = df.filter(pl.col(spec.text_field).is_not_null())[spec.text_field].cast(pl.Utf8).to_list()
+        f_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        p_ids = [[] for _ in f_ids]
+    seqs: list[list[int]] = []
+    n_prompt: list[int] = []
+    for p, f in zip(p_ids, f_ids, strict=True):
+        n_p = len(p) if f[: len(p)] == p else _common_prefix(p, f)  # BPE may merge across the boundary
+        s = list(f) + ([eos] if eos is not None else [])
+        s = s[: spec.max_len]
+        if len(s) - n_p < 2 or len(s) < spec.min_tokens:
+            continue
+        seqs.append(s)
+        n_prompt.append(n_p)
+    if not seqs:
+        raise InputError("no usable examples after tokenisation (all empty, or prompts longer than max_len)")
+    return TokenData(seqs, n_prompt)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def load_data(spec: DataSpec, tokenizer: Any, seed: int) -> tuple[TokenData, TokenData]:
+    """Train and held-out :class:`TokenData` per the spec (split is a seeded shuffle of the rows)."""
+    import torch
+
+    df = read_records(spec.train)
+    if spec.max_examples is not None:
+        df = df.head(spec.max_examples)
+    data = tokenize_records(df, tokenizer, spec)
+    if spec.eval:
+        ev = tokenize_records(read_records(spec.eval), tokenizer, spec)
+        tr = data
+    else:
+        g = torch.Generator().manual_seed(seed + 7919)
+        perm = torch.randperm(len(data), generator=g).tolist()
+        n_eval = int(round(len(data) * spec.eval_fraction))
+        if spec.eval_max_examples is not None:
+            n_eval = min(n_eval, spec.eval_max_examples)
+        ev, tr = data.subset(sorted(perm[:n_eval])), data.subset(sorted(perm[n_eval:]))
+    if spec.eval_max_examples is not None and len(ev) > spec.eval_max_examples:
+        ev = ev.subset(range(spec.eval_max_examples))
+    if len(tr) == 0:
+        raise InputError("no training examples left after the held-out split")
+    return tr, ev

@@ -1,0 +1,402 @@
+"""numba kernels for MinHash: shingle hashing over UTF-8 buffers, signatures, band keys, union-find.
+
+Texts arrive as one Arrow string buffer (``data`` bytes + ``offsets``); a shingle is a byte range of it
+(word n-grams of single-space-separated text and character n-grams are both contiguous), so hashing
+needs no Python string per shingle. Three hashes of a byte range:
+
+* ``xxh64`` — XXH64 (Collet), checked against the ``xxhash`` package: the fast default.
+* ``sha1_32`` / ``sha1_64`` — little-endian first 4 / 8 bytes of SHA-1, as datasketch's
+  ``sha1_hash32`` / ``sha1_hash64`` (``datasketch/hashfunc.py``).
+
+Signature schemes (``datasketch/minhash.py`` 2.0.0):
+
+* ``affine32`` — datasketch's default: h = fmix32(sha1_32), phv_k = (a_k h + b_k) mod 2^32.
+* ``legacy`` — datasketch < 2.0 and DataTrove (32-bit): phv_k = ((a_k h + b_k) mod 2^64 mod (2^61-1)) & (2^32-1).
+* ``fast`` — curate's default: h = fmix64(xxh64), phv_k = high 32 bits of (a_k h + b_k) mod 2^64
+  (multiply-shift, Dietzfelbinger et al. 1997), stored as uint32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+U64 = np.uint64
+M32 = np.uint64(0xFFFFFFFF)
+MERSENNE = np.uint64((1 << 61) - 1)
+P1 = np.uint64(0x9E3779B185EBCA87)
+P2 = np.uint64(0xC2B2AE3D27D4EB4F)
+P3 = np.uint64(0x165667B19E3779F9)
+P4 = np.uint64(0x85EBCA77C2B2AE63)
+P5 = np.uint64(0x27D4EB2F165667C5)
+
+
+@njit(inline="always")
+def _rotl(x, r):
+    return (x << U64(r)) | (x >> U64(64 - r))
+
+
+@njit(inline="always")
+def _read64(data, p):
+    v = U64(0)
+    for i in range(8):
+        v |= U64(data[p + i]) << U64(8 * i)
+    return v
+
+
+@njit(inline="always")
+def _round(acc, v):
+    acc = acc + v * P2
+    acc = _rotl(acc, 31)
+    return acc * P1
+
+
+@njit(inline="always")
+def _merge(acc, v):
+    acc = acc ^ _round(U64(0), v)
+    return acc * P1 + P4
+
+
+@njit(cache=True)
+def xxh64(data, start, end, seed):
+    """XXH64 of ``data[start:end]``."""
+    p = start
+    n = end - start
+    if n >= 32:
+        v1 = seed + P1 + P2
+        v2 = seed + P2
+        v3 = seed
+        v4 = seed - P1
+        limit = end - 32
+        while p <= limit:
+            v1 = _round(v1, _read64(data, p))
+            v2 = _round(v2, _read64(data, p + 8))
+            v3 = _round(v3, _read64(data, p + 16))
+            v4 = _round(v4, _read64(data, p + 24))
+            p += 32
+        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+        h = _merge(h, v1)
+        h = _merge(h, v2)
+        h = _merge(h, v3)
+        h = _merge(h, v4)
+    else:
+        h = seed + P5
+    h = h + U64(n)
+    while p + 8 <= end:
+        h = h ^ _round(U64(0), _read64(data, p))
+        h = _rotl(h, 27) * P1 + P4
+        p += 8
+    if p + 4 <= end:
+        k = U64(0)
+        for i in range(4):
+            k |= U64(data[p + i]) << U64(8 * i)
+        h = h ^ (k * P1)
+        h = _rotl(h, 23) * P2 + P3
+        p += 4
+    while p < end:
+        h = h ^ (U64(data[p]) * P5)
+        h = _rotl(h, 11) * P1
+        p += 1
+    h = h ^ (h >> U64(33))
+    h = h * P2
+    h = h ^ (h >> U64(29))
+    h = h * P3
+    return h ^ (h >> U64(32))
+
+
+@njit(inline="always")
+def _rotl32(x, r):
+    return ((x << U64(r)) | (x >> U64(32 - r))) & M32
+
+
+@njit(inline="always")
+def _bswap32(x):
+    return ((x & U64(0xFF)) << U64(24)) | ((x & U64(0xFF00)) << U64(8)) | \
+        ((x >> U64(8)) & U64(0xFF00)) | ((x >> U64(24)) & U64(0xFF))
+
+
+@njit(cache=True)
+def sha1_prefix(data, start, end, nbytes):
+    """First 4 (``nbytes=4``) or 8 bytes of SHA-1(``data[start:end]``) read little-endian."""
+    n = end - start
+    total = ((n + 8) // 64 + 1) * 64
+    h0 = U64(0x67452301)
+    h1 = U64(0xEFCDAB89)
+    h2 = U64(0x98BADCFE)
+    h3 = U64(0x10325476)
+    h4 = U64(0xC3D2E1F0)
+    w = np.empty(80, dtype=np.uint64)
+    bitlen = U64(n) * U64(8)
+    for blk in range(0, total, 64):
+        for t in range(16):
+            v = U64(0)
+            for j in range(4):
+                i = blk + 4 * t + j
+                if i < n:
+                    byte = U64(data[start + i])
+                elif i == n:
+                    byte = U64(0x80)
+                elif i >= total - 8:
+                    byte = (bitlen >> U64(8 * (total - 1 - i))) & U64(0xFF)
+                else:
+                    byte = U64(0)
+                v = (v << U64(8)) | byte
+            w[t] = v
+        for t in range(16, 80):
+            w[t] = _rotl32(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1)
+        a, b, c, d, e = h0, h1, h2, h3, h4
+        for t in range(80):
+            if t < 20:
+                f = (b & c) | ((~b & M32) & d)
+                k = U64(0x5A827999)
+            elif t < 40:
+                f = b ^ c ^ d
+                k = U64(0x6ED9EBA1)
+            elif t < 60:
+                f = (b & c) | (b & d) | (c & d)
+                k = U64(0x8F1BBCDC)
+            else:
+                f = b ^ c ^ d
+                k = U64(0xCA62C1D6)
+            tmp = (_rotl32(a, 5) + f + e + k + w[t]) & M32
+            e = d
+            d = c
+            c = _rotl32(b, 30)
+            b = a
+            a = tmp
+        h0 = (h0 + a) & M32
+        h1 = (h1 + b) & M32
+        h2 = (h2 + c) & M32
+        h3 = (h3 + d) & M32
+        h4 = (h4 + e) & M32
+    if nbytes == 4:
+        return _bswap32(h0)
+    return _bswap32(h0) | (_bswap32(h1) << U64(32))
+
+
+@njit(inline="always")
+def _is_space(c):
+    return c == 32 or (9 <= c <= 13)
+
+
+@njit(cache=True)
+def shingle_ranges(data, offsets, n, chars):
+    """Byte ranges of every shingle of every text: word n-grams (``chars=False``; words are runs of
+    non-whitespace bytes, a shingle spans word j's first byte to word j+n-1's last) or character
+    n-grams (``chars=True``; n code points). Texts with fewer than n units get no shingle.
+    Returns (starts, ends, counts per text)."""
+    ndoc = offsets.shape[0] - 1
+    counts = np.zeros(ndoc, dtype=np.int64)
+    cap = 0
+    for d in range(ndoc):  # upper bound: one shingle per byte
+        cap += max(0, offsets[d + 1] - offsets[d])
+    starts = np.empty(cap, dtype=np.int64)
+    ends = np.empty(cap, dtype=np.int64)
+    ws = np.empty(16, dtype=np.int64)
+    we = np.empty(16, dtype=np.int64)
+    m = 0
+    for d in range(ndoc):
+        s0 = offsets[d]
+        s1 = offsets[d + 1]
+        L = s1 - s0
+        if ws.shape[0] < L + 1:
+            ws = np.empty(L + 1, dtype=np.int64)
+            we = np.empty(L + 1, dtype=np.int64)
+        nw = 0
+        if chars:
+            for i in range(s0, s1):
+                if (data[i] & 0xC0) != 0x80:
+                    ws[nw] = i
+                    nw += 1
+            ws[nw] = s1
+            for j in range(nw - n + 1):
+                starts[m] = ws[j]
+                ends[m] = ws[j + n]
+                m += 1
+            counts[d] = max(0, nw - n + 1)
+        else:
+            inword = False
+            for i in range(s0, s1):
+                sp = _is_space(data[i])
+                if not sp and not inword:
+                    ws[nw] = i
+                    inword = True
+                elif sp and inword:
+                    we[nw] = i
+                    nw += 1
+                    inword = False
+            if inword:
+                we[nw] = s1
+                nw += 1
+            for j in range(nw - n + 1):
+                starts[m] = ws[j]
+                ends[m] = we[j + n - 1]
+                m += 1
+            counts[d] = max(0, nw - n + 1)
+    return starts[:m], ends[:m], counts
+
+
+@njit(cache=True)
+def hash_ranges(data, starts, ends, kind, seed):
+    """Hash each byte range: kind 0 = xxh64(seed), 1 = sha1 32-bit, 2 = sha1 64-bit."""
+    out = np.empty(starts.shape[0], dtype=np.uint64)
+    for i in range(starts.shape[0]):
+        if kind == 0:
+            out[i] = xxh64(data, starts[i], ends[i], seed)
+        elif kind == 1:
+            out[i] = sha1_prefix(data, starts[i], ends[i], 4)
+        else:
+            out[i] = sha1_prefix(data, starts[i], ends[i], 8)
+    return out
+
+
+@njit(inline="always")
+def fmix64(h):
+    h = h ^ (h >> U64(33))
+    h = h * U64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> U64(33))
+    h = h * U64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> U64(33))
+
+
+@njit(inline="always")
+def fmix32(h):
+    h = h ^ (h >> U64(16))
+    h = (h * U64(0x85EBCA6B)) & M32
+    h = h ^ (h >> U64(13))
+    h = (h * U64(0xC2B2AE35)) & M32
+    return h ^ (h >> U64(16))
+
+
+@njit(cache=True)
+def signatures(hv, counts, a, b, scheme):
+    """MinHash signatures (docs x K) from per-document shingle hashes ``hv`` (concatenated, ``counts``
+    per doc). scheme 0 = fast (uint32 out), 1 = affine32 (uint32), 2 = legacy (uint64 values < 2^32).
+    Documents without shingles get the all-max signature (datasketch's empty MinHash)."""
+    ndoc = counts.shape[0]
+    k = a.shape[0]
+    sig = np.full((ndoc, k), M32, dtype=np.uint64)
+    pos = 0
+    for d in range(ndoc):
+        row = sig[d]
+        for s in range(pos, pos + counts[d]):
+            h = hv[s]
+            if scheme == 0:
+                h = fmix64(h)
+                for j in range(k):
+                    v = (a[j] * h + b[j]) >> U64(32)
+                    if v < row[j]:
+                        row[j] = v
+            elif scheme == 1:
+                h = fmix32(h & M32)
+                for j in range(k):
+                    v = (a[j] * h + b[j]) & M32
+                    if v < row[j]:
+                        row[j] = v
+            else:
+                for j in range(k):
+                    v = ((a[j] * h + b[j]) % MERSENNE) & M32
+                    if v < row[j]:
+                        row[j] = v
+        pos += counts[d]
+    return sig
+
+
+@njit(cache=True)
+def band_keys(sig, bands, rows):
+    """64-bit key per (doc, band): a hash of the band's ``rows`` signature values (equal values, equal key;
+    unequal values collide with probability ~2^-64)."""
+    ndoc = sig.shape[0]
+    out = np.empty((ndoc, bands), dtype=np.uint64)
+    for d in range(ndoc):
+        for bb in range(bands):
+            h = U64(bb + 1) * P5
+            for r in range(rows):
+                h = fmix64(h ^ (sig[d, bb * rows + r] * P1 + U64(r)))
+            out[d, bb] = h
+    return out
+
+
+@njit(cache=True)
+def sorted_unique_per_doc(hv, counts):
+    """Sort and deduplicate each document's hashes; returns (values, new counts)."""
+    out = np.empty_like(hv)
+    newc = np.zeros_like(counts)
+    pos = 0
+    m = 0
+    for d in range(counts.shape[0]):
+        seg = np.sort(hv[pos:pos + counts[d]])
+        c = 0
+        for i in range(seg.shape[0]):
+            if i == 0 or seg[i] != seg[i - 1]:
+                out[m] = seg[i]
+                m += 1
+                c += 1
+        newc[d] = c
+        pos += counts[d]
+    return out[:m], newc
+
+
+@njit(cache=True)
+def pair_jaccards(i_idx, j_idx, sig, set_vals, set_off, with_exact):
+    """Estimated (signature agreement) and exact (sorted-set) Jaccard for each pair of dense indices."""
+    npair = i_idx.shape[0]
+    k = sig.shape[1]
+    est = np.empty(npair, dtype=np.float64)
+    exact = np.full(npair, np.nan, dtype=np.float64)
+    for p in range(npair):
+        i = i_idx[p]
+        j = j_idx[p]
+        eq = 0
+        for t in range(k):
+            if sig[i, t] == sig[j, t]:
+                eq += 1
+        est[p] = eq / k
+        if with_exact:
+            a0, a1 = set_off[i], set_off[i + 1]
+            b0, b1 = set_off[j], set_off[j + 1]
+            inter = 0
+            while a0 < a1 and b0 < b1:
+                if set_vals[a0] == set_vals[b0]:
+                    inter += 1
+                    a0 += 1
+                    b0 += 1
+                elif set_vals[a0] < set_vals[b0]:
+                    a0 += 1
+                else:
+                    b0 += 1
+            union = (set_off[i + 1] - set_off[i]) + (set_off[j + 1] - set_off[j]) - inter
+            exact[p] = inter / union if union > 0 else 0.0
+    return est, exact
+
+
+@njit(inline="always")
+def _find(parent, x):
+    root = x
+    while parent[root] != root:
+        root = parent[root]
+    while parent[x] != root:  # path compression
+        nxt = parent[x]
+        parent[x] = root
+        x = nxt
+    return root
+
+
+@njit(cache=True)
+def union_find(n, i_idx, j_idx):
+    """Connected components of the graph on n nodes with the given edges (union by size, path
+    compression). Returns each node's root; the root choice does not matter (callers relabel)."""
+    parent = np.arange(n, dtype=np.int64)
+    size = np.ones(n, dtype=np.int64)
+    for p in range(i_idx.shape[0]):
+        ri = _find(parent, i_idx[p])
+        rj = _find(parent, j_idx[p])
+        if ri == rj:
+            continue
+        if size[ri] < size[rj]:
+            ri, rj = rj, ri
+        parent[rj] = ri
+        size[ri] += size[rj]
+    for x in range(n):
+        parent[x] = _find(parent, x)
+    return parent

@@ -1,0 +1,68 @@
+"""MinHash/LSH parameters: permutation coefficients, the S-curve, datasketch's optimal (bands, rows), presets."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+MERSENNE = (1 << 61) - 1
+
+#: Peers' settings, so their results can be reproduced (peers.md §8.1; algorithms.md §3.1).
+#: DataTrove ``MinhashConfig``: word 5-grams of ``simplify_text``, 14 buckets x 8 hashes, 64-bit hashes.
+#: NeMo Curator ``FuzzyDuplicatesConfig``: character 24-grams of the raw text, 20 bands x 13 rows.
+PRESETS: dict[str, dict] = {
+    "datatrove": {"shingle": "word", "ngram": 5, "bands": 14, "rows": 8, "normalize": True, "verify": False},
+    "nemo": {"shingle": "char", "ngram": 24, "bands": 20, "rows": 13, "normalize": False, "verify": False},
+}
+
+
+def permutations(scheme: str, num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) coefficient arrays (uint64) for ``num_perm`` hash permutations.
+
+    ``affine32`` and ``legacy`` draw exactly as ``datasketch.MinHash._init_permutations`` (2.0.0) does
+    from ``np.random.RandomState(seed)``; ``fast`` draws odd 64-bit multipliers from ``default_rng(seed)``.
+    """
+    if scheme == "legacy":
+        gen = np.random.RandomState(seed)
+        ab = np.array([(gen.randint(1, MERSENNE, dtype=np.uint64), gen.randint(0, MERSENNE, dtype=np.uint64))
+                       for _ in range(num_perm)], dtype=np.uint64).T
+        return ab[0].copy(), ab[1].copy()
+    if scheme == "affine32":
+        gen = np.random.RandomState(seed)
+        a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+        return a.astype(np.uint64), b.astype(np.uint64)
+    if scheme == "fast":
+        rng = np.random.default_rng(seed)
+        a = rng.integers(0, 1 << 63, num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        b = rng.integers(0, np.iinfo(np.uint64).max, num_perm, dtype=np.uint64, endpoint=True)
+        return a, b
+    raise ValueError(f"unknown scheme {scheme!r}")
+
+
+def s_curve(s: np.ndarray | float, bands: int, rows: int) -> np.ndarray:
+    """P(two documents with Jaccard s share at least one band) = 1 - (1 - s^r)^b."""
+    return 1.0 - (1.0 - np.asarray(s, dtype=np.float64) ** rows) ** bands
+
+
+@lru_cache(maxsize=64)
+def optimal_param(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5
+                  ) -> tuple[int, int]:
+    """(bands, rows) minimising fp_weight * FP + fn_weight * FN, as ``datasketch.lsh._optimal_param``:
+    FP = integral_0^t S(s) ds, FN = integral_t^1 (1 - S(s)) ds over b in [1, num_perm], r in [1, num_perm // b],
+    first minimum in (b, r) order. Integrals by 200-point Gauss-Legendre (datasketch uses scipy ``quad``)."""
+    x, w = np.polynomial.legendre.leggauss(200)
+    t = float(threshold)
+    s_fp = 0.5 * t * (x + 1.0)
+    s_fn = t + 0.5 * (1.0 - t) * (x + 1.0)
+    best, opt = np.inf, (0, 0)
+    for b in range(1, num_perm + 1):
+        r = np.arange(1, num_perm // b + 1, dtype=np.float64)[:, None]
+        fp = 0.5 * t * ((1.0 - (1.0 - s_fp ** r) ** b) @ w)
+        fn = 0.5 * (1.0 - t) * (((1.0 - s_fn ** r) ** b) @ w)
+        err = fp * fp_weight + fn * fn_weight
+        i = int(np.argmin(err))
+        if err[i] < best:
+            best, opt = float(err[i]), (b, i + 1)
+    return opt

@@ -1,0 +1,172 @@
+"""Gopher quality and repetition filters (Rae et al. 2021, MassiveText, Appendix A; DataTrove's
+``gopher_quality_filter.py`` and ``gopher_repetition_filter.py``)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from curate.core.operator import Filter, OpParams, Rule
+from curate.core.registry import register
+from curate.core.text import PUNCTUATION, words
+
+STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
+_PUNCT_ONLY = "^[" + re.escape(PUNCTUATION) + "]+$"
+
+
+def split_lines(text: pl.Expr) -> pl.Expr:
+    """Python's ``str.splitlines()`` as an expression (no trailing empty line, all line breaks)."""
+    t = text.str.replace_all(r"\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]", "\n")
+    return pl.when(t == "").then(pl.lit([], dtype=pl.List(pl.String))).otherwise(
+        t.str.replace(r"\n$", "").str.split("\n"))
+
+
+def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
+    """num / den, null when den is 0 (the reference divides by zero there; null never drops)."""
+    return pl.when(den > 0).then(num / den).otherwise(None)
+
+
+@register("gopher_quality")
+class GopherQuality(Filter):
+    """Drops documents that fail Gopher's quality heuristics.
+
+    Defaults are Gopher's (Rae et al. 2021, App. A, Table A1) as in DataTrove ``GopherQualityFilter``:
+    50-100,000 non-symbol words; mean word length 3-10 characters; "#" and ellipsis to word ratios at most
+    0.1; at most 90% of lines starting with a bullet; at most 30% ending with an ellipsis; at least 80% of
+    words with an alphabetic character; at least 2 of the 8 stop words (the, be, to, of, and, that, have,
+    with; case-sensitive, as the reference). Rules are checked in that order; the first that fails is the
+    recorded reason. ``None`` disables a rule.
+
+    Words are tokens of :func:`curate.core.text.words` (punctuation split off, like the reference's spaCy
+    tokenizer). Columns: ``gq_n_words`` (non-symbol words), ``gq_avg_word_len``, ``gq_hash_ratio``,
+    ``gq_ellipsis_ratio``, ``gq_bullet_lines``, ``gq_ellipsis_lines``, ``gq_alpha_ratio``, ``gq_stop_words``.
+    """
+
+    class Params(OpParams):
+        min_doc_words: int | None = Field(50, ge=0)
+        max_doc_words: int | None = Field(100_000, gt=0)
+        min_avg_word_length: float | None = Field(3, ge=0)
+        max_avg_word_length: float | None = Field(10, gt=0)
+        max_symbol_word_ratio: float | None = Field(0.1, ge=0)
+        max_bullet_lines_ratio: float | None = Field(0.9, ge=0)
+        max_ellipsis_lines_ratio: float | None = Field(0.3, ge=0)
+        min_alpha_words_ratio: float | None = Field(0.8, ge=0, le=1)
+        min_stop_words: int | None = Field(2, ge=0)
+        stop_words: list[str] = Field(default_factory=lambda: list(STOP_WORDS))
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        stop = self.params.stop_words
+        w = pl.col("__gq_words")
+        lines = pl.col("__gq_lines")
+        n = w.list.len()
+        n_lines = lines.list.len()
+        is_word = pl.element().str.contains(_PUNCT_ONLY).not_()
+        text = pl.col("text")
+        out = batch.with_columns(words(text).alias("__gq_words"), split_lines(text).alias("__gq_lines"))
+        return out.with_columns(
+            w.list.eval(is_word).list.sum().alias("gq_n_words"),
+            w.list.eval(pl.element().filter(is_word).str.len_chars()).list.mean().alias("gq_avg_word_len"),
+            _ratio(text.str.count_matches("#", literal=True), n).alias("gq_hash_ratio"),
+            _ratio(text.str.count_matches("...", literal=True) + text.str.count_matches("\u2026", literal=True), n)
+            .alias("gq_ellipsis_ratio"),
+            _ratio(lines.list.eval(pl.element().str.strip_chars_start().str.contains("^[\u2022-]")).list.sum(),
+                   n_lines).alias("gq_bullet_lines"),
+            _ratio(lines.list.eval(pl.element().str.strip_chars_end().str.contains("(\\.\\.\\.|\u2026)$")).list.sum(),
+                   n_lines).alias("gq_ellipsis_lines"),
+            _ratio(w.list.eval(pl.element().str.contains(r"[^\W\d_]")).list.sum(), n).alias("gq_alpha_ratio"),
+            w.list.eval(pl.element().filter(pl.element().is_in(stop))).list.n_unique().alias("gq_stop_words"),
+        ).drop("__gq_words", "__gq_lines")
+
+    def rules(self) -> list[Rule]:
+        p = self.params
+        spec = [
+            ("gopher_short_doc", "gq_n_words", "<", p.min_doc_words),
+            ("gopher_long_doc", "gq_n_words", ">", p.max_doc_words),
+            ("gopher_below_avg_threshold", "gq_avg_word_len", "<", p.min_avg_word_length),
+            ("gopher_above_avg_threshold", "gq_avg_word_len", ">", p.max_avg_word_length),
+            ("gopher_too_many_hashes", "gq_hash_ratio", ">", p.max_symbol_word_ratio),
+            ("gopher_too_many_ellipsis", "gq_ellipsis_ratio", ">", p.max_symbol_word_ratio),
+            ("gopher_too_many_bullets", "gq_bullet_lines", ">", p.max_bullet_lines_ratio),
+            ("gopher_too_many_end_ellipsis", "gq_ellipsis_lines", ">", p.max_ellipsis_lines_ratio),
+            ("gopher_below_alpha_threshold", "gq_alpha_ratio", "<", p.min_alpha_words_ratio),
+            ("gopher_enough_stop_words", "gq_stop_words", "<", p.min_stop_words),
+        ]
+        # the reference disables a rule on a falsy threshold (None or 0)
+        return [Rule(r, c, op, t) for r, c, op, t in spec if t]
+
+
+_TOP_NS = (2, 3, 4)
+_DUP_NS = (5, 6, 7, 8, 9, 10)
+
+
+@register("gopher_repetition")
+class GopherRepetition(Filter):
+    """Drops documents with too much repeated content (Gopher, Rae et al. 2021, Table A1).
+
+    Defaults as Gopher / DataTrove ``GopherRepetitionFilter``: duplicate-paragraph fraction 0.30 by count and
+    0.20 by characters, duplicate-line fraction 0.30 / 0.20, most frequent 2/3/4-gram character fractions
+    0.20 / 0.18 / 0.16, duplicate 5..10-gram character fractions 0.15 .. 0.10. Definitions follow the
+    reference exactly (paragraphs split on 2+ newlines of the stripped text, lines on 1+ newlines, top
+    n-grams space-joined, duplicate n-grams concatenated with skip-ahead, all over the raw character count);
+    the n-gram statistics run in a numba kernel over the whole batch. Ratios over an empty document are
+    null and never drop it (the reader already skips empty text, counted). Columns ``gr_*``.
+    """
+
+    class Params(OpParams):
+        dup_para_frac: float | None = Field(0.3, ge=0)
+        dup_para_char_frac: float | None = Field(0.2, ge=0)
+        dup_line_frac: float | None = Field(0.3, ge=0)
+        dup_line_char_frac: float | None = Field(0.2, ge=0)
+        top_n_grams: dict[int, float] = Field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})
+        dup_n_grams: dict[int, float] = Field(
+            default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        from curate.filters._repetition_kernel import repetition_stats
+
+        text = pl.col("text")
+        L = text.str.len_chars()
+        paras = text.str.strip_chars().str.replace_all(r"\n{2,}", "\x00").str.split("\x00")
+        lines = text.str.replace_all(r"\n+", "\x00").str.split("\x00")
+
+        def dup_stats(col: pl.Expr, name: str) -> list[pl.Expr]:
+            n = col.list.len()
+            uniq = col.list.unique()
+            chars = col.list.eval(pl.element().str.len_chars()).list.sum()
+            uchars = uniq.list.eval(pl.element().str.len_chars()).list.sum()
+            return [_ratio(n - uniq.list.len(), n).alias(f"gr_dup_{name}_frac"),
+                    _ratio(chars - uchars, L).alias(f"gr_dup_{name}_char_frac")]
+
+        out = batch.with_columns(*dup_stats(paras, "para"), *dup_stats(lines, "line"), L.alias("__gr_len"))
+        top_ns = np.array(sorted(self.params.top_n_grams), dtype=np.int64)
+        dup_ns = np.array(sorted(self.params.dup_n_grams), dtype=np.int64)
+        toks = batch.select(words(text).alias("w"))
+        offsets = np.zeros(batch.height + 1, dtype=np.int64)
+        np.cumsum(toks.get_column("w").list.len().to_numpy(), out=offsets[1:])
+        flat = toks.get_column("w").explode(empty_as_null=False).drop_nulls()
+        hashes = flat.hash(seed=17).to_numpy()
+        lengths = flat.str.len_chars().cast(pl.Int64).to_numpy()
+        top, dup = repetition_stats(hashes, lengths, offsets, top_ns, dup_ns)
+        length = out.get_column("__gr_len").to_numpy().astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cols = [pl.Series(f"gr_top_{n}_gram", np.where(length > 0, top[:, i] / length, np.nan))
+                    for i, n in enumerate(top_ns)]
+            cols += [pl.Series(f"gr_dup_{n}_gram", np.where(length > 0, dup[:, i] / length, np.nan))
+                     for i, n in enumerate(dup_ns)]
+        return out.with_columns(cols).drop("__gr_len")
+
+    def rules(self) -> list[Rule]:
+        p = self.params
+        rules: list[Rule] = []
+        for name, col, t in [("dup_para_frac", "gr_dup_para_frac", p.dup_para_frac),
+                             ("dup_para_char_frac", "gr_dup_para_char_frac", p.dup_para_char_frac),
+                             ("dup_line_frac", "gr_dup_line_frac", p.dup_line_frac),
+                             ("dup_line_char_frac", "gr_dup_line_char_frac", p.dup_line_char_frac)]:
+            if t is not None:
+                rules.append(Rule(name, col, ">", t))
+        rules += [Rule(f"top_{n}_gram", f"gr_top_{n}_gram", ">", t) for n, t in sorted(p.top_n_grams.items())]
+        rules += [Rule(f"duplicated_{n}_n_grams", f"gr_dup_{n}_gram", ">", t) for n, t in sorted(p.dup_n_grams.items())]
+        return rules

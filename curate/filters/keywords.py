@@ -1,0 +1,57 @@
+"""Regex and keyword filters."""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+from pydantic import Field, field_validator, model_validator
+
+from curate.core.operator import Filter, OpParams, Rule
+from curate.core.registry import register
+
+
+@register("regex_filter")
+class RegexFilter(Filter):
+    """Drops (or, with ``mode: keep``, keeps only) documents matching regular expressions or keywords.
+
+    ``patterns`` are Rust-regex patterns (polars' engine: no look-around); ``keywords`` match as whole
+    words, case-insensitively (as C4's bad-words filter, ``(?:\\W|^)word(?:\\W|$)`` on lowercased text).
+    A document matches when it has more than ``max_matches`` hits in total (default 0: any hit).
+    Column ``regex_matches``.
+    """
+
+    class Params(OpParams):
+        patterns: list[str] = Field(default_factory=list)
+        keywords: list[str] = Field(default_factory=list)
+        mode: str = Field("drop", pattern="^(drop|keep)$", description="drop matching docs, or keep only them")
+        max_matches: int = Field(0, ge=0)
+
+        @field_validator("patterns")
+        @classmethod
+        def _compiles(cls, v: list[str]) -> list[str]:
+            for p in v:
+                try:
+                    re.compile(p)
+                except re.error as e:
+                    raise ValueError(f"invalid regex {p!r}: {e}") from None
+            return v
+
+        @model_validator(mode="after")
+        def _something(self):
+            if not self.patterns and not self.keywords:
+                raise ValueError("give at least one of patterns, keywords")
+            return self
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        text = pl.col("text")
+        hits = [text.str.count_matches(p) for p in self.params.patterns]
+        if self.params.keywords:
+            alt = "|".join(re.escape(k.lower()) for k in self.params.keywords)
+            hits.append(text.str.to_lowercase().str.count_matches(r"(?:^|\W)(?:" + alt + r")(?:\W|$)"))
+        return batch.with_columns(pl.sum_horizontal(hits).alias("regex_matches"))
+
+    def rules(self) -> list[Rule]:
+        if self.params.mode == "drop":
+            return [Rule("regex_match", "regex_matches", ">", self.params.max_matches)]
+        return [Rule("regex_no_match", "regex_matches", "<=", self.params.max_matches)]
