@@ -24,7 +24,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.work_dir:
         p.work_dir = args.work_dir
     result = p.run(workers=args.workers, progress=not args.no_progress)
-    Console(stderr=False).print(result.table())
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(result.table())
     print(f"output: {result.output}  rejects: {p.rejects_spec().path}  stats: {result.work_dir / 'stats.json'}")
     return 0
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, type[Operator]] = {}
 _OPERATOR_PACKAGES = ("curate.filters", "curate.selectors", "curate.metrics", "curate.synth")
 _discovered = False
+_BROKEN: dict[str, str] = {}  # module -> import error, reported when a name is not found
 
 T = TypeVar("T", bound="type[Operator]")
 
@@ -47,7 +48,10 @@ def _discover() -> None:
         pkg = importlib.import_module(pkg_name)
         for mod in pkgutil.walk_packages(pkg.__path__, prefix=pkg_name + "."):
             if not mod.name.rsplit(".", 1)[-1].startswith("_"):
-                importlib.import_module(mod.name)
+                try:
+                    importlib.import_module(mod.name)
+                except Exception as e:  # noqa: BLE001 - one broken module must not hide every other operator
+                    _BROKEN[mod.name] = f"{type(e).__name__}: {e}"
 
 
 def get_operator(name: str) -> type[Operator]:
@@ -60,6 +64,8 @@ def get_operator(name: str) -> type[Operator]:
 
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else " (run `curate ops` for the list)"
+        if _BROKEN:
+            hint += "; these operator modules failed to import: " + "; ".join(f"{m}: {e}" for m, e in _BROKEN.items())
         raise ConfigError(f"unknown operator '{name}'{hint}") from None
 
 

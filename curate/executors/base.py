@@ -47,8 +47,10 @@ class RunResult:
         from rich.table import Table
 
         t = Table(title=f"curate run - {self.seconds:.1f}s, {self.docs_in:,} docs in, {self.docs_out:,} out")
-        for col in ("step", "docs in", "docs out", "kept %", "MB in", "MB out", "seconds", "top drop reasons"):
-            t.add_column(col, justify="left" if col in ("step", "top drop reasons") else "right")
+        t.add_column("step", no_wrap=True)
+        for col in ("docs in", "docs out", "kept %", "MB in", "MB out", "seconds"):
+            t.add_column(col, justify="right", no_wrap=True)
+        t.add_column("top drop reasons", overflow="fold")
         for s in self.steps:
             reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(s.dropped.items(), key=lambda kv: -kv[1])[:3])
             kept = 100.0 * s.docs_out / s.docs_in if s.docs_in else 100.0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import polars as pl
 from pydantic import Field, field_validator
 
@@ -13,9 +15,14 @@ from curate.core.registry import register
 _HOST = r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://)?(?:[^@/?#]*@)?([^/:?#]+)"
 
 
-def read_list(path: str | Path) -> list[str]:
-    """One entry per line; blank lines and '#' comments skipped; .gz accepted. Adblock-style lines
-    (``||example.com^``) are reduced to their domain."""
+_DOMAIN = re.compile(r"^[a-z0-9_-]+(?:\.[a-z0-9_-]+)+$")
+
+
+def read_list(path: str | Path, domains: bool = False) -> list[str]:
+    """One entry per line, lowercased; blank lines and '#'/'!' comments skipped; .gz accepted.
+
+    With ``domains=True`` only domain entries are kept: plain ``example.com`` lines and adblock
+    ``||example.com^`` rules (other adblock rules, e.g. path patterns, are not domains and are skipped)."""
     import gzip
 
     p = Path(path)
@@ -26,9 +33,11 @@ def read_list(path: str | Path) -> list[str]:
             s = raw.strip()
             if not s or s.startswith(("#", "!", "[")):
                 continue
-            if s.startswith("||"):
-                s = s[2:].split("^")[0].split("/")[0]
-                if not s or "*" in s:
+            if domains:
+                if s.startswith("||"):
+                    s = s[2:].split("^")[0].split("$")[0]
+                s = s.lower()
+                if not _DOMAIN.match(s):
                     continue
             out.append(s.lower())
     return out
@@ -71,10 +80,10 @@ class URLFilter(Filter):
     def _lists(self) -> dict[str, list[str]]:
         p = self.params
         if not hasattr(self, "_cached"):
-            def merged(inline: list[str], file: str | None) -> list[str]:
-                return sorted({s.lower() for s in inline} | (set(read_list(file)) if file else set()))
+            def merged(inline: list[str], file: str | None, domains: bool = False) -> list[str]:
+                return sorted({s.lower() for s in inline} | (set(read_list(file, domains)) if file else set()))
             self._cached = {
-                "domains": merged(p.blocked_domains, p.blocked_domains_file),
+                "domains": merged(p.blocked_domains, p.blocked_domains_file, domains=True),
                 "urls": merged(p.blocked_urls, p.blocked_urls_file),
                 "words": merged(p.banned_words, p.banned_words_file),
                 "soft": sorted({s.lower() for s in p.soft_banned_words}),

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
 
 _SELECTED = "__selected"
+_EXEMPT = "__exempt"
 
 
 class SelectParams(OpParams):
@@ -71,12 +72,30 @@ def select(scores: pl.DataFrame, params: SelectParams, higher_is_better: bool) -
     return keep, cutoff
 
 
+def _decide(scores: pl.DataFrame, params: SelectParams, higher_is_better: bool) -> tuple[pl.Series, float | None]:
+    """:func:`select`, honouring two optional columns of ``compute_scores``' frame: ``__selected`` (the
+    selector chose its set jointly, e.g. a coreset: used as is) and ``__exempt`` (rows that take no part
+    in the selection, e.g. a held-out validation set: always kept; fractions count the other rows)."""
+    if _SELECTED in scores.columns:
+        keep = scores[_SELECTED].fill_null(False).alias(_SELECTED)
+        chosen = scores.filter(keep)["score"].cast(pl.Float64).fill_nan(None)
+        return keep, (None if keep.all() or chosen.null_count() == len(chosen) else float(
+            chosen.min() if higher_is_better else chosen.max()))
+    if _EXEMPT in scores.columns and scores[_EXEMPT].any():
+        exempt = scores[_EXEMPT].fill_null(False)
+        pos = (~exempt).arg_true()
+        sub_keep, cutoff = select(scores.filter(~exempt), params, higher_is_better)
+        return pl.Series(_SELECTED, [True] * scores.height).scatter(pos, sub_keep), cutoff
+    return select(scores, params, higher_is_better)
+
+
 class Selector(GlobalStage):
     """Base of selectors: subclasses implement ``compute_scores`` and set ``score_column``.
 
-    ``compute_scores(ctx)`` returns a DataFrame with ``__uid`` and ``score`` (and optionally ``tokens``)
-    for every document of the dataset; the base class selects, stores the state, adds the score column
-    to every document and drops the unselected ones with reason ``not_selected``.
+    ``compute_scores(ctx)`` returns a DataFrame with ``__uid`` and ``score`` (and optionally ``tokens``,
+    ``__exempt`` or ``__selected``, see :func:`_decide`) for every document of the dataset; the base
+    class selects, stores the state, adds the score column to every document and drops the unselected
+    ones with reason ``not_selected``.
     """
 
     score_column: ClassVar[str] = "score"
@@ -98,7 +117,7 @@ class Selector(GlobalStage):
             tok = pl.concat([b.select(UID, pl.col("text").str.count_matches(r"\S+").alias("tokens"))
                              for b in ctx.iter_batches(columns=[UID, "text"])])
             scores = scores.join(tok, on=UID, how="left")
-        keep, cutoff = select(scores, self.params, self._direction())
+        keep, cutoff = _decide(scores, self.params, self._direction())
         state = scores.select(UID, pl.col("score").alias(self.score_column)).with_columns(keep)
         state.write_parquet(ctx.state_dir / "selection.parquet")
         (ctx.state_dir / "cutoff.txt").write_text("" if cutoff is None else repr(cutoff))
