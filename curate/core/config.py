@@ -124,11 +124,12 @@ def parse_config(data: dict[str, Any], lines: dict[tuple, int] | None = None, so
                                 f"{err['msg']}")
         except CurateError as e:
             problems.append(f"{source} {_where(loc, lines)}: steps[{i}].{name}: {e}")
-    if cfg is not None:
-        try:
-            cfg.input.files()
-        except ConfigError as e:
-            problems.append(f"{source} {_where(('input', 'path'), lines)}: {e.problems[0]}")
+    try:  # input files are checked even when other keys are wrong, so every problem shows at once
+        InputSpec.model_validate(data.get("input")).files()
+    except ConfigError as e:
+        problems.append(f"{source} {_where(('input', 'path'), lines)}: {e.problems[0]}")
+    except ValidationError:
+        pass  # already reported above
     if problems:
         raise ConfigError(problems)
     assert cfg is not None

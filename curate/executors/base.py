@@ -167,9 +167,10 @@ class Executor:
         sdir = self._stage_dir(seg)
         marker = sdir / "_done.json"
         try:
-            if json.loads(marker.read_text()).get("fingerprint") == seg.stage_fingerprint:
-                return 0.0
-        except (OSError, ValueError):
+            done = json.loads(marker.read_text())
+            if done.get("fingerprint") == seg.stage_fingerprint:
+                return float(done["seconds"])  # resumed: report the original fit time
+        except (OSError, ValueError, KeyError):
             pass
         shutil.rmtree(sdir / "state", ignore_errors=True)
         (sdir / "state").mkdir(parents=True, exist_ok=True)
