@@ -400,3 +400,80 @@ def union_find(n, i_idx, j_idx):
     for x in range(n):
         parent[x] = _find(parent, x)
     return parent
+
+
+@njit(inline="always")
+def _ascii_sep(c):
+    """ASCII whitespace, punctuation or symbol: what ``simplify_text`` turns into a word break."""
+    return c == 32 or (9 <= c <= 13) or (33 <= c <= 47) or (58 <= c <= 64) or (91 <= c <= 96) or (123 <= c <= 126)
+
+
+@njit(cache=True)
+def word_shingle_hashes(data, offsets, n, seed, norm):
+    """Fast word n-gram hashes in one pass over the bytes, without building normalised strings.
+
+    With ``norm``, each text is tokenised exactly as :func:`curate.core.text.simplify_text` would leave
+    it for ASCII input: A-Z lowercased, a number (digits, optionally one ``.``/``,`` and more digits)
+    becomes "0", ASCII punctuation/symbols/whitespace separate words (callers pass non-ASCII texts
+    through ``simplify_text`` first; the kernel is idempotent on its output). Without ``norm``, words are
+    runs of non-whitespace bytes. A word hash is FNV-1a 64 of its normalised bytes, fmix64-finalised; an
+    n-gram hash is fmix64 of the polynomial (x P1) combination of its n word hashes.
+    Returns (hashes, counts per text); texts with fewer than n words get none.
+    """
+    ndoc = offsets.shape[0] - 1
+    counts = np.zeros(ndoc, dtype=np.int64)
+    cap = 0
+    for d in range(ndoc):
+        cap += max(0, offsets[d + 1] - offsets[d])
+    out = np.empty(cap // 2 + ndoc, dtype=np.uint64)  # a word takes >= 1 byte + 1 separator
+    words = np.empty(16, dtype=np.uint64)
+    fnv = U64(0x100000001B3)
+    basis = U64(0xCBF29CE484222325) ^ seed
+    m = 0
+    for d in range(ndoc):
+        s0 = offsets[d]
+        s1 = offsets[d + 1]
+        if words.shape[0] < s1 - s0 + 1:
+            words = np.empty(s1 - s0 + 1, dtype=np.uint64)
+        nw = 0
+        h = basis
+        wl = 0
+        i = s0
+        while i <= s1:
+            c = data[i] if i < s1 else 32
+            if norm:
+                sep = _ascii_sep(c)
+            else:
+                sep = _is_space(c)
+            if sep:
+                if wl > 0:
+                    words[nw] = fmix64(h ^ U64(wl))
+                    nw += 1
+                    h = basis
+                    wl = 0
+                i += 1
+                continue
+            if norm and 48 <= c <= 57:
+                i += 1
+                while i < s1 and 48 <= data[i] <= 57:
+                    i += 1
+                if i + 1 < s1 and (data[i] == 46 or data[i] == 44) and 48 <= data[i + 1] <= 57:
+                    i += 1
+                    while i < s1 and 48 <= data[i] <= 57:
+                        i += 1
+                h = (h ^ U64(48)) * fnv
+                wl += 1
+                continue
+            if norm and 65 <= c <= 90:
+                c += 32
+            h = (h ^ U64(c)) * fnv
+            wl += 1
+            i += 1
+        for j in range(nw - n + 1):
+            g = words[j]
+            for t in range(1, n):
+                g = g * P1 + words[j + t]
+            out[m] = fmix64(g)
+            m += 1
+        counts[d] = max(0, nw - n + 1)
+    return out[:m], counts

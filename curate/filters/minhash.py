@@ -1,0 +1,403 @@
+"""MinHash/LSH near-duplicate removal: shingles -> signatures -> band buckets -> verified pairs -> clusters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field, model_validator
+
+from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
+from curate.core.registry import register
+from curate.core.text import simplify_text
+from curate.filters import _minhash_kernels as K
+from curate.filters._minhash_params import PRESETS, optimal_param, permutations
+
+log = logging.getLogger(__name__)
+
+#: hash scheme name -> (kernel signature scheme, shingle hash kind: 0 xxh64, 1 sha1-32)
+_SCHEMES = {"fast": ("fast", 0), "datasketch": ("affine32", 1), "datasketch_legacy": ("legacy", 1)}
+_SCHEME_CODE = {"fast": 0, "affine32": 1, "legacy": 2}
+#: seed of the xxh64 shingle hashes used for exact-Jaccard sets (independent of the signature hash).
+_SET_SEED = np.uint64(0x5EED)
+_STATE = "minhash_dups.parquet"
+_STATS = "minhash_stats.json"
+_OUT_COLS = ("dup_cluster_id", "dup_of", "dup_jaccard_est", "dup_jaccard")
+
+
+# ----------------------------------------------------------------------------------------------- shingles
+def _utf8_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, int64 offsets) of a string column, zero-copy from Arrow where possible."""
+    import pyarrow as pa
+
+    arr = texts.fill_null("").rechunk().to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.type != pa.large_string():
+        arr = arr.cast(pa.large_string())
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(1, dtype=np.uint8)
+    return data, offsets
+
+
+def shingle_hashes(texts: pl.Series, shingle: str, ngram: int, normalize: bool, kind: int,
+                   seed: int | np.uint64 = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of every shingle of every text (concatenated) and the count per text.
+
+    ``kind``: 0 = fast 64-bit (word n-grams: :func:`~curate.filters._minhash_kernels.word_shingle_hashes`;
+    char n-grams: XXH64(seed) of the UTF-8 bytes), 1 = datasketch ``sha1_hash32`` of the shingle string. A
+    word shingle is the n words joined by one space (normalised text has single spaces); a char shingle
+    is n code points. Texts with fewer than n words (chars) have no shingle.
+    """
+    if shingle == "word" and kind == 0:
+        if normalize:  # the kernel normalises ASCII itself; only non-ASCII texts need the regex pass
+            texts = texts.fill_null("")
+            idx = texts.str.contains(r"[^\x00-\x7f]").arg_true()
+            if len(idx):
+                sub = texts.gather(idx).to_frame("t").select(simplify_text(pl.col("t"))).to_series()
+                texts = texts.scatter(idx, sub)
+        data, offsets = _utf8_buffers(texts)
+        return K.word_shingle_hashes(data, offsets, ngram, np.uint64(seed), normalize)
+    if normalize:
+        texts = texts.to_frame("t").select(simplify_text(pl.col("t"))).to_series()
+    data, offsets = _utf8_buffers(texts)
+    starts, ends, counts = K.shingle_ranges(data, offsets, ngram, shingle == "char")
+    return K.hash_ranges(data, starts, ends, kind, np.uint64(seed)), counts
+
+
+def shingles_py(text: str, shingle: str = "word", ngram: int = 5, normalize: bool = True) -> list[str]:
+    """The shingle strings of one text (reference for tests and for feeding datasketch)."""
+    if normalize:
+        from curate.core.text import simplify_text_py
+
+        text = simplify_text_py(text)
+    if shingle == "char":
+        return [text[i:i + ngram] for i in range(len(text) - ngram + 1)]
+    w = [x for x in re.split(r"[ \t\n\v\f\r]+", text) if x]
+    return [" ".join(w[i:i + ngram]) for i in range(len(w) - ngram + 1)]
+
+
+# ------------------------------------------------------------------------------------------------ config
+class _Cfg:
+    """The resolved, picklable settings the per-shard functions need."""
+
+    def __init__(self, shingle: str, ngram: int, normalize: bool, hash: str, num_perm: int, seed: int,
+                 bands: int, rows: int, score_column: str | None, device: str):
+        self.shingle, self.ngram, self.normalize, self.hash = shingle, ngram, normalize, hash
+        self.num_perm, self.seed, self.bands, self.rows = num_perm, seed, bands, rows
+        self.score_column, self.device = score_column, device
+
+    def key(self) -> str:
+        """Fingerprint of everything a signature shard depends on (names its scratch folder)."""
+        d = {k: v for k, v in vars(self).items() if k != "device"}
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def compute_signatures(texts: pl.Series, cfg: _Cfg) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures (docs x num_perm, uint32) and shingle counts for a batch of texts."""
+    scheme, kind = _SCHEMES[cfg.hash]
+    a, b = permutations(scheme, cfg.num_perm, cfg.seed)
+    hv, counts = shingle_hashes(texts, cfg.shingle, cfg.ngram, cfg.normalize, kind, cfg.seed)
+    if cfg.device == "cuda" and scheme == "fast":
+        from curate.filters._minhash_torch import signatures_fast_torch
+
+        sig = signatures_fast_torch(hv, counts, a, b, "cuda")
+    else:
+        sig = K.signatures(hv, counts, a, b, _SCHEME_CODE[scheme])
+    return sig.astype(np.uint32), counts
+
+
+def _sig_shard(cfg: _Cfg, shard: Path, out: Path) -> None:
+    """Per shard: UID, shingle count, length, keep score, band keys and signature -> parquet."""
+    from curate.io.spill import read_spill
+
+    cols = [UID, "text"] + ([cfg.score_column] if cfg.score_column else [])
+    frames = []
+    for batch in read_spill(shard, cols):
+        sig, counts = compute_signatures(batch["text"], cfg)
+        keys = K.band_keys(sig.astype(np.uint64), cfg.bands, cfg.rows)
+        df = pl.DataFrame({
+            UID: batch[UID],
+            "n_shingles": pl.Series(counts, dtype=pl.UInt32),
+            "length": batch["text"].str.len_chars().cast(pl.UInt32),
+            "score": (batch[cfg.score_column].cast(pl.Float64) if cfg.score_column
+                      else pl.Series([None] * batch.height, dtype=pl.Float64)),
+            **{f"b{i}": pl.Series(keys[:, i], dtype=pl.UInt64) for i in range(cfg.bands)},
+            "sig": pl.Series(sig, dtype=pl.Array(pl.UInt32, cfg.num_perm)),
+        })
+        frames.append(df)
+    schema = {UID: pl.UInt64, "n_shingles": pl.UInt32, "length": pl.UInt32, "score": pl.Float64,
+              **{f"b{i}": pl.UInt64 for i in range(cfg.bands)}, "sig": pl.Array(pl.UInt32, cfg.num_perm)}
+    (pl.concat(frames) if frames else pl.DataFrame(schema=schema)).write_parquet(out)
+
+
+def _cand_shard(cfg: _Cfg, sig_dir: Path, cand_path: Path, verify: bool, shard: Path, out: Path) -> None:
+    """Per shard, for candidate docs only: id, length, score, signature and (if verifying) the sorted
+    unique 64-bit hashes of its shingles."""
+    from curate.io.spill import read_spill
+
+    cand = pl.read_parquet(cand_path)
+    sig = pl.read_parquet(sig_dir / f"{shard.name}.parquet", columns=[UID, "length", "score", "sig"])
+    sig = sig.join(cand, on=UID, how="semi")
+    parts = []
+    for batch in read_spill(shard, [UID, "id", "text"] if verify else [UID, "id"]):
+        batch = batch.join(cand, on=UID, how="semi", maintain_order="left")
+        if not batch.height:
+            continue
+        if verify:
+            hv, counts = shingle_hashes(batch["text"], cfg.shingle, cfg.ngram, cfg.normalize, 0, _SET_SEED)
+            vals, ucounts = K.sorted_unique_per_doc(hv, counts)
+            import pyarrow as pa
+
+            off = np.concatenate([[0], np.cumsum(ucounts)]).astype(np.int64)
+            sets = pl.Series("shingles", pa.LargeListArray.from_arrays(off, pa.array(vals, type=pa.uint64())))
+            batch = batch.select(UID, "id").with_columns(sets)
+        parts.append(batch)
+    ids = pl.concat(parts) if parts else pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String})
+    if verify and "shingles" not in ids.columns:
+        ids = ids.with_columns(pl.lit(None, dtype=pl.List(pl.UInt64)).alias("shingles"))
+    sig.join(ids, on=UID, how="inner").write_parquet(out)
+
+
+# ------------------------------------------------------------------------------------------------ operator
+@register("minhash_dedup")
+class MinHashDedup(GlobalStage):
+    """Removes near-duplicate documents by MinHash + LSH banding (Broder 1997; Leskovec et al., *Mining
+    of Massive Datasets* ch. 3), with optional exact-Jaccard verification.
+
+    Steps: shingles of the normalised text (default word 5-grams after DataTrove's ``simplify_text``:
+    lowercase, numbers to 0, punctuation to space, diacritics stripped, whitespace collapsed;
+    ``shingle="char"`` gives character n-grams as NeMo Curator) -> ``num_perm`` MinHash values per doc
+    (numba kernel over a whole batch) -> ``bands`` x ``rows`` band keys spilled per shard as parquet under
+    the scratch dir (``ctx.map_shards``: an interrupted run reuses finished shards) -> per band, docs with
+    equal keys become candidate pairs (sort/group-by, one band column in memory at a time, split into
+    hash partitions to stay under ``bucket_memory_mb``) -> optional exact Jaccard of each pair on its
+    shingle sets (pairs below ``threshold`` dropped) -> union-find with path compression -> in each
+    connected cluster one doc is kept by ``keep``; the others are removed.
+
+    Defaults: threshold 0.8, num_perm 128, (bands, rows) from datasketch's ``_optimal_param``
+    (``datasketch/lsh.py``, fp/fn weights 0.5) -> 9 x 13 for 0.8; verification on when threshold >= 0.7.
+    ``hash="fast"`` (default): XXH64 shingle hashes and 64-bit multiply-shift permutations;
+    ``hash="datasketch"`` gives signatures bit-identical to ``datasketch.MinHash(num_perm, seed=1)``
+    2.0.0 (sha1 32-bit + fmix32 + affine mod 2^32); ``hash="datasketch_legacy"`` matches
+    ``MinHash(scheme="legacy")`` / datasketch < 2.0 (permutations mod 2^61-1, masked to 32 bits).
+    Presets reproduce the peers: ``datatrove`` (word 5-grams, 14 x 8, no verification; DataTrove
+    ``MinhashConfig``) and ``nemo`` (char 24-grams of raw text, 20 x 13, no verification; NeMo Curator
+    ``FuzzyDuplicatesConfig``); explicitly given fields override a preset.
+
+    Keep policy (deterministic, independent of worker count): ``earliest`` (smallest input position),
+    ``longest`` (most characters, ties -> earliest) or ``score`` (highest ``score_column``, ties and nulls
+    -> earliest). Without verification a cluster is a connected component of LSH candidates (DataTrove's
+    semantics); with it, of verified pairs.
+
+    Short documents: a document with fewer than ``ngram`` words (chars) has no shingle, so it is
+    **kept and never deduplicated** (as DataTrove); their number is logged and saved as ``short_docs``
+    in ``minhash_stats.json`` in the state dir.
+
+    Columns: ``dup_cluster_id`` (internal row key of the cluster's kept doc; null for docs in no
+    cluster), ``dup_of`` (user ``id`` of the kept doc; null for kept docs). Rejected rows (reason
+    ``near_duplicate``, score = exact Jaccard if verified else estimated) also carry
+    ``dup_jaccard_est`` and ``dup_jaccard`` (estimated / exact Jaccard with the kept doc).
+    """
+
+    class Params(OpParams):
+        threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of near-duplicates")
+        num_perm: int = Field(128, ge=2, le=4096, description="hash permutations when bands/rows are derived")
+        bands: int | None = Field(None, ge=1, description="LSH bands (with rows; default from threshold)")
+        rows: int | None = Field(None, ge=1, description="rows per band (with bands)")
+        preset: Literal["datatrove", "nemo"] | None = Field(None, description="peer settings to reproduce")
+        shingle: Literal["word", "char"] = Field("word", description="word or character n-grams")
+        ngram: int = Field(5, ge=1, description="n of the shingles")
+        normalize: bool = Field(True, description="DataTrove simplify_text before shingling")
+        hash: Literal["fast", "datasketch", "datasketch_legacy"] = Field("fast", description="hash scheme")
+        seed: int = Field(1, ge=0, description="permutation seed (datasketch default 1)")
+        verify: bool | None = Field(None, description="exact-Jaccard check of candidates (default: threshold>=0.7)")
+        keep: Literal["earliest", "longest", "score"] = Field("earliest", description="which doc a cluster keeps")
+        score_column: str | None = Field(None, description="column for keep='score' (highest kept)")
+        fp_weight: float = Field(0.5, ge=0.0, description="false-positive weight for derived bands/rows")
+        fn_weight: float = Field(0.5, ge=0.0, description="false-negative weight for derived bands/rows")
+        bucket_memory_mb: int = Field(1024, ge=16, description="memory bound of one bucketing pass")
+        device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="signature kernel device (torch on cuda)")
+
+        @model_validator(mode="after")
+        def _check(self) -> MinHashDedup.Params:
+            if (self.bands is None) != (self.rows is None):
+                raise ValueError("give both bands and rows, or neither")
+            if self.keep == "score" and not self.score_column:
+                raise ValueError("keep='score' needs score_column")
+            return self
+
+    # --------------------------------------------------------------------------------- settings
+    def settings(self) -> dict:
+        """Parameters after the preset and derived (bands, rows, num_perm, verify) are filled in."""
+        p = self.params
+        d = p.model_dump()
+        if p.preset:
+            for k, v in PRESETS[p.preset].items():
+                if k not in p.model_fields_set:
+                    d[k] = v
+        if d["bands"] is None:
+            d["bands"], d["rows"] = optimal_param(d["threshold"], d["num_perm"], d["fp_weight"], d["fn_weight"])
+        elif "num_perm" not in p.model_fields_set:
+            d["num_perm"] = d["bands"] * d["rows"]
+        if d["bands"] * d["rows"] > d["num_perm"]:
+            raise ValueError(f"bands*rows = {d['bands'] * d['rows']} exceeds num_perm = {d['num_perm']}")
+        if d["verify"] is None:
+            d["verify"] = d["threshold"] >= 0.7
+        return d
+
+    def _cfg(self, s: dict) -> _Cfg:
+        device = s["device"]
+        if device == "auto":
+            try:
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            except ImportError:
+                device = "cpu"
+        return _Cfg(s["shingle"], s["ngram"], s["normalize"], s["hash"], s["num_perm"], s["seed"], s["bands"],
+                    s["rows"], s["score_column"], device)
+
+    # --------------------------------------------------------------------------------------- fit
+    def fit(self, ctx: FitContext) -> None:
+        s = self.settings()
+        cfg = self._cfg(s)
+        key = cfg.key()
+        sig_files = ctx.map_shards(partial(_sig_shard, cfg), f"minhash_sig_{key}")
+        sig_dir = ctx.scratch_dir / f"minhash_sig_{key}"
+        stats: dict = {"bands": s["bands"], "rows": s["rows"], "num_perm": s["num_perm"], "hash": s["hash"],
+                       "shingle": s["shingle"], "ngram": s["ngram"], "threshold": s["threshold"],
+                       "verify": s["verify"], "keep": s["keep"]}
+        counts = (pl.scan_parquet(sig_files).select(pl.len().alias("docs"),
+                                                    (pl.col("n_shingles") == 0).sum().alias("short"))
+                  .collect()) if sig_files else pl.DataFrame({"docs": [0], "short": [0]})
+        stats["docs"], stats["short_docs"] = int(counts["docs"][0]), int(counts["short"][0] or 0)
+        pairs = _candidate_pairs(sig_files, s["bands"], ctx.scratch_dir / f"minhash_pairs_{key}",
+                                 s["bucket_memory_mb"], stats["docs"])
+        stats["candidate_pairs"] = pairs.height
+        state = _empty_state()
+        if pairs.height:
+            cand_path = ctx.scratch_dir / f"minhash_cand_{key}.parquet"
+            pl.concat([pairs["a"], pairs["b"]]).unique().sort().alias(UID).to_frame().write_parquet(cand_path)
+            cand_files = ctx.map_shards(partial(_cand_shard, cfg, sig_dir, cand_path, s["verify"]),
+                                        f"minhash_cand_{key}_{int(s['verify'])}")
+            state = _cluster(pl.read_parquet(cand_files), pairs, s, stats)
+        state.write_parquet(ctx.state_dir / _STATE)
+        (ctx.state_dir / _STATS).write_text(json.dumps(stats, indent=1))
+        log.info("minhash_dedup: %s", stats)
+        if stats["short_docs"]:
+            log.info("minhash_dedup: %d documents shorter than %d %ss kept without deduplication",
+                     stats["short_docs"], s["ngram"], s["shingle"])
+
+    def setup(self, ctx: RunContext) -> None:
+        self._state = pl.read_parquet(Path(ctx.state_dir) / _STATE)
+
+    def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
+        batch = batch.drop([c for c in _OUT_COLS if c in batch.columns])
+        return batch.join(self._state, on=UID, how="left", maintain_order="left")
+
+    def rules(self) -> list[Rule]:
+        s = self.settings()
+        return [Rule("near_duplicate", "dup_of", "not_null", threshold=s["threshold"],
+                     score_column="dup_jaccard" if s["verify"] else "dup_jaccard_est")]
+
+    def finish(self, kept: pl.DataFrame) -> pl.DataFrame:
+        return kept.drop(["dup_jaccard_est", "dup_jaccard"])
+
+
+def _empty_state() -> pl.DataFrame:
+    return pl.DataFrame(schema={UID: pl.UInt64, "dup_cluster_id": pl.UInt64, "dup_of": pl.String,
+                                "dup_jaccard_est": pl.Float64, "dup_jaccard": pl.Float64})
+
+
+def _candidate_pairs(sig_files: list[Path], bands: int, out_dir: Path, memory_mb: int, ndocs: int
+                     ) -> pl.DataFrame:
+    """Pairs (a, b) of internal row keys sharing a band key; a = the smallest key of its bucket (a star per
+    bucket, not a clique). Each (band, partition) is a resumable parquet file; the union is deduplicated."""
+    if not sig_files:
+        return pl.DataFrame(schema={"a": pl.UInt64, "b": pl.UInt64})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # ~64 bytes per doc per pass: (uid, key) read, is_duplicated hash table, sort buffers
+    parts = max(1, math.ceil(ndocs * 64 / (memory_mb << 20)))
+    files = []
+    for band in range(bands):
+        for part in range(parts):
+            f = out_dir / f"band{band:03d}-part{part:04d}-of{parts}.parquet"
+            files.append(f)
+            if f.exists():
+                continue
+            lf = pl.scan_parquet(sig_files).filter(pl.col("n_shingles") > 0).select(
+                pl.col(UID), pl.col(f"b{band}").alias("k"))
+            if parts > 1:
+                lf = lf.filter(pl.col("k") % parts == part)
+            df = lf.filter(pl.col("k").is_duplicated()).collect()
+            pairs = (df.sort(["k", UID]).with_columns(pl.col(UID).first().over("k").alias("a"))
+                     .filter(pl.col(UID) != pl.col("a")).select(pl.col("a"), pl.col(UID).alias("b")))
+            tmp = f.with_name(f".tmp-{f.name}")
+            pairs.write_parquet(tmp)
+            tmp.replace(f)
+    return pl.scan_parquet(files).unique().sort(["a", "b"]).collect()
+
+
+def _cluster(cands: pl.DataFrame, pairs: pl.DataFrame, s: dict, stats: dict) -> pl.DataFrame:
+    """Verify pairs, union-find, pick the kept doc per cluster; returns the state rows of clustered docs."""
+    cands = cands.sort(UID)
+    uids = cands[UID].to_numpy()
+    sig = cands["sig"].to_numpy()
+    verify = bool(s["verify"])
+    if verify:
+        lens = cands["shingles"].list.len().fill_null(0).to_numpy()
+        off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        vals = cands["shingles"].explode().drop_nulls().to_numpy().astype(np.uint64)
+    else:
+        off, vals = np.zeros(len(uids) + 1, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+    ia = np.searchsorted(uids, pairs["a"].to_numpy())
+    ib = np.searchsorted(uids, pairs["b"].to_numpy())
+    est, exact = K.pair_jaccards(ia, ib, sig, vals, off, verify)
+    edge = exact >= s["threshold"] if verify else np.ones(len(ia), dtype=bool)
+    stats["verified_pairs"] = int(edge.sum())
+    stats["false_positive_pairs"] = int((~edge).sum())
+    root = K.union_find(len(uids), ia[edge], ib[edge])
+    n = len(uids)
+    if s["keep"] == "earliest":
+        primary = np.zeros(n)
+    elif s["keep"] == "longest":
+        primary = -cands["length"].to_numpy().astype(np.float64)
+    else:
+        sc = cands["score"].to_numpy().astype(np.float64)
+        primary = np.where(np.isnan(sc), np.inf, -sc)
+    order = np.lexsort((uids, primary, root))
+    first = np.ones(n, dtype=bool)
+    first[1:] = root[order][1:] != root[order][:-1]
+    kept_of_root = np.empty(n, dtype=np.int64)
+    kept_of_root[root[order][first]] = order[first]
+    size = np.bincount(root, minlength=n)
+    in_cluster = size[root] > 1
+    kept = kept_of_root[root]
+    removed = in_cluster & (kept != np.arange(n))
+    node = np.nonzero(in_cluster)[0]
+    rem = np.nonzero(removed)[0]
+    e2, x2 = K.pair_jaccards(rem, kept[rem], sig, vals, off, verify)
+    kept_id = cands["id"].gather(kept[node])
+    j_est = np.full(n, np.nan)
+    j_est[rem] = e2
+    j_ex = np.full(n, np.nan)
+    j_ex[rem] = x2
+    stats["clusters"] = int(in_cluster.sum() - removed.sum())
+    stats["removed"] = int(removed.sum())
+    return pl.DataFrame({
+        UID: pl.Series(uids[node], dtype=pl.UInt64),
+        "dup_cluster_id": pl.Series(uids[kept[node]], dtype=pl.UInt64),
+        "dup_of": pl.select(pl.when(pl.Series(removed[node])).then(kept_id)).to_series(),
+        "dup_jaccard_est": pl.Series(j_est[node], dtype=pl.Float64).fill_nan(None),
+        "dup_jaccard": pl.Series(j_ex[node], dtype=pl.Float64).fill_nan(None),
+    })

@@ -1,0 +1,297 @@
+"""minhash_dedup: datasketch parity, optimal (b, r) parity, S-curve recall, planted near-duplicates on real
+text against exact Jaccard, determinism across worker counts, keep policies, short documents."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+import struct
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curate import Pipeline, read, read_output, write
+from curate.core.operator import UID, FitContext
+from curate.core.text import simplify_text, simplify_text_py
+from curate.filters import _minhash_kernels as K
+from curate.filters._minhash_params import optimal_param, permutations, s_curve
+from curate.filters.minhash import MinHashDedup, _Cfg, compute_signatures, shingle_hashes, shingles_py
+from curate.io.spill import SpillWriter
+
+
+def _news(shared_data: Path, n: int) -> list[str]:
+    with gzip.open(shared_data / "web" / "20news-bydate.jsonl.gz", "rt") as fh:
+        return [json.loads(line)["text"] for _, line in zip(range(n), fh)]
+
+
+EDGE = ["", "short text", "1.2.3 abc123def 1,000,000 x.", "Tab\there  ÉCOLE café 3,5 — “quoted” naïve words here",
+        "a-b_c d e f g h", "日本語 の テキスト です よ ね"]
+
+
+# ------------------------------------------------------------------------------------------- hashing
+def test_xxh64_and_sha1_match_reference():
+    xxhash = pytest.importorskip("xxhash")
+    rng = np.random.default_rng(0)
+    for n in [0, 1, 3, 4, 7, 8, 31, 32, 33, 55, 56, 63, 64, 65, 200]:
+        raw = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        arr = np.frombuffer(raw + b"pad", dtype=np.uint8)
+        assert K.xxh64(arr, 0, n, np.uint64(7)) == xxhash.xxh64_intdigest(raw, seed=7)
+        assert K.sha1_prefix(arr, 0, n, 4) == struct.unpack("<I", hashlib.sha1(raw).digest()[:4])[0]
+        assert K.sha1_prefix(arr, 0, n, 8) == struct.unpack("<Q", hashlib.sha1(raw).digest()[:8])[0]
+
+
+@pytest.mark.parametrize("hash_name,scheme", [("datasketch", "affine32"), ("datasketch_legacy", "legacy")])
+@pytest.mark.parametrize("shingle,n", [("word", 5), ("char", 24), ("word", 1)])
+def test_signatures_bit_identical_to_datasketch(shared_data, hash_name, scheme, shingle, n):
+    datasketch = pytest.importorskip("datasketch")
+    texts = _news(shared_data, 120) + EDGE
+    cfg = _Cfg(shingle, n, True, hash_name, 128, 1, 16, 8, None, "cpu")
+    sig, counts = compute_signatures(pl.Series(texts), cfg)
+    for i, t in enumerate(texts):
+        sh = shingles_py(t, shingle, n)
+        assert counts[i] == len(sh)
+        m = datasketch.MinHash(num_perm=128, seed=1, scheme=scheme)
+        m.update_batch([s.encode("utf-8") for s in sh])
+        np.testing.assert_array_equal(m.hashvalues.astype(np.uint64), sig[i].astype(np.uint64))
+
+
+def test_fast_word_kernel_normalises_like_simplify_text(shared_data):
+    texts = _news(shared_data, 1500) + EDGE
+    s = pl.Series(texts)
+    h1, c1 = shingle_hashes(s, "word", 5, True, 0, 7)
+    simplified = s.to_frame("t").select(simplify_text(pl.col("t"))).to_series()
+    h2, c2 = shingle_hashes(simplified, "word", 5, False, 0, 7)
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(h1, h2)
+    np.testing.assert_array_equal(c1, [len(shingles_py(t)) for t in texts])
+
+
+def test_simplify_text_datatrove_rules():
+    assert simplify_text_py("Héllo, World!  It costs $3.14 or 1,000 in 2024.\nNew\tline") == \
+        "hello world it costs 0 or 0 in 0 new line"
+
+
+def test_torch_fast_kernel_matches_numba():
+    pytest.importorskip("torch")
+    from curate.filters._minhash_torch import signatures_fast_torch
+
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 50, 40)
+    hv = rng.integers(0, np.iinfo(np.uint64).max, int(counts.sum()), dtype=np.uint64, endpoint=True)
+    a, b = permutations("fast", 64, 1)
+    np.testing.assert_array_equal(signatures_fast_torch(hv, counts, a, b, "cpu", chunk=256),
+                                  K.signatures(hv, counts, a, b, 0))
+
+
+@pytest.mark.gpu
+def test_torch_fast_kernel_on_cuda_matches_numba():
+    from curate.filters._minhash_torch import signatures_fast_torch
+
+    rng = np.random.default_rng(4)
+    counts = rng.integers(0, 300, 500)
+    hv = rng.integers(0, np.iinfo(np.uint64).max, int(counts.sum()), dtype=np.uint64, endpoint=True)
+    a, b = permutations("fast", 128, 1)
+    np.testing.assert_array_equal(signatures_fast_torch(hv, counts, a, b, "cuda"), K.signatures(hv, counts, a, b, 0))
+
+
+# ---------------------------------------------------------------------------------------- parameters
+def test_optimal_param_matches_datasketch():
+    lsh = pytest.importorskip("datasketch.lsh")
+    for num_perm in (64, 128, 256):
+        for t in (0.3, 0.5, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
+            assert optimal_param(t, num_perm) == lsh._optimal_param(t, num_perm, 0.5, 0.5), (t, num_perm)
+    assert optimal_param(0.8, 128, 0.3, 0.7) == lsh._optimal_param(0.8, 128, 0.3, 0.7)
+    assert optimal_param(0.8, 128) == (9, 13)  # algorithms.md §3.3 reference values
+
+
+def test_presets_and_defaults():
+    s = MinHashDedup(preset="datatrove").settings()
+    assert (s["shingle"], s["ngram"], s["bands"], s["rows"], s["num_perm"], s["verify"]) == ("word", 5, 14, 8, 112, False)
+    s = MinHashDedup(preset="nemo").settings()
+    assert (s["shingle"], s["ngram"], s["bands"], s["rows"], s["num_perm"], s["normalize"]) == ("char", 24, 20, 13, 260, False)
+    s = MinHashDedup(preset="datatrove", verify=True).settings()
+    assert s["verify"] is True
+    assert MinHashDedup(threshold=0.6).settings()["verify"] is False
+    with pytest.raises(ValueError):
+        MinHashDedup(bands=4)
+    with pytest.raises(ValueError):
+        MinHashDedup(keep="score")
+
+
+# ------------------------------------------------------------------------------------- S-curve
+def _pair_sets(rng: np.random.Generator, jac: float, size: int = 200) -> tuple[np.ndarray, np.ndarray, float]:
+    x = int(round(2 * size * jac / (1 + jac)))
+    common = rng.integers(0, 2**63, x, dtype=np.uint64)
+    a = np.concatenate([common, rng.integers(0, 2**63, size - x, dtype=np.uint64)])
+    b = np.concatenate([common, rng.integers(0, 2**63, size - x, dtype=np.uint64)])
+    return a, b, x / (2 * size - x)
+
+
+def test_band_collision_rate_follows_s_curve_and_estimator_unbiased():
+    rng = np.random.default_rng(11)
+    bands, rows, trials = 14, 8, 400
+    a_, b_ = permutations("fast", bands * rows, 1)
+    for jac in (0.5, 0.6, 0.7, 0.8, 0.9):
+        sets = [_pair_sets(rng, jac) for _ in range(trials)]
+        true_j = sets[0][2]
+        hv = np.concatenate([np.concatenate([a, b]) for a, b, _ in sets])
+        counts = np.full(2 * trials, len(sets[0][0]), dtype=np.int64)
+        sig = K.signatures(hv, counts, a_, b_, 0)
+        keys = K.band_keys(sig, bands, rows)
+        hit = (keys[0::2] == keys[1::2]).any(axis=1).mean()
+        est = (sig[0::2] == sig[1::2]).mean(axis=1)
+        expected = float(s_curve(true_j, bands, rows))
+        sd = np.sqrt(expected * (1 - expected) / trials)
+        assert abs(hit - expected) <= 4 * sd + 1e-9, (jac, hit, expected)
+        assert abs(est.mean() - true_j) <= 4 * np.sqrt(true_j * (1 - true_j) / (bands * rows) / trials)
+        assert est.std() == pytest.approx(np.sqrt(true_j * (1 - true_j) / (bands * rows)), rel=0.25)
+
+
+def test_identical_always_collide_disjoint_never():
+    rng = np.random.default_rng(5)
+    hv = rng.integers(0, 2**63, 300, dtype=np.uint64)
+    a, b = permutations("fast", 128, 1)
+    sig = K.signatures(np.concatenate([hv, hv[::-1], rng.integers(0, 2**63, 150, dtype=np.uint64)]),
+                       np.array([300, 300, 150]), a, b, 0)
+    keys = K.band_keys(sig, 16, 8)
+    assert (keys[0] == keys[1]).all() and not (keys[0] == keys[2]).any()
+
+
+# --------------------------------------------------------------------------- real text, exact truth
+def _spill(tmp: Path, frames: list[pl.DataFrame]) -> FitContext:
+    shards = []
+    uid = 0
+    for i, df in enumerate(frames):
+        w = SpillWriter(tmp / "spill" / f"shard-{i:05d}")
+        w.write(df.with_columns(pl.Series(UID, np.arange(uid, uid + df.height), dtype=pl.UInt64)))
+        w.close()
+        uid += df.height
+        shards.append(tmp / "spill" / f"shard-{i:05d}")
+    (tmp / "state").mkdir(exist_ok=True)
+    return FitContext(work_dir=tmp, state_dir=tmp / "state", shards=shards, scratch_dir=tmp / "scratch")
+
+
+def _planted_corpus(shared_data: Path, n_base: int, n_dup: int, seed: int = 0) -> pl.DataFrame:
+    """Book paragraphs (>= 40 words) + copies with 0-6% of words replaced (a spread of Jaccard values)."""
+    rng = random.Random(seed)
+    with gzip.open(shared_data / "books" / "gutenberg_slice.jsonl.gz", "rt") as fh:
+        paras: list[str] = []
+        for line in fh:
+            body = json.loads(line)["text"]
+            body = body.replace("\r\n", "\n")
+            paras += [p.replace("\n", " ") for p in body.split("\n\n")[50:400] if len(p.split()) >= 40]
+            if len(paras) > 4 * n_base:
+                break
+    base = rng.sample(paras, n_base)
+    rows = [{"id": f"p{i}", "text": t} for i, t in enumerate(base)]
+    for k in range(n_dup):
+        i = rng.randrange(n_base)
+        w = base[i].split()
+        for _ in range(int(len(w) * rng.uniform(0.0, 0.06))):
+            w[rng.randrange(len(w))] = rng.choice(["alpha", "beta", "gamma", "delta", "the", "and"])
+        rows.append({"id": f"dup{k}-p{i}", "text": " ".join(w)})
+    rng.shuffle(rows)
+    return pl.DataFrame(rows)
+
+
+def _exact_pairs(texts: pl.Series) -> pl.DataFrame:
+    """Exact word-5-gram Jaccard of every pair sharing a shingle (inverted index), same normalisation."""
+    hv, counts = shingle_hashes(texts, "word", 5, True, 0, 99)
+    vals, ucounts = K.sorted_unique_per_doc(hv, counts)
+    doc = np.repeat(np.arange(len(texts)), ucounts)
+    inv = pl.DataFrame({"d": doc, "h": vals})
+    pairs = (inv.join(inv, on="h").filter(pl.col("d") < pl.col("d_right"))
+             .group_by("d", "d_right").len().rename({"len": "inter"}))
+    size = pl.Series(ucounts)
+    return pairs.with_columns(
+        (pl.col("inter") / (size.gather(pairs["d"]) + size.gather(pairs["d_right"]) - pl.col("inter"))).alias("j"))
+
+
+def test_precision_recall_vs_exact_jaccard(shared_data, tmp_path):
+    df = _planted_corpus(shared_data, 1500, 400)
+    ctx = _spill(tmp_path, [df[:900], df[900:]])
+    op = MinHashDedup(threshold=0.8)
+    op.fit(ctx)
+    op.setup(ctx)
+    out = op.apply(pl.concat([b for s in ctx.shards for b in ctx.read_shard(s)]))
+    s = op.settings()
+    truth = _exact_pairs(df["text"])
+    cluster = out["dup_cluster_id"].to_numpy()
+    same = (cluster[truth["d"].to_numpy()] == cluster[truth["d_right"].to_numpy()]) & \
+        ~np.isnan(cluster[truth["d"].to_numpy()].astype(float))
+    pos = truth["j"].to_numpy() >= 0.8
+    recall = same[pos].mean()
+    expected = s_curve(truth["j"].to_numpy()[pos], s["bands"], s["rows"]).mean()
+    assert pos.sum() > 100
+    assert recall >= expected - 3 * np.sqrt(expected * (1 - expected) / pos.sum()) - 0.02, (recall, expected)
+    # predicted pairs: all pairs inside a cluster; verified edges keep chained members close
+    ids = np.nonzero(~np.isnan(cluster.astype(float)))[0]
+    grp = pl.DataFrame({"d": ids, "c": cluster[ids]})
+    pred = grp.join(grp, on="c").filter(pl.col("d") < pl.col("d_right")).select("d", "d_right")
+    tp = pred.join(truth.filter(pl.col("j") >= 0.8), on=["d", "d_right"]).height
+    assert tp / pred.height >= 0.95
+    # removed rows carry the kept doc and their Jaccard with it
+    rem = out.filter(pl.col("dup_of").is_not_null())
+    assert rem.height > 0 and rem["dup_jaccard"].min() > 0.5
+    kept_ids = set(out.filter(pl.col("dup_of").is_null())["id"])
+    assert set(rem["dup_of"]) <= kept_ids
+
+
+def test_keep_policies_and_short_docs(tmp_path):
+    base = " ".join("w" + "abcdefghij"[i // 10] + "abcdefghij"[i % 10] for i in range(60))
+    df = pl.DataFrame({
+        "id": ["a", "b", "c", "short1", "short2"],
+        "text": [base, base + " extra", base + " more words", "tiny doc", "tiny doc"],
+        "q": [0.1, 0.2, 0.9, 0.0, 0.0],
+    })
+    for keep, kept in [("earliest", "a"), ("longest", "c"), ("score", "c")]:
+        ctx = _spill(tmp_path / keep, [df])
+        op = MinHashDedup(threshold=0.8, keep=keep, score_column="q" if keep == "score" else None)
+        op.fit(ctx)
+        op.setup(ctx)
+        out = op.apply(df.with_columns(pl.Series(UID, np.arange(5), dtype=pl.UInt64)))
+        assert set(out.filter(pl.col("dup_of").is_not_null())["id"]) == {"a", "b", "c"} - {kept}
+        assert set(out.filter(pl.col("dup_of").is_not_null())["dup_of"]) == {kept}
+        assert out.filter(pl.col("id").str.starts_with("short"))["dup_of"].null_count() == 2  # short: kept
+        stats = json.loads((ctx.state_dir / "minhash_stats.json").read_text())
+        assert stats["short_docs"] == 2 and stats["removed"] == 2
+
+
+def test_signature_shards_resume(tmp_path):
+    df = pl.DataFrame({"id": [str(i) for i in range(20)], "text": [f"doc {i} " * 30 for i in range(20)]})
+    ctx = _spill(tmp_path, [df[:10], df[10:]])
+    op = MinHashDedup(threshold=0.8)
+    op.fit(ctx)
+    sig_files = sorted((ctx.scratch_dir).glob("minhash_sig_*/*.parquet"))
+    assert len(sig_files) == 2
+    before = [f.stat().st_mtime_ns for f in sig_files]
+    sig_files[1].unlink()  # as if interrupted after the first shard
+    op.fit(ctx)
+    after = sorted((ctx.scratch_dir).glob("minhash_sig_*/*.parquet"))
+    assert after[0].stat().st_mtime_ns == before[0] and len(after) == 2
+
+
+# ------------------------------------------------------------------ real Pipeline, worker counts
+def test_same_output_with_one_or_two_workers(shared_data, tmp_path):
+    df = _planted_corpus(shared_data, 300, 80, seed=1)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for p in range(3):
+        df[p::3].write_ndjson(inp / f"part{p}.jsonl")
+    results = []
+    for workers in (1, 2):
+        Pipeline(read(str(inp / "*.jsonl")), MinHashDedup(threshold=0.8), write(str(tmp_path / f"out{workers}"))
+                 ).run(work_dir=str(tmp_path / f"work{workers}"), workers=workers, progress=False)
+        out = read_output(tmp_path / f"out{workers}").sort("id")
+        rej = pl.concat([pl.read_ndjson(f) for f in (tmp_path / f"work{workers}" / "rejects").rglob("*.jsonl")])
+        results.append((out, rej.sort("id")))
+    assert results[0][0].equals(results[1][0])
+    assert results[0][1].equals(results[1][1])
+    rej = results[0][1]
+    assert rej.height > 20 and set(rej["reason"]) == {"near_duplicate"}
+    assert {"dup_of", "dup_jaccard_est", "dup_jaccard", "score", "threshold"} <= set(rej.columns)
+    assert (rej["score"] == rej["dup_jaccard"]).all()
