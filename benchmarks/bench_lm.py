@@ -1,0 +1,199 @@
+"""KenLM language-model benchmark: ``train-lm`` time / peak memory vs corpus size, and perplexity scoring
+docs/s against a raw ``kenlm.Model.score`` loop, plus multi-worker scaling of a perplexity pipeline.
+
+    python benchmarks/bench_lm.py [--small]
+
+Data: Project Gutenberg paragraphs from ``../shared/data/books/gutenberg_slice.jsonl.gz``. The reference
+trainer ``shared/reference/kn_arpa.py`` (pure Python) is timed on the smallest size as the peer for
+training; Data-Juicer's perplexity filter is not run (its model is downloaded from the internet at first
+use, which this machine cannot reach).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import multiprocessing as mp
+import re
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = REPO.parent / "shared" / "data" / "books" / "gutenberg_slice.jsonl.gz"
+REF = REPO.parent / "shared" / "reference" / "kn_arpa.py"
+
+
+def paragraphs(max_words: int, skip_books: int = 0) -> list[str]:
+    out, words = [], 0
+    with gzip.open(DATA, "rt") as f:
+        for i, row in enumerate(f):
+            if i < skip_books:
+                continue
+            for p in re.split(r"\r?\n\s*\r?\n", json.loads(row)["text"]):
+                n = len(p.split())
+                if n >= 5:
+                    out.append(p.strip())
+                    words += n
+                    if words >= max_words:
+                        return out
+    return out
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _train_child(texts: list[str], out: str, order: int, q) -> None:
+    from curate.selectors.kn_lm import train_lm
+
+    base = _rss_mb()
+    t = time.perf_counter()
+    rep = train_lm(texts, out, order=order, use_lmplz="never")
+    q.put((time.perf_counter() - t, _rss_mb(), base, rep.tokens, sum(rep.ngram_counts)))
+
+
+def _ref_child(texts: list[str], out: str, order: int, q) -> None:
+    import importlib.util
+
+    import polars as pl
+
+    from curate.selectors.kn_lm import LMTokenizer
+
+    spec = importlib.util.spec_from_file_location("kn_arpa", REF)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lines = LMTokenizer().lines(pl.Series(texts))["line"]
+    lines = lines.filter(lines.str.contains(r"\S")).to_list()
+    base = _rss_mb()
+    t = time.perf_counter()
+    mod.write_arpa(mod.train(lines, order=order), out)
+    q.put((time.perf_counter() - t, _rss_mb(), base, 0, 0))
+
+
+def in_child(fn, *args):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=fn, args=(*args, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def bench_train(sizes: list[int], order: int, tmp: Path, ref_size: int) -> list[str]:
+    rows = ["| corpus words | tokens | n-grams | train-lm s | tokens/s | peak RSS MB (after imports) |",
+            "|---:|---:|---:|---:|---:|---:|"]
+    prev = None
+    for size in sizes:
+        texts = paragraphs(size)
+        secs, peak, base, ntok, ngrams = in_child(_train_child, texts, str(tmp / f"m{size}.arpa"), order)
+        growth = "" if prev is None else f" (x{secs / prev[0]:.2f} time, x{peak / prev[1]:.2f} RSS for x{size / prev[2]:.0f} data)"
+        print(f"train-lm order {order}: {size:>9,} words  {secs:6.2f}s  {ntok / secs:>10,.0f} tok/s  "
+              f"peak RSS {peak:,.0f} MB (base {base:,.0f}){growth}", flush=True)
+        rows.append(f"| {size:,} | {ntok:,} | {ngrams:,} | {secs:.2f} | {ntok / secs:,.0f} | {peak:,.0f} ({base:,.0f}) |")
+        prev = (secs, peak, size)
+    if REF.exists():
+        texts = paragraphs(ref_size)
+        secs, peak, base, _, _ = in_child(_ref_child, texts, str(tmp / "ref.arpa"), order)
+        ours = in_child(_train_child, texts, str(tmp / "ours.arpa"), order)
+        print(f"reference kn_arpa.py on {ref_size:,} words: {secs:.2f}s, peak RSS {peak:,.0f} MB; "
+              f"curate {ours[0]:.2f}s, {ours[1]:,.0f} MB -> x{secs / ours[0]:.1f} faster", flush=True)
+        rows.append(f"\nPeer: reference `kn_arpa.py` (pure Python) on {ref_size:,} words: {secs:.2f} s, peak RSS "
+                    f"{peak:,.0f} MB; curate {ours[0]:.2f} s, {ours[1]:,.0f} MB (x{secs / ours[0]:.1f} faster).")
+    return rows
+
+
+def bench_score(model: Path, docs: list[str], repeats: int = 3) -> list[str]:
+    import kenlm
+
+    from curate.selectors.perplexity import Perplexity
+
+    op = Perplexity(model=str(model))
+    batch = pl.DataFrame({"text": docs})
+    op.score(batch.head(100))  # load the model (setup) outside the timing
+    raw_model = kenlm.Model(str(model))
+    lines = op._scorer.lines(batch["text"])["line"].to_list()
+
+    def best(fn) -> float:
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    t_op = best(lambda: op.score(batch))
+    t_raw_lines = best(lambda: [raw_model.score(s) for s in lines])
+    t_raw_docs = best(lambda: [raw_model.score(s) for s in docs])
+    t_norm = best(lambda: op._scorer.lines(batch["text"]))
+    n = len(docs)
+    out = ["| path | docs/s | vs raw kenlm loop (same normalised lines) |", "|---|---:|---:|",
+           f"| raw `kenlm.Model.score` loop over the normalised lines (no normalisation) | {n / t_raw_lines:,.0f} | 1.00 |",
+           f"| `perplexity` operator `score()` (CCNet normalisation + split + score + per-doc sums) | {n / t_op:,.0f} | {t_raw_lines / t_op:.2f} |",
+           f"| operator minus its normalisation step (scoring part only) | {n / max(t_op - t_norm, 1e-9):,.0f} | {t_raw_lines / max(t_op - t_norm, 1e-9):.2f} |",
+           f"| raw `kenlm.Model.score(doc)` on raw, unnormalised docs (one call per doc) | {n / t_raw_docs:,.0f} | {t_raw_lines / t_raw_docs:.2f} |"]
+    print(f"scoring {n:,} docs ({len(lines):,} lines): operator {n / t_op:,.0f} docs/s, raw kenlm loop "
+          f"{n / t_raw_lines:,.0f} docs/s -> ratio {t_raw_lines / t_op:.2f}; normalisation alone {t_norm:.2f}s "
+          f"of {t_op:.2f}s; raw kenlm on raw docs {n / t_raw_docs:,.0f} docs/s", flush=True)
+    return out
+
+
+def bench_workers(model: Path, docs: list[str], tmp: Path, workers: list[int]) -> list[str]:
+    from curate import Pipeline, read, write
+    from curate.selectors.perplexity import Perplexity
+
+    src = tmp / "docs"
+    src.mkdir(exist_ok=True)
+    k = 4
+    for i in range(k):  # several shards so workers have something to share
+        pl.DataFrame({"id": [f"{i}-{j}" for j in range(len(docs[i::k]))], "text": docs[i::k]}).write_ndjson(
+            src / f"part{i}.jsonl")
+    rows = ["| workers | docs/s (end to end: read, score, write) | speed-up |", "|---:|---:|---:|"]
+    base = None
+    for w in workers:
+        work = tmp / f"work{w}"
+        shutil.rmtree(work, ignore_errors=True)
+        t = time.perf_counter()
+        Pipeline(read(str(src)), Perplexity(model=str(model)), write(str(tmp / f"out{w}"))).run(
+            work_dir=str(work), workers=w, progress=False)
+        secs = time.perf_counter() - t
+        base = base or secs
+        print(f"pipeline workers={w}: {len(docs) / secs:,.0f} docs/s (x{base / secs:.2f})", flush=True)
+        rows.append(f"| {w} | {len(docs) / secs:,.0f} | {base / secs:.2f} |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small", action="store_true", help="smaller sizes (about a minute)")
+    ap.add_argument("--order", type=int, default=5)
+    args = ap.parse_args()
+    if not DATA.exists():
+        sys.exit(f"data not found: {DATA}")
+    sizes = [100_000, 300_000, 900_000] if args.small else [250_000, 1_000_000, 4_000_000]
+    ref_size = 50_000 if args.small else 100_000
+    n_docs = 10_000 if args.small else 40_000
+    (REPO / "benchmarks" / "_work").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=REPO / "benchmarks" / "_work") as tmp_s:
+        tmp = Path(tmp_s)
+        train_rows = bench_train(sizes, args.order, tmp, ref_size)
+        model = tmp / f"m{sizes[1]}.arpa"
+        docs = paragraphs(n_docs * 80, skip_books=150)[:n_docs]
+        score_rows = bench_score(model, docs)
+        worker_rows = bench_workers(model, docs, tmp, [1, 2])
+    cmd = "python benchmarks/bench_lm.py" + (" --small" if args.small else "")
+    print("\n".join([f"\n## `{cmd}`", "", f"### train-lm (order {args.order}, whitespace tokens)", *train_rows,
+                     "", f"### perplexity scoring ({len(docs):,} held-out Gutenberg paragraphs, model from "
+                     f"{sizes[1]:,} words)", *score_rows, "", "### workers", *worker_rows]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The Kneser-Ney estimator against the reference trainer (shared/reference/kn_arpa.py), kenlm and CCNet."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import re
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curate.core.text import ccnet_normalize, ccnet_normalize_series
+from curate.selectors.kn_lm import LMTokenizer, estimate, read_meta, train_lm, write_arpa
+
+kenlm = pytest.importorskip("kenlm")
+REF = Path(__file__).resolve().parents[3] / "shared" / "reference" / "kn_arpa.py"
+
+
+@pytest.fixture(scope="module")
+def kn_arpa():
+    """The slow pure-Python modified-KN oracle (checked against kenlm by its authors)."""
+    if not REF.exists():
+        pytest.skip(f"reference trainer {REF} not found")
+    spec = importlib.util.spec_from_file_location("kn_arpa", REF)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def shakespeare(shared_data) -> pl.Series:
+    raw = (shared_data / "books" / "tinyshakespeare.txt").read_text().split("\n")
+    lines = LMTokenizer().lines(pl.Series(raw[:2500]))["line"]
+    return lines.filter(lines.str.contains(r"\S"))
+
+
+def _parse_arpa(path: Path) -> dict[str, tuple[float, float]]:
+    out, inside = {}, False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if re.fullmatch(r"\\\d+-grams:", line):
+            inside = True
+        elif line.startswith("\\"):
+            inside = False
+        elif inside and line:
+            parts = line.split("\t")
+            out[parts[1]] = (float(parts[0]), float(parts[2]) if len(parts) > 2 else 0.0)
+    return out
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(max(abs(a[k][0] - b[k][0]), abs(a[k][1] - b[k][1])) for k in a)
+
+
+# ---- CCNet normalisation: a copy of cc_net/text_normalizer.py::normalize (facebookresearch/cc_net, MIT)
+_UNICODE_PUNCT = {"，": ",", "。": ".", "、": ",", "„": '"', "”": '"', "“": '"', "«": '"', "»": '"', "１": '"',
+                  "」": '"', "「": '"', "《": '"', "》": '"', "´": "'", "∶": ":", "：": ":", "？": "?", "！": "!",
+                  "（": "(", "）": ")", "；": ";", "–": "-", "—": " - ", "．": ". ", "～": "~", "’": "'",
+                  "…": "...", "━": "-", "〈": "<", "〉": ">", "【": "[", "】": "]", "％": "%", "►": "-"}
+_NON_PRINTING = re.compile(f"[{''.join(map(chr, list(range(0, 32)) + list(range(127, 160))))}]")
+
+
+def _ccnet_normalize_ref(line: str) -> str:
+    line = line.strip()
+    if not line:
+        return line
+    line = line.lower()
+    line = "".join(c for c in unicodedata.normalize("NFD", line) if unicodedata.category(c) != "Mn")
+    line = re.sub(r"\d", "0", line)
+    line = "".join(_UNICODE_PUNCT.get(c, c) for c in line)
+    return _NON_PRINTING.sub("", line)
+
+
+def test_ccnet_normalize_matches_ccnet_on_real_text(shared_data):
+    lines = []
+    with gzip.open(shared_data / "books" / "gutenberg_slice.jsonl.gz", "rt") as f:
+        for _, row in zip(range(6), f):
+            lines += json.loads(row)["text"].split("\n")[:3000]
+    lines += ["  Café ÉTÉ naïve 123 ١٢ “q” — x…\tY\x85 ", "", "（全角）：１２３！", "Ĳssel ﬁne Ångström", "\x00a\x9fb"]
+    got = pl.select(ccnet_normalize(pl.lit(pl.Series(lines)))).to_series().to_list()
+    want = [_ccnet_normalize_ref(s) for s in lines]
+    assert sum(any(ord(c) > 127 for c in s) for s in lines) > 20  # the sample does exercise non-ASCII
+    bad = [(s, g, w) for s, g, w in zip(lines, got, want) if g != w]
+    assert not bad, bad[:5]
+    assert ccnet_normalize_series(pl.Series(lines)).to_list() == want  # the ASCII fast path agrees
+
+
+# ---- estimator vs the reference
+@pytest.mark.parametrize("order", [2, 3, 5])
+def test_matches_reference_trainer(kn_arpa, shakespeare, tmp_path, order):
+    est = estimate(shakespeare, order, lmplz_discounts=False)
+    write_arpa(est, tmp_path / "ours.arpa")
+    ref = kn_arpa.train(shakespeare.to_list(), order=order)
+    kn_arpa.write_arpa(ref, str(tmp_path / "ref.arpa"))
+    assert est.discounts == [ref["disc"][n] for n in range(1, order + 1)]
+    assert _max_diff(_parse_arpa(tmp_path / "ours.arpa"), _parse_arpa(tmp_path / "ref.arpa")) < 1e-6
+
+
+def test_lmplz_discounts_and_probabilities(kn_arpa, shakespeare, tmp_path):
+    """Default (lmplz) discounts: t_k of exactly k (k<=4) from the reference's adjusted counts, Chen &
+    Goodman eq. 26; the probabilities then match the reference run with those discounts."""
+    order = 4
+    est = estimate(shakespeare, order)
+    ref = kn_arpa.train(shakespeare.to_list(), order=order)
+    for n in range(1, order + 1):
+        t = Counter(v for v in ref["adj"][n].values() if v > 0)
+        y = t[1] / (t[1] + 2 * t[2])
+        want = tuple(k - (k + 1) * y * t[k + 1] / t[k] for k in (1, 2, 3))
+        if all(0 <= d <= k for k, d in zip((1, 2, 3), want)):
+            assert est.discounts[n - 1] == pytest.approx(want, rel=1e-12)
+        else:
+            assert est.discounts[n - 1] == (0.5, 1.0, 1.5)
+        ref["disc"][n] = est.discounts[n - 1]
+    assert sum(d != (0.5, 1.0, 1.5) for d in est.discounts) >= 3  # real discounts, not the fallback
+    write_arpa(est, tmp_path / "ours.arpa")
+    kn_arpa.write_arpa(ref, str(tmp_path / "ref.arpa"))
+    assert _max_diff(_parse_arpa(tmp_path / "ours.arpa"), _parse_arpa(tmp_path / "ref.arpa")) < 1e-6
+
+
+def test_every_context_sums_to_one(shakespeare, tmp_path):
+    est = estimate(shakespeare, 3)
+    write_arpa(est, tmp_path / "m.arpa")
+    model = kenlm.Model(str(tmp_path / "m.arpa"))
+    vocab = [w for w in est.vocab if w != "<s>"]
+    rng = np.random.default_rng(0)
+    toks = [s.split() for s in shakespeare.to_list()]
+    contexts = [[], ["zzzunseen"], ["the"], ["zzzunseen", "the"]]
+    for i in rng.choice(len(toks), 12, replace=False):
+        if len(toks[i]) >= 2:
+            j = int(rng.integers(0, len(toks[i]) - 1))
+            contexts += [toks[i][j:j + 1], toks[i][j:j + 2]]
+    for ctx in contexts:
+        st, out = kenlm.State(), kenlm.State()
+        model.BeginSentenceWrite(st)
+        for w in ctx:
+            nxt = kenlm.State()
+            model.BaseScore(st, w, nxt)
+            st = nxt
+        total = sum(10 ** model.BaseScore(st, w, out) for w in vocab)
+        assert total == pytest.approx(1.0, abs=1e-4), ctx
+        own = sum(10 ** est.log10_prob(w, ("<s>", *ctx)) for w in vocab)
+        assert own == pytest.approx(1.0, abs=1e-4), ctx
+
+
+def test_kenlm_score_matches_own_computation(shared_data, shakespeare, tmp_path):
+    est = estimate(shakespeare, 5)
+    write_arpa(est, tmp_path / "m.arpa")
+    model = kenlm.Model(str(tmp_path / "m.arpa"))
+    raw = (shared_data / "books" / "tinyshakespeare.txt").read_text().split("\n")[5000:5300]
+    held = LMTokenizer().lines(pl.Series(raw))["line"].to_list()
+    sents = shakespeare.to_list()[:100] + held + ["", "zzz qqq unseen words", "the the the"]
+    diffs = [abs(model.score(s) - est.score(s)) for s in sents]
+    assert max(diffs) < 1e-4
+    # own sentence score also equals the sum of interpolated conditional probabilities
+    s = held[3].split()
+    toks = ["<s>", *s, "</s>"]
+    manual = sum(est.log10_prob(toks[i], tuple(toks[max(0, i - 4):i])) for i in range(1, len(toks)))
+    assert manual == pytest.approx(model.score(held[3]), abs=1e-4)
+
+
+def test_reserved_tokens_and_empty_lines(tmp_path):
+    est = estimate(pl.Series(["a b <s> c", "", "   ", "a </s> b", "<unk> a"]), 3)
+    assert est.vocab[:3] == ["<unk>", "<s>", "</s>"] and set(est.vocab[3:]) == {"a", "b", "c"}
+    write_arpa(est, tmp_path / "m.arpa")
+    assert kenlm.Model(str(tmp_path / "m.arpa")).order == 3
+
+
+def test_train_lm_sentencepiece_and_cli(shared_data, tmp_path):
+    from curate.cli import main
+
+    out = tmp_path / "gsm.arpa"
+    rc = main(["train-lm", str(shared_data / "instructions" / "gsm8k" / "train.jsonl"), "--text-field", "question",
+               "--max-docs", "1500", "--order", "4", "--tokenizer", "sentencepiece", "--vocab-size", "800",
+               "-o", str(out)])
+    assert rc == 0
+    meta = read_meta(out)
+    assert meta["tokenizer"] == "sentencepiece" and (tmp_path / meta["sp_model"]).exists()
+    assert meta["order"] == 4 and len(meta["ngram_counts"]) == 4
+    tok = LMTokenizer.for_model(out)
+    line = tok.lines(pl.Series(["Natalia sold clips to 48 of her friends in April."]))["line"][0]
+    assert "▁" in line and "48" not in line  # pieces, digits normalised to 0
+    model = kenlm.Model(str(out))
+    q = "Tom has 3 apples and buys 5 more. How many apples does he have now?"
+    words = q.split()
+    shuffled = " ".join(words[i] for i in np.random.default_rng(1).permutation(len(words)))
+    enc = tok.lines(pl.Series([q, shuffled]))["line"].to_list()
+    assert model.perplexity(enc[0]) < model.perplexity(enc[1])
+    # the Python API, whitespace tokens: 3 lines, 6 tokens
+    rep = train_lm(["one line here", "two lines\nthere"], tmp_path / "w.arpa", order=2, use_lmplz="never")
+    assert rep.backend == "curate" and rep.lines == 3 and rep.tokens == 6
+    assert read_meta(tmp_path / "w.arpa")["sp_model"] is None
