@@ -89,7 +89,7 @@ class Pipeline:
         if kind == "ray":
             from curate.executors.ray import RayExecutor
 
-            return RayExecutor(self, address=self.executor.address).run(progress=progress)
+            return RayExecutor(self, address=self.executor.address, workers=n).run(progress=progress)
         from curate.executors.local import LocalExecutor
 
         return LocalExecutor(self, workers=n).run(progress=progress)

