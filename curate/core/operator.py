@@ -148,6 +148,8 @@ class Operator:
     #: importable module names this operator needs, and the pip extra that provides them.
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = ""
+    #: operators that rewrite ``text`` get a before/after sample in ``work_dir/trace/<step>/``
+    rewrites_text: ClassVar[bool] = False
 
     def __init__(self, params: OpParams | None = None, /, **kwargs: Any):
         if params is not None and kwargs:

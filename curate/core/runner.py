@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from curate.core.operator import Operator, RunContext
+from curate.core.operator import UID, Operator, RunContext
 from curate.core.stats import StepStats
 from curate.core.step import run_step
 from curate.io.readers import InputSpec, ReadReport, read_shard
@@ -37,6 +37,8 @@ class ShardTask:
     rejects: RejectsSpec
     marker: Path
     fingerprint: str
+    trace_dir: Path | None = None
+    trace_docs: int = 5
 
 
 _SETUP_CACHE: dict[tuple, Operator] = {}
@@ -100,6 +102,7 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
             rejects[step] = ShardWriter(folder, stem, task.rejects.format)
         return rejects[step]
 
+    traces: dict[str, list[dict]] = {op.step_name: [] for op in ops}
     try:
         t_read = time.perf_counter()
         for batch in batches():
@@ -107,7 +110,11 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
                 read_stats.seconds += time.perf_counter() - t_read
             n = batch.height
             for op, st in zip(ops, stats):
+                before = batch.select(UID, "text") if op.rewrites_text and len(traces[op.step_name]) < task.trace_docs \
+                    else None
                 batch, rej, s = run_step(op, batch)
+                if before is not None:
+                    _trace(traces[op.step_name], before, batch, task.trace_docs)
                 st.add(s)
                 if rej is not None:
                     if not task.rejects.keep_text:
@@ -137,7 +144,21 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
     sink.close()
     for w in rejects.values():
         w.close()
+    if task.trace_dir is not None:
+        for step, rows in traces.items():
+            if rows:
+                write_json_atomic(task.trace_dir / step / f"{task.shard.name}.json", rows)
     all_stats = ([read_stats] if read_stats is not None else []) + stats
     write_json_atomic(task.marker, {"fingerprint": task.fingerprint, "shard": task.shard.index,
                                     "stats": [s.to_dict() for s in all_stats]})
     return all_stats
+
+
+def _trace(rows: list[dict], before: pl.DataFrame, after: pl.DataFrame, limit: int) -> None:
+    """Keep up to ``limit`` before/after pairs of documents whose text an operator changed."""
+    if "id" not in after.columns:
+        return
+    changed = after.select(UID, "id", pl.col("text").alias("after")).join(before, on=UID).filter(
+        pl.col("text") != pl.col("after"))
+    for r in changed.head(limit - len(rows)).iter_rows(named=True):
+        rows.append({"id": r["id"], "before": r["text"], "after": r["after"]})

@@ -155,7 +155,7 @@ class Executor:
                 segment=seg.index, shard=sh, ops=seg.ops, ctx=ctxs,
                 source=p.input if seg.index == 0 else prev_dir / sh.name,
                 spill_dir=None if seg.last else seg_dir, output=p.output if seg.last else None,
-                rejects=rejects, marker=marker, fingerprint=seg.fingerprint))
+                rejects=rejects, marker=marker, fingerprint=seg.fingerprint, trace_dir=self.work / "trace"))
         return tasks, done
 
     def _stage_dir(self, seg: Segment) -> Path:

@@ -44,6 +44,8 @@ class C4Quality(Filter):
     ``c4_curly_bracket``.
     """
 
+    rewrites_text = True
+
     class Params(OpParams):
         remove_citations: bool = True
         filter_no_terminal_punct: bool = True

@@ -71,6 +71,10 @@ def test_python_run_writes_output_rejects_and_stats(corpus, tmp_path):
     dup = rej.filter(pl.col("id").str.starts_with("copy-"))
     assert set(dup["id"]) == copies
     assert dup["dup_of"].null_count() == 0 and not dup["dup_of"].str.starts_with("copy-").any()
+    traces = [t for f in sorted((tmp_path / "work" / "trace" / "c4_quality").glob("*.json"))
+              for t in json.loads(f.read_text())]
+    assert traces and all(t["before"] != t["after"] and t["id"] for t in traces)
+    assert set(t["id"] for t in traces) <= set(out["id"])
     gq = read_output(tmp_path / "work" / "rejects" / "gopher_quality")
     assert {"id", "step", "reason", "score", "threshold", "text"} <= set(gq.columns)
     row = gq.row(0, named=True)
