@@ -39,6 +39,28 @@ def input_fingerprint(spec: InputSpec) -> dict:
     }
 
 
+def _file_stamps(value) -> list:
+    """Size and mtime of every existing file a parameter names (models, word lists, target sets), so
+    editing such a file reruns the step like a parameter change does."""
+    if isinstance(value, str):
+        try:
+            if os.path.isfile(value):
+                return [[value, os.path.getsize(value), int(os.path.getmtime(value))]]
+        except (OSError, ValueError):
+            return []
+        return []
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _file_stamps(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _file_stamps(v)]
+    return []
+
+
+def _op_key(op: Operator) -> list:
+    cfg = op.config()
+    return [op.name, cfg, _file_stamps(cfg)]
+
+
 def plan_segments(inp: InputSpec, steps: list[Operator], output: OutputSpec, seed: int) -> list[Segment]:
     segments: list[Segment] = []
     current: list[Operator] = []
@@ -55,8 +77,8 @@ def plan_segments(inp: InputSpec, steps: list[Operator], output: OutputSpec, see
     chain: list = [input_fingerprint(inp), seed]
     for seg in segments:
         if seg.stage is not None:
-            seg.stage_fingerprint = _digest(chain + ["fit", seg.stage.name, seg.stage.config()])
-        chain = chain + [[op.name, op.config()] for op in seg.ops]
+            seg.stage_fingerprint = _digest(chain + ["fit", _op_key(seg.stage)])
+        chain = chain + [_op_key(op) for op in seg.ops]
         tail = [output.model_dump(mode="json")] if seg.last else []
         seg.fingerprint = _digest(chain + tail)
     return segments

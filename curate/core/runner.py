@@ -71,7 +71,7 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) -> list[StepStats]:
-    ops = [_ready(op, c, (task.segment, i, task.fingerprint, id(type(op)))) for i, (op, c) in
+    ops = [_ready(op, c, (task.segment, i, task.fingerprint, id(type(op)), str(c.state_dir))) for i, (op, c) in
            enumerate(zip(task.ops, task.ctx))]
     stats = [StepStats(op.step_name) for op in ops]
     read_stats = StepStats("read") if task.segment == 0 else None

@@ -241,3 +241,20 @@ def test_cli_ops_lists_parameters(capsys):
     assert cli_main(["ops", "gopher_quality"]) == 0
     out = capsys.readouterr().out
     assert "min_doc_words" in out and "50" in out
+
+
+def test_editing_a_file_named_by_a_parameter_reruns_the_step(tmp_path):
+    blocklist = tmp_path / "block.txt"
+    blocklist.write_text("nothing-blocked.example\n")
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps({"text": "some words here", "url": "https://spam.example/x"}) + "\n")
+    from curate.filters.url import URLFilter
+
+    def run() -> int:
+        return Pipeline(read(str(f)), URLFilter(blocked_domains_file=str(blocklist)), write(str(tmp_path / "o"))).run(
+            work_dir=str(tmp_path / "w"), workers=1, progress=False).docs_out
+
+    assert run() == 1
+    blocklist.write_text("spam.example\n")
+    os.utime(blocklist, (time.time() + 5, time.time() + 5))
+    assert run() == 0  # same parameters, new file contents: not resumed from the stale result
