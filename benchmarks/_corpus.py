@@ -24,7 +24,7 @@ def real_documents(n: int, seed: int = 0) -> list[dict]:
     books: list[str] = []
     with gzip.open(SHARED / "books/gutenberg_slice.jsonl.gz", "rt") as f:
         for line in f:
-            paras, chunk = json.loads(line)["text"].split("\n\n"), []
+            paras, chunk = json.loads(line)["text"].replace("\r\n", "\n").split("\n\n"), []
             for p in paras:
                 chunk.append(p)
                 if sum(map(len, chunk)) > 3000:
