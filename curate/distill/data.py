@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 import xxhash
 
@@ -55,7 +56,7 @@ class TokenData:
         h = xxhash.xxh3_128()
         for s, n in zip(self.seqs, self.n_prompt, strict=True):
             h.update(len(s).to_bytes(4, "little") + n.to_bytes(4, "little"))
-            h.update(b"".join(int(t).to_bytes(4, "little", signed=True) for t in s))
+            h.update(np.asarray(s, dtype=np.int32).tobytes())
         return h.hexdigest()
 
     @classmethod

