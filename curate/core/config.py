@@ -64,10 +64,12 @@ def _fmt_loc(loc: tuple) -> str:
     return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
 
 
-def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int]]:
+def load_yaml(path: str | Path, what: str = "pipeline file",
+              top_level: str = "input, steps and output") -> tuple[dict[str, Any], dict[tuple, int]]:
+    """Safe-load a YAML mapping and index the line of every key (for errors that name their line)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"pipeline file not found: '{p}'")
+        raise ConfigError(f"{what} not found: '{p}'")
     text = p.read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)
@@ -75,7 +77,7 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int]]:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping with input, steps and output")
+        raise ConfigError(f"{p}: the top level must be a mapping with {top_level}")
     return data, (_line_index(node) if node is not None else {})
 
 

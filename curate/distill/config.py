@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from curate.core.config import _fmt_loc, _line_index, _where
+from curate.core.config import _fmt_loc, _where, load_yaml
 from curate.core.errors import ConfigError
 
 
@@ -193,17 +193,7 @@ class DistillConfig(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> DistillConfig:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"distill config not found: '{p}'")
-        text = p.read_text(encoding="utf-8")
-        try:
-            data = yaml.safe_load(text)
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping (teacher, student, data, output_dir, ...)")
-        lines = _line_index(node) if node is not None else {}
+        data, lines = load_yaml(p, what="distill config", top_level="teacher, student, data, output_dir, ...")
         base = p.parent
 
         def rel(v: str) -> str:  # relative data/cache paths are relative to the YAML file
