@@ -52,7 +52,7 @@ def test_sentence_count():
 
 def test_fineweb_rules():
     punct = "\n".join([S] * 10)
-    no_punct = "\n".join(["a line without the final mark number %d here" % i for i in range(10)])
+    no_punct = "\n".join([f"a line without the final mark number {i} here" for i in range(10)])
     short = "\n".join([S] + [f"short {i}." for i in range(9)])
     dup = "\n".join([S] * 3 + [f"{S} {i}" for i in range(20)])
     kept, rej, _ = run_step(FineWebQuality(), _df(punct, no_punct, short, dup))
