@@ -337,6 +337,25 @@ def sorted_unique_per_doc(hv, counts):
     return out[:m], newc
 
 
+@njit(inline="always")
+def _set_jaccard(set_vals, set_off, i, j):
+    """Exact Jaccard of the sorted unique hash sets of dense docs i and j."""
+    a0, a1 = set_off[i], set_off[i + 1]
+    b0, b1 = set_off[j], set_off[j + 1]
+    inter = 0
+    while a0 < a1 and b0 < b1:
+        if set_vals[a0] == set_vals[b0]:
+            inter += 1
+            a0 += 1
+            b0 += 1
+        elif set_vals[a0] < set_vals[b0]:
+            a0 += 1
+        else:
+            b0 += 1
+    union = (set_off[i + 1] - set_off[i]) + (set_off[j + 1] - set_off[j]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 @njit(cache=True)
 def pair_jaccards(i_idx, j_idx, sig, set_vals, set_off, with_exact):
     """Estimated (signature agreement) and exact (sorted-set) Jaccard for each pair of dense indices."""
@@ -353,20 +372,7 @@ def pair_jaccards(i_idx, j_idx, sig, set_vals, set_off, with_exact):
                 eq += 1
         est[p] = eq / k
         if with_exact:
-            a0, a1 = set_off[i], set_off[i + 1]
-            b0, b1 = set_off[j], set_off[j + 1]
-            inter = 0
-            while a0 < a1 and b0 < b1:
-                if set_vals[a0] == set_vals[b0]:
-                    inter += 1
-                    a0 += 1
-                    b0 += 1
-                elif set_vals[a0] < set_vals[b0]:
-                    a0 += 1
-                else:
-                    b0 += 1
-            union = (set_off[i + 1] - set_off[i]) + (set_off[j + 1] - set_off[j]) - inter
-            exact[p] = inter / union if union > 0 else 0.0
+            exact[p] = _set_jaccard(set_vals, set_off, i, j)
     return est, exact
 
 
@@ -382,30 +388,116 @@ def _find(parent, x):
     return root
 
 
+@njit(inline="always")
+def _union(parent, size, i, j):
+    """Union by size; returns False if i and j were already connected."""
+    ri = _find(parent, i)
+    rj = _find(parent, j)
+    if ri == rj:
+        return False
+    if size[ri] < size[rj]:
+        ri, rj = rj, ri
+    parent[rj] = ri
+    size[ri] += size[rj]
+    return True
+
+
 @njit(cache=True)
+def union_edges(parent, size, i_idx, j_idx):
+    """Add the edges (i, j) to the union-find forest ``parent`` / ``size`` (modified in place)."""
+    for p in range(i_idx.shape[0]):
+        _union(parent, size, i_idx[p], j_idx[p])
+
+
+@njit(cache=True)
+def verify_buckets(parent, size, head, member, set_vals, set_off, threshold, max_heads):
+    """Verified union of the LSH buckets of one band (modified in place: ``parent``, ``size``).
+
+    A bucket is a run of equal ``head`` (its earliest doc) in the star pairs (head, member), sorted by
+    (head, member), so its members come in input order. Each member x is checked by exact Jaccard
+    (>= ``threshold`` -> union) against (1) the head of every sub-cluster started so far in the bucket
+    (the bucket head, then each member that matched none of the heads before it; at most ``max_heads``)
+    and (2) the previous member. A pair already connected (through any band) costs no Jaccard. So a
+    member dissimilar to the bucket head still joins its own near-duplicates in the bucket, and the work
+    per member is bounded by ``max_heads + 1`` Jaccard computations (no quadratic blow-up on big buckets).
+    Processing order is fixed by the input (sorted keys), so the result does not depend on workers.
+    Returns (pairs that passed, pairs that failed).
+    """
+    heads = np.empty(max_heads, dtype=np.int64)
+    n_pass = 0
+    n_fail = 0
+    npair = head.shape[0]
+    p = 0
+    while p < npair:
+        h = head[p]
+        heads[0] = h
+        nh = 1
+        prev = h
+        prev_is_head = True
+        while p < npair and head[p] == h:
+            x = member[p]
+            matched = False
+            for t in range(nh):
+                y = heads[t]
+                if _find(parent, x) == _find(parent, y):
+                    matched = True
+                elif _set_jaccard(set_vals, set_off, x, y) >= threshold:
+                    _union(parent, size, x, y)
+                    matched = True
+                    n_pass += 1
+                else:
+                    n_fail += 1
+            if not prev_is_head and _find(parent, x) != _find(parent, prev):
+                if _set_jaccard(set_vals, set_off, x, prev) >= threshold:
+                    _union(parent, size, x, prev)
+                    n_pass += 1
+                else:
+                    n_fail += 1
+            prev_is_head = False
+            if not matched and nh < max_heads:
+                heads[nh] = x
+                nh += 1
+                prev_is_head = True
+            prev = x
+            p += 1
+    return n_pass, n_fail
+
+
+@njit(cache=True)
+def roots(parent):
+    """Each node's root (final path compression)."""
+    out = np.empty_like(parent)
+    for x in range(parent.shape[0]):
+        out[x] = _find(parent, x)
+    return out
+
+
 def union_find(n, i_idx, j_idx):
     """Connected components of the graph on n nodes with the given edges (union by size, path
     compression). Returns each node's root; the root choice does not matter (callers relabel)."""
     parent = np.arange(n, dtype=np.int64)
     size = np.ones(n, dtype=np.int64)
-    for p in range(i_idx.shape[0]):
-        ri = _find(parent, i_idx[p])
-        rj = _find(parent, j_idx[p])
-        if ri == rj:
-            continue
-        if size[ri] < size[rj]:
-            ri, rj = rj, ri
-        parent[rj] = ri
-        size[ri] += size[rj]
-    for x in range(n):
-        parent[x] = _find(parent, x)
-    return parent
+    union_edges(parent, size, np.asarray(i_idx, dtype=np.int64), np.asarray(j_idx, dtype=np.int64))
+    return roots(parent)
 
 
-@njit(inline="always")
-def _ascii_sep(c):
-    """ASCII whitespace, punctuation or symbol: what ``simplify_text`` turns into a word break."""
-    return c == 32 or (9 <= c <= 13) or (33 <= c <= 47) or (58 <= c <= 64) or (91 <= c <= 96) or (123 <= c <= 126)
+def _byte_classes(norm: bool) -> np.ndarray:
+    """Per byte value: 0 = word byte, 1 = word break, 2 = ASCII digit (numbers become "0"), 3 = A-Z.
+    With ``norm``, ASCII whitespace, punctuation and symbols break words (what ``simplify_text`` turns
+    into a space); without it only whitespace does, and digits/capitals are plain word bytes."""
+    t = np.zeros(256, dtype=np.uint8)
+    ws = [32, 9, 10, 11, 12, 13]
+    if norm:
+        for c in list(range(33, 48)) + list(range(58, 65)) + list(range(91, 97)) + list(range(123, 127)):
+            t[c] = 1
+        t[48:58] = 2
+        t[65:91] = 3
+    t[ws] = 1
+    return t
+
+
+BYTE_CLASSES_NORM = _byte_classes(True)
+BYTE_CLASSES_RAW = _byte_classes(False)
 
 
 @njit(cache=True)
@@ -417,9 +509,11 @@ def word_shingle_hashes(data, offsets, n, seed, norm):
     becomes "0", ASCII punctuation/symbols/whitespace separate words (callers pass non-ASCII texts
     through ``simplify_text`` first; the kernel is idempotent on its output). Without ``norm``, words are
     runs of non-whitespace bytes. A word hash is FNV-1a 64 of its normalised bytes, fmix64-finalised; an
-    n-gram hash is fmix64 of the polynomial (x P1) combination of its n word hashes.
+    n-gram hash is fmix64 of the polynomial (x P1) combination of its n word hashes. Bytes are classified
+    by one table look-up (:func:`_byte_classes`).
     Returns (hashes, counts per text); texts with fewer than n words get none.
     """
+    cls = BYTE_CLASSES_NORM if norm else BYTE_CLASSES_RAW
     ndoc = offsets.shape[0] - 1
     counts = np.zeros(ndoc, dtype=np.int64)
     cap = 0
@@ -439,36 +533,37 @@ def word_shingle_hashes(data, offsets, n, seed, norm):
         h = basis
         wl = 0
         i = s0
-        while i <= s1:
-            c = data[i] if i < s1 else 32
-            if norm:
-                sep = _ascii_sep(c)
-            else:
-                sep = _is_space(c)
-            if sep:
+        while i < s1:
+            c = data[i]
+            k = cls[c]
+            if k == 0:
+                h = (h ^ U64(c)) * fnv
+                wl += 1
+                i += 1
+            elif k == 1:
                 if wl > 0:
                     words[nw] = fmix64(h ^ U64(wl))
                     nw += 1
                     h = basis
                     wl = 0
                 i += 1
-                continue
-            if norm and 48 <= c <= 57:
+            elif k == 3:
+                h = (h ^ U64(c + 32)) * fnv
+                wl += 1
                 i += 1
-                while i < s1 and 48 <= data[i] <= 57:
+            else:  # a number -> "0"
+                i += 1
+                while i < s1 and cls[data[i]] == 2:
                     i += 1
-                if i + 1 < s1 and (data[i] == 46 or data[i] == 44) and 48 <= data[i + 1] <= 57:
+                if i + 1 < s1 and (data[i] == 46 or data[i] == 44) and cls[data[i + 1]] == 2:
                     i += 1
-                    while i < s1 and 48 <= data[i] <= 57:
+                    while i < s1 and cls[data[i]] == 2:
                         i += 1
                 h = (h ^ U64(48)) * fnv
                 wl += 1
-                continue
-            if norm and 65 <= c <= 90:
-                c += 32
-            h = (h ^ U64(c)) * fnv
-            wl += 1
-            i += 1
+        if wl > 0:
+            words[nw] = fmix64(h ^ U64(wl))
+            nw += 1
         for j in range(nw - n + 1):
             g = words[j]
             for t in range(1, n):

@@ -46,23 +46,24 @@ def s_curve(s: np.ndarray | float, bands: int, rows: int) -> np.ndarray:
     return 1.0 - (1.0 - np.asarray(s, dtype=np.float64) ** rows) ** bands
 
 
+@lru_cache(maxsize=4)
+def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.legendre.leggauss(n)
+
+
 @lru_cache(maxsize=64)
 def optimal_param(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5
                   ) -> tuple[int, int]:
     """(bands, rows) minimising fp_weight * FP + fn_weight * FN, as ``datasketch.lsh._optimal_param``:
     FP = integral_0^t S(s) ds, FN = integral_t^1 (1 - S(s)) ds over b in [1, num_perm], r in [1, num_perm // b],
     first minimum in (b, r) order. Integrals by 200-point Gauss-Legendre (datasketch uses scipy ``quad``)."""
-    x, w = np.polynomial.legendre.leggauss(200)
+    x, w = _gauss_legendre(200)
     t = float(threshold)
     s_fp = 0.5 * t * (x + 1.0)
     s_fn = t + 0.5 * (1.0 - t) * (x + 1.0)
-    best, opt = np.inf, (0, 0)
-    for b in range(1, num_perm + 1):
-        r = np.arange(1, num_perm // b + 1, dtype=np.float64)[:, None]
-        fp = 0.5 * t * ((1.0 - (1.0 - s_fp ** r) ** b) @ w)
-        fn = 0.5 * (1.0 - t) * (((1.0 - s_fn ** r) ** b) @ w)
-        err = fp * fp_weight + fn * fn_weight
-        i = int(np.argmin(err))
-        if err[i] < best:
-            best, opt = float(err[i]), (b, i + 1)
-    return opt
+    bs = np.concatenate([np.full(num_perm // b, b) for b in range(1, num_perm + 1)]).astype(np.float64)
+    rs = np.concatenate([np.arange(1, num_perm // b + 1) for b in range(1, num_perm + 1)]).astype(np.float64)
+    fp = 0.5 * t * ((1.0 - (1.0 - s_fp[None, :] ** rs[:, None]) ** bs[:, None]) @ w)
+    fn = 0.5 * (1.0 - t) * (((1.0 - s_fn[None, :] ** rs[:, None]) ** bs[:, None]) @ w)
+    i = int(np.argmin(fp * fp_weight + fn * fn_weight))  # first minimum in (b, r) order
+    return int(bs[i]), int(rs[i])

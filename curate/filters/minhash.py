@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
-from curate.core.text import simplify_text
+from curate.core.text import simplify_text_fast
 from curate.filters import _minhash_kernels as K
 from curate.filters._minhash_params import PRESETS, optimal_param, permutations
 
@@ -61,14 +61,14 @@ def shingle_hashes(texts: pl.Series, shingle: str, ngram: int, normalize: bool, 
     if shingle == "word" and kind == 0:
         if normalize:  # the kernel normalises ASCII itself; only non-ASCII texts need the regex pass
             texts = texts.fill_null("")
-            idx = texts.str.contains(r"[^\x00-\x7f]").arg_true()
+            idx = (texts.str.len_bytes() != texts.str.len_chars()).arg_true()  # non-ASCII (12x a regex)
             if len(idx):
-                sub = texts.gather(idx).to_frame("t").select(simplify_text(pl.col("t"))).to_series()
+                sub = texts.gather(idx).to_frame("t").select(simplify_text_fast(pl.col("t"))).to_series()
                 texts = texts.scatter(idx, sub)
         data, offsets = _utf8_buffers(texts)
         return K.word_shingle_hashes(data, offsets, ngram, np.uint64(seed), normalize)
     if normalize:
-        texts = texts.to_frame("t").select(simplify_text(pl.col("t"))).to_series()
+        texts = texts.to_frame("t").select(simplify_text_fast(pl.col("t"))).to_series()
     data, offsets = _utf8_buffers(texts)
     starts, ends, counts = K.shingle_ranges(data, offsets, ngram, shingle == "char")
     return K.hash_ranges(data, starts, ends, kind, np.uint64(seed)), counts
@@ -99,6 +99,7 @@ class _Cfg:
     def key(self) -> str:
         """Fingerprint of everything a signature shard depends on (names its scratch folder)."""
         d = {k: v for k, v in vars(self).items() if k != "device"}
+        d["format"] = 2  # signature shard layout (2: sig as fixed-width binary): older shards are not reused
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -116,28 +117,64 @@ def compute_signatures(texts: pl.Series, cfg: _Cfg) -> tuple[np.ndarray, np.ndar
     return sig.astype(np.uint32), counts
 
 
+def _sig_to_binary(sig: np.ndarray) -> pl.Series:
+    """Signatures (docs x K uint32) as one fixed-width binary value per doc: parquet writes and reads it
+    as a flat byte run (an ``Array(UInt32, K)`` column costs a repetition level per hash)."""
+    import pyarrow as pa
+
+    sig = np.ascontiguousarray(sig, dtype="<u4")
+    width = sig.shape[1] * 4
+    arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), sig.shape[0], [None, pa.py_buffer(sig)])
+    return pl.Series("sig", arr.cast(pa.large_binary()))
+
+
+def _sig_from_binary(col: pl.Series, k: int) -> np.ndarray:
+    """Inverse of :func:`_sig_to_binary`: docs x K uint32."""
+    import pyarrow as pa
+
+    arr = col.to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.large_binary())
+    off = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if len(arr) else np.zeros(0, dtype=np.uint8)
+    if len(arr) and not (np.diff(off) == 4 * k).all():
+        raise ValueError("signature blobs of unexpected width")
+    return data[off[0]: off[0] + 4 * k * len(arr)].view("<u4").reshape(len(arr), k)
+
+
 def _sig_shard(cfg: _Cfg, shard: Path, out: Path) -> None:
     """Per shard: UID, shingle count, length, keep score, band keys and signature -> parquet."""
+    import pyarrow.parquet as pq
+
     from curate.io.spill import read_spill
 
     cols = [UID, "text"] + ([cfg.score_column] if cfg.score_column else [])
-    frames = []
-    for batch in read_spill(shard, cols):
-        sig, counts = compute_signatures(batch["text"], cfg)
-        keys = K.band_keys(sig.astype(np.uint64), cfg.bands, cfg.rows)
-        df = pl.DataFrame({
-            UID: batch[UID],
-            "n_shingles": pl.Series(counts, dtype=pl.UInt32),
-            "length": batch["text"].str.len_chars().cast(pl.UInt32),
-            "score": (batch[cfg.score_column].cast(pl.Float64) if cfg.score_column
-                      else pl.Series([None] * batch.height, dtype=pl.Float64)),
-            **{f"b{i}": pl.Series(keys[:, i], dtype=pl.UInt64) for i in range(cfg.bands)},
-            "sig": pl.Series(sig, dtype=pl.Array(pl.UInt32, cfg.num_perm)),
-        })
-        frames.append(df)
     schema = {UID: pl.UInt64, "n_shingles": pl.UInt32, "length": pl.UInt32, "score": pl.Float64,
-              **{f"b{i}": pl.UInt64 for i in range(cfg.bands)}, "sig": pl.Array(pl.UInt32, cfg.num_perm)}
-    (pl.concat(frames) if frames else pl.DataFrame(schema=schema)).write_parquet(out)
+              **{f"b{i}": pl.UInt64 for i in range(cfg.bands)}, "sig": pl.Binary}
+    writer = None  # one row group per batch: memory is bounded by the batch, not the shard
+    try:
+        for batch in read_spill(shard, cols):
+            sig, counts = compute_signatures(batch["text"], cfg)
+            keys = K.band_keys(sig.astype(np.uint64), cfg.bands, cfg.rows)
+            df = pl.DataFrame({
+                UID: batch[UID],
+                "n_shingles": pl.Series(counts, dtype=pl.UInt32),
+                "length": batch["text"].str.len_chars().cast(pl.UInt32),
+                "score": (batch[cfg.score_column].cast(pl.Float64) if cfg.score_column
+                          else pl.Series([None] * batch.height, dtype=pl.Float64)),
+                **{f"b{i}": pl.Series(keys[:, i], dtype=pl.UInt64) for i in range(cfg.bands)},
+                "sig": _sig_to_binary(sig),
+            }, schema=schema)
+            table = df.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        pl.DataFrame(schema=schema).write_parquet(out)
 
 
 def _cand_shard(cfg: _Cfg, sig_dir: Path, cand_path: Path, verify: bool, shard: Path, out: Path) -> None:
@@ -146,8 +183,8 @@ def _cand_shard(cfg: _Cfg, sig_dir: Path, cand_path: Path, verify: bool, shard: 
     from curate.io.spill import read_spill
 
     cand = pl.read_parquet(cand_path)
-    sig = pl.read_parquet(sig_dir / f"{shard.name}.parquet", columns=[UID, "length", "score", "sig"])
-    sig = sig.join(cand, on=UID, how="semi")
+    sig = (pl.scan_parquet(sig_dir / f"{shard.name}.parquet").select(UID, "length", "score", "sig")
+           .join(cand.lazy(), on=UID, how="semi").collect())
     parts = []
     for batch in read_spill(shard, [UID, "id", "text"] if verify else [UID, "id"]):
         batch = batch.join(cand, on=UID, how="semi", maintain_order="left")
@@ -179,10 +216,14 @@ class MinHashDedup(GlobalStage):
     ``shingle="char"`` gives character n-grams as NeMo Curator) -> ``num_perm`` MinHash values per doc
     (numba kernel over a whole batch) -> ``bands`` x ``rows`` band keys spilled per shard as parquet under
     the scratch dir (``ctx.map_shards``: an interrupted run reuses finished shards) -> per band, docs with
-    equal keys become candidate pairs (sort/group-by, one band column in memory at a time, split into
-    hash partitions to stay under ``bucket_memory_mb``) -> optional exact Jaccard of each pair on its
-    shingle sets (pairs below ``threshold`` dropped) -> union-find with path compression -> in each
-    connected cluster one doc is kept by ``keep``; the others are removed.
+    equal keys form a bucket (group-by, one band column in memory at a time, split into hash partitions
+    to stay under ``bucket_memory_mb``; spilled as sorted star pairs) -> union-find with path compression
+    over the buckets, band by band. Without verification a bucket joins all its docs. With verification
+    a doc joins another only if their exact Jaccard on shingle sets is >= ``threshold``; each doc of a
+    bucket is checked against the first doc of each sub-cluster already formed in that bucket (at most
+    ``verify_heads`` of them) and against the previous doc, so near-duplicates that share a bucket with
+    a dissimilar earlier doc are still joined, at a bounded cost per doc -> in each connected cluster one
+    doc is kept by ``keep``; the others are removed.
 
     Defaults: threshold 0.8, num_perm 128, (bands, rows) from datasketch's ``_optimal_param``
     (``datasketch/lsh.py``, fp/fn weights 0.5) -> 9 x 13 for 0.8; verification on when threshold >= 0.7.
@@ -226,6 +267,8 @@ class MinHashDedup(GlobalStage):
         fp_weight: float = Field(0.5, ge=0.0, description="false-positive weight for derived bands/rows")
         fn_weight: float = Field(0.5, ge=0.0, description="false-negative weight for derived bands/rows")
         bucket_memory_mb: int = Field(1024, ge=16, description="memory bound of one bucketing pass")
+        verify_heads: int = Field(16, ge=1, le=4096,
+                                  description="sub-cluster heads per LSH bucket a doc is verified against")
         device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="signature kernel device (torch on cuda)")
 
         @model_validator(mode="after")
@@ -281,16 +324,18 @@ class MinHashDedup(GlobalStage):
                                                     (pl.col("n_shingles") == 0).sum().alias("short"))
                   .collect()) if sig_files else pl.DataFrame({"docs": [0], "short": [0]})
         stats["docs"], stats["short_docs"] = int(counts["docs"][0]), int(counts["short"][0] or 0)
-        pairs = _candidate_pairs(sig_files, s["bands"], ctx.scratch_dir / f"minhash_pairs_{key}",
-                                 s["bucket_memory_mb"], stats["docs"])
-        stats["candidate_pairs"] = pairs.height
+        pair_files = _bucket_pairs(sig_files, s["bands"], ctx.scratch_dir / f"minhash_buckets_{key}",
+                                   s["bucket_memory_mb"], stats["docs"])
+        stats["bucket_pairs"] = _num_rows(pair_files)
         state = _empty_state()
-        if pairs.height:
+        if stats["bucket_pairs"]:
             cand_path = ctx.scratch_dir / f"minhash_cand_{key}.parquet"
-            pl.concat([pairs["a"], pairs["b"]]).unique().sort().alias(UID).to_frame().write_parquet(cand_path)
+            scan = pl.scan_parquet(pair_files)
+            (pl.concat([scan.select(pl.col("a").alias(UID)), scan.select(pl.col("b").alias(UID))])
+             .unique().sort(UID).collect().write_parquet(cand_path))
             cand_files = ctx.map_shards(partial(_cand_shard, cfg, sig_dir, cand_path, s["verify"]),
                                         f"minhash_cand_{key}_{int(s['verify'])}")
-            state = _cluster(pl.read_parquet(cand_files), pairs, s, stats)
+            state = _cluster(pl.read_parquet(cand_files), pair_files, s, stats)
         state.write_parquet(ctx.state_dir / _STATE)
         (ctx.state_dir / _STATS).write_text(json.dumps(stats, indent=1))
         log.info("minhash_dedup: %s", stats)
@@ -319,12 +364,19 @@ def _empty_state() -> pl.DataFrame:
                                 "dup_jaccard_est": pl.Float64, "dup_jaccard": pl.Float64})
 
 
-def _candidate_pairs(sig_files: list[Path], bands: int, out_dir: Path, memory_mb: int, ndocs: int
-                     ) -> pl.DataFrame:
-    """Pairs (a, b) of internal row keys sharing a band key; a = the smallest key of its bucket (a star per
-    bucket, not a clique). Each (band, partition) is a resumable parquet file; the union is deduplicated."""
+def _num_rows(files: list[Path]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
+def _bucket_pairs(sig_files: list[Path], bands: int, out_dir: Path, memory_mb: int, ndocs: int) -> list[Path]:
+    """The LSH buckets with more than one doc, one resumable parquet file per (band, hash partition), as
+    star pairs (a, b): a = the bucket's smallest row key, b = each other member; sorted by (a, b), so a
+    bucket is a run of equal a with its members in input order. One band column (split into partitions
+    to stay under ``memory_mb``) is in memory at a time; files are returned in (band, partition) order."""
     if not sig_files:
-        return pl.DataFrame(schema={"a": pl.UInt64, "b": pl.UInt64})
+        return []
     out_dir.mkdir(parents=True, exist_ok=True)
     # ~64 bytes per doc per pass: (uid, key) read, is_duplicated hash table, sort buffers
     parts = max(1, math.ceil(ndocs * 64 / (memory_mb << 20)))
@@ -340,33 +392,46 @@ def _candidate_pairs(sig_files: list[Path], bands: int, out_dir: Path, memory_mb
             if parts > 1:
                 lf = lf.filter(pl.col("k") % parts == part)
             df = lf.filter(pl.col("k").is_duplicated()).collect()
-            pairs = (df.sort(["k", UID]).with_columns(pl.col(UID).first().over("k").alias("a"))
-                     .filter(pl.col(UID) != pl.col("a")).select(pl.col("a"), pl.col(UID).alias("b")))
+            pairs = (df.with_columns(pl.col(UID).min().over("k").alias("a"))
+                     .filter(pl.col(UID) != pl.col("a")).select(pl.col("a"), pl.col(UID).alias("b"))
+                     .sort(["a", "b"]))
             tmp = f.with_name(f".tmp-{f.name}")
             pairs.write_parquet(tmp)
             tmp.replace(f)
-    return pl.scan_parquet(files).unique().sort(["a", "b"]).collect()
+    return files
 
 
-def _cluster(cands: pl.DataFrame, pairs: pl.DataFrame, s: dict, stats: dict) -> pl.DataFrame:
-    """Verify pairs, union-find, pick the kept doc per cluster; returns the state rows of clustered docs."""
+def _cluster(cands: pl.DataFrame, pair_files: list[Path], s: dict, stats: dict) -> pl.DataFrame:
+    """Union the buckets band by band (verified if asked), pick the kept doc per cluster; returns the state
+    rows of clustered docs. Without verification every bucket is one clique (DataTrove's semantics); with
+    it, see :func:`~curate.filters._minhash_kernels.verify_buckets`."""
     cands = cands.sort(UID)
     uids = cands[UID].to_numpy()
-    sig = cands["sig"].to_numpy()
+    sig = _sig_from_binary(cands["sig"], int(s["num_perm"]))
     verify = bool(s["verify"])
     if verify:
         lens = cands["shingles"].list.len().fill_null(0).to_numpy()
         off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         vals = cands["shingles"].explode().drop_nulls().to_numpy().astype(np.uint64)
+        cands = cands.drop("shingles")
     else:
         off, vals = np.zeros(len(uids) + 1, dtype=np.int64), np.zeros(0, dtype=np.uint64)
-    ia = np.searchsorted(uids, pairs["a"].to_numpy())
-    ib = np.searchsorted(uids, pairs["b"].to_numpy())
-    est, exact = K.pair_jaccards(ia, ib, sig, vals, off, verify)
-    edge = exact >= s["threshold"] if verify else np.ones(len(ia), dtype=bool)
-    stats["verified_pairs"] = int(edge.sum())
-    stats["false_positive_pairs"] = int((~edge).sum())
-    root = K.union_find(len(uids), ia[edge], ib[edge])
+    parent = np.arange(len(uids), dtype=np.int64)
+    size = np.ones(len(uids), dtype=np.int64)
+    n_pass = n_fail = 0
+    for f in pair_files:  # fixed (band, partition) order, pairs sorted: deterministic
+        pairs = pl.read_parquet(f)
+        ia = np.searchsorted(uids, pairs["a"].to_numpy()).astype(np.int64)
+        ib = np.searchsorted(uids, pairs["b"].to_numpy()).astype(np.int64)
+        if verify:
+            ok, bad = K.verify_buckets(parent, size, ia, ib, vals, off, float(s["threshold"]),
+                                       int(s["verify_heads"]))
+            n_pass, n_fail = n_pass + ok, n_fail + bad
+        else:
+            K.union_edges(parent, size, ia, ib)
+    stats["verified_pairs"] = int(n_pass)
+    stats["false_positive_pairs"] = int(n_fail)
+    root = K.roots(parent)
     n = len(uids)
     if s["keep"] == "earliest":
         primary = np.zeros(n)
