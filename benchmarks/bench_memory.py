@@ -50,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gb", type=float, default=1.0)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=10_000)
+    ap.add_argument("--batch-size", type=int, default=2_000)
     a = ap.parse_args()
     work = HERE / "_work" / "bench_memory"
     shutil.rmtree(work, ignore_errors=True)

@@ -38,7 +38,8 @@ class InputSpec(BaseModel):
     format: Literal["jsonl", "parquet", "text"] | None = Field(None, description="inferred from extension")
     text_field: str = "text"
     id_field: str | None = Field("id", description="field holding a document id; 'file:line' when absent")
-    batch_size: int = Field(10_000, gt=0, description="rows per batch: bounds memory")
+    batch_size: int = Field(2_000, gt=0, description="rows per batch: bounds memory (a 1 GB jsonl ran in "
+                                                      "under 1 GB of RAM with 2 workers at 2,000)")
     shard_mb: int = Field(128, gt=0, description="plain jsonl files larger than this are split into shards")
     on_error: Literal["skip", "raise"] = "skip"
 
