@@ -179,6 +179,23 @@ def wordpunct_tokens(text: pl.Expr, lowercase: bool = True) -> pl.Expr:
     return (text.str.to_lowercase() if lowercase else text).str.extract_all(WORDPUNCT_TOKEN)
 
 
+def ccnet_normalize_line(line: str) -> str:
+    """CCNet's own per-line normaliser, kept as the reference for :func:`ccnet_normalize` (a copy of
+    ``cc_net/text_normalizer.py::normalize`` with ``punct=1``, facebookresearch/cc_net, MIT). Slow: one
+    Python pass per character; use the expression for batches."""
+    import re as _re
+    import unicodedata as _ud
+
+    line = line.strip()
+    if not line:
+        return line
+    line = line.lower()
+    line = "".join(c for c in _ud.normalize("NFD", line) if _ud.category(c) != "Mn")
+    line = _re.sub(r"\d", "0", line)
+    line = "".join(CCNET_UNICODE_PUNCT.get(c, c) for c in line)
+    return _re.sub(_NON_PRINTING, "", line)
+
+
 def ccnet_normalize_series(s: pl.Series) -> pl.Series:
     """:func:`ccnet_normalize` of a Series, faster: ASCII-only rows (most of English text) skip the NFD,
     combining-mark and unicode-punctuation steps, which cannot change them; the rest get the full expression."""
