@@ -52,6 +52,11 @@ def _ready(op: Operator, ctx: RunContext, key: tuple) -> Operator:
     return _SETUP_CACHE[key]
 
 
+def clear_setup_cache() -> None:
+    """Forget operators set up in this process (models, loaded state): called when a run ends."""
+    _SETUP_CACHE.clear()
+
+
 def read_marker(path: Path, fingerprint: str) -> list[StepStats] | None:
     """The stats in a completion marker, or None if absent or from a different configuration."""
     try:
@@ -81,7 +86,7 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
     sink: SpillWriter | ShardWriter
     if task.output is not None:
         out_dir = Path(task.output.path)
-        for old in out_dir.glob(f"{stem}*"):
+        for old in [*out_dir.glob(f"{stem}.*"), *out_dir.glob(f"{stem}-*")]:
             old.unlink()
         sink = ShardWriter(out_dir, stem, task.output.format)
     else:
@@ -97,7 +102,7 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
     def reject_writer(step: str) -> ShardWriter:
         if step not in rejects:
             folder = Path(task.rejects.path) / step
-            for old in folder.glob(f"{stem}*"):
+            for old in [*folder.glob(f"{stem}.*"), *folder.glob(f"{stem}-*")]:
                 old.unlink()
             rejects[step] = ShardWriter(folder, stem, task.rejects.format)
         return rejects[step]

@@ -64,10 +64,6 @@ def words(text: pl.Expr) -> pl.Expr:
     return t.str.extract_all(WORD_TOKEN)
 
 
-def whitespace_words(text: pl.Expr) -> pl.Expr:
-    return text.str.split(" ").list.eval(pl.element().str.strip_chars().filter(pl.element().str.strip_chars() != ""))
-
-
 def normalize_for_dedup(text: pl.Expr) -> pl.Expr:
     """Lowercase, digits to 0, punctuation removed, whitespace collapsed, trimmed (DataTrove's
     ``simplify_text`` for exact/MinHash dedup, without its unicode NFD step, done by :func:`strip_accents`)."""

@@ -471,6 +471,9 @@ class DistillTrainer:
         from safetensors.torch import load_model
 
         path = Path(path)
+        old = path.with_name(path.name + ".old")
+        if not path.exists() and old.exists():  # a crash between the two renames of save_checkpoint
+            path = old
         load_model(self.student, str(path / "model.safetensors"), device=str(self.device))
         state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
         if state["total_steps"] != self.total_steps:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from curate.core.operator import FitContext, GlobalStage, RunContext
 from curate.core.plan import Segment, plan_segments
-from curate.core.runner import ShardTask, read_marker, write_json_atomic
+from curate.core.runner import ShardTask, clear_setup_cache, read_marker, write_json_atomic
 from curate.core.stats import StepStats, merge_stats
 
 if TYPE_CHECKING:
@@ -109,20 +109,23 @@ class Executor:
         stage_fit_seconds: dict[str, float] = {}
         resumed = 0
         bar = _Progress(enabled=progress)
-        with bar:
-            for seg in segments:
-                if seg.stage is not None:
-                    stage_fit_seconds[seg.stage.step_name] = self._fit(seg, shards, device, bar)
-                tasks, done_stats = self._tasks(seg, shards, rejects, device)
-                resumed += len(shards) - len(tasks)
-                bar.start(f"segment {seg.index}: " + (", ".join(o.step_name for o in seg.ops) or "read"),
-                          total=None)
-                self._run_tasks(tasks, bar.advance)
-                for t in tasks:
-                    st = read_marker(t.marker, t.fingerprint)
-                    assert st is not None, f"shard {t.shard.index} finished without a marker"
-                    done_stats.append(st)
-                per_shard_stats.extend(done_stats)
+        try:
+            with bar:
+                for seg in segments:
+                    if seg.stage is not None:
+                        stage_fit_seconds[seg.stage.step_name] = self._fit(seg, shards, device, bar)
+                    tasks, done_stats = self._tasks(seg, shards, rejects, device)
+                    resumed += len(shards) - len(tasks)
+                    bar.start(f"segment {seg.index}: " + (", ".join(o.step_name for o in seg.ops) or "read"),
+                              total=None)
+                    self._run_tasks(tasks, bar.advance)
+                    for t in tasks:
+                        st = read_marker(t.marker, t.fingerprint)
+                        assert st is not None, f"shard {t.shard.index} finished without a marker"
+                        done_stats.append(st)
+                    per_shard_stats.extend(done_stats)
+        finally:
+            clear_setup_cache()  # in-process runs must not keep models and stage state alive after the run
         steps = merge_stats(per_shard_stats)
         for s in steps:
             s.seconds += stage_fit_seconds.get(s.step, 0.0)

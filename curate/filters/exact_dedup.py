@@ -23,9 +23,10 @@ def _hash_expr(normalize: bool) -> pl.Expr:
 class ExactDedup(GlobalStage):
     """Removes documents whose normalised text equals an earlier document's.
 
-    Normalisation (default on) lowercases, maps digits to 0, removes punctuation and collapses
-    whitespace, as DataTrove's ``ExactDedup``/``simplify_text`` does, so copies that differ only in case,
-    numbers or spacing collapse. The first document in input order (shard, then line) is kept, so the
+    Normalisation (default on, :func:`curate.core.text.normalize_for_dedup`) lowercases, maps every digit
+    to 0, turns punctuation and symbols into spaces and collapses whitespace, so copies that differ only in
+    case, numbers, punctuation or spacing collapse (accents are kept; ``normalize: false`` compares raw
+    text). The first document in input order (shard, then line) is kept, so the
     result does not depend on the number of workers. Hash: polars' 64-bit hash of the normalised text
     (collision chance ~N^2/2^65). Columns: ``dup_of`` (id of the kept copy, null for kept docs).
     """

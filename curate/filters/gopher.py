@@ -98,10 +98,6 @@ class GopherQuality(Filter):
         return [Rule(r, c, op, t) for r, c, op, t in spec if t]
 
 
-_TOP_NS = (2, 3, 4)
-_DUP_NS = (5, 6, 7, 8, 9, 10)
-
-
 @register("gopher_repetition")
 class GopherRepetition(Filter):
     """Drops documents with too much repeated content (Gopher, Rae et al. 2021, Table A1).

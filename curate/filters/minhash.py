@@ -277,6 +277,9 @@ class MinHashDedup(GlobalStage):
                 raise ValueError("give both bands and rows, or neither")
             if self.keep == "score" and not self.score_column:
                 raise ValueError("keep='score' needs score_column")
+            if (self.bands is not None and self.rows is not None and "num_perm" in self.model_fields_set
+                    and self.bands * self.rows > self.num_perm):
+                raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
             return self
 
     # --------------------------------------------------------------------------------- settings

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from curate.core.errors import ConfigError
 
-FORMATS = ("jsonl", "parquet", "text")
 _COMPRESSED = (".gz", ".zst", ".zstd")
 
 
@@ -77,7 +76,7 @@ def _line_starts(path: str, size: int, target: int) -> list[tuple[int, int]]:
                 break
             end = pos + len(block)
             while next_cut < end:
-                nl = block.find(b"\n", next_cut - pos)
+                nl = block.find(b"\n", max(next_cut - pos, 0))
                 if nl < 0:
                     break
                 cut = pos + nl + 1

@@ -92,11 +92,19 @@ class ShardWriter:
         import pyarrow.parquet as pq
 
         if self._schema is not None and batch.schema != self._schema:
-            try:
-                batch = batch.select(list(self._schema)).cast(dict(self._schema))  # type: ignore[arg-type]
-            except Exception:  # noqa: BLE001 - incompatible schema: start a new part file
+            cast = None
+            if set(batch.columns) == set(self._schema):  # same columns: a lossless cast keeps one part file
+                try:
+                    cast = batch.select(list(self._schema)).cast(dict(self._schema), strict=True)  # type: ignore[arg-type]
+                    if not cast.equals(batch.select(list(self._schema))):
+                        cast = None
+                except Exception:  # noqa: BLE001 - incompatible types
+                    cast = None
+            if cast is None:  # new columns or types: start a new part file rather than lose data
                 self._pq.close()
                 self._pq = None
+            else:
+                batch = cast
         if self._pq is None:
             self._schema = batch.schema
             self._pq = pq.ParquetWriter(self._new_path(), batch.to_arrow().schema, compression="zstd")
@@ -117,6 +125,12 @@ class ShardWriter:
         return finals
 
     def abort(self) -> None:
+        for h in (self._fh, getattr(self, "_raw", None), self._pq):
+            if h is not None:
+                try:
+                    h.close()
+                except Exception:  # noqa: BLE001 - best effort: the files are deleted next
+                    pass
         for tmp, _ in self._tmp:
             tmp.unlink(missing_ok=True)
 

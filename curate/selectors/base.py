@@ -9,7 +9,7 @@ selection is deterministic. Rejected documents are recorded with their score and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import polars as pl
 from pydantic import Field, model_validator
@@ -62,7 +62,7 @@ def select(scores: pl.DataFrame, params: SelectParams, higher_is_better: bool) -
         k = p.top_k if p.top_k is not None else int(round(p.fraction * n))
         k = min(k, n)
     elif p.budget_tokens is not None:
-        tokens = ranked["tokens"] if "tokens" in ranked.columns else ranked["score"].cast(pl.Int64) * 0 + 1
+        tokens = ranked["tokens"] if "tokens" in ranked.columns else pl.repeat(1, n, eager=True)
         k = int((tokens.cum_sum() <= p.budget_tokens).sum())
     else:
         return pl.Series(_SELECTED, [True] * n), None
@@ -114,8 +114,9 @@ class Selector(GlobalStage):
     def fit(self, ctx: FitContext) -> None:
         scores = self.compute_scores(ctx)
         if "tokens" not in scores.columns and getattr(self.params, "budget_tokens", None) is not None:
-            tok = pl.concat([b.select(UID, pl.col("text").str.count_matches(r"\S+").alias("tokens"))
-                             for b in ctx.iter_batches(columns=[UID, "text"])])
+            frames = [b.select(UID, pl.col("text").str.count_matches(r"\S+").alias("tokens"))
+                      for b in ctx.iter_batches(columns=[UID, "text"])]
+            tok = pl.concat(frames) if frames else pl.DataFrame(schema={UID: pl.UInt64, "tokens": pl.UInt32})
             scores = scores.join(tok, on=UID, how="left")
         keep, cutoff = _decide(scores, self.params, self._direction())
         state = scores.select(UID, pl.col("score").alias(self.score_column)).with_columns(keep)
@@ -140,5 +141,3 @@ class Selector(GlobalStage):
     def finish(self, kept: pl.DataFrame) -> pl.DataFrame:
         return kept.drop(_SELECTED)
 
-
-Mode = Literal["threshold", "top_k", "fraction", "budget_tokens"]

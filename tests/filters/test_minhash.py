@@ -389,3 +389,12 @@ def test_bucket_verification_equals_brute_force_closure_and_is_bounded():
     n_pass, n_fail = K.verify_buckets(parent, size, np.zeros(m - 1, dtype=np.int64), np.arange(1, m, dtype=np.int64),
                                       np.concatenate(rnd), off2, 0.8, 4)
     assert n_pass == 0 and n_fail <= (m - 1) * 5
+
+
+def test_bands_times_rows_over_num_perm_fails_at_validation():
+    from pydantic import ValidationError
+
+    from curate.filters.minhash import MinHashDedup
+
+    with pytest.raises(ValidationError, match="exceeds num_perm"):
+        MinHashDedup(bands=20, rows=10, num_perm=128)

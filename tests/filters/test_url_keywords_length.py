@@ -64,3 +64,10 @@ def test_length_and_char_ratio():
     kept, rej, _ = run_step(CharRatioFilter(max_digit_ratio=0.5), _df(["plain words here", "$$$ ### !!! ???", "1234567 a"]))
     assert kept["id"].to_list() == ["0"]
     assert dict(zip(rej["id"], rej["reason"])) == {"1": "min_alnum_ratio", "2": "max_digit_ratio"}
+
+
+def test_regex_validation_uses_the_engine_that_runs_it_and_counts_adjacent_keywords():
+    with pytest.raises(ValidationError, match="polars"):
+        RegexFilter(patterns=["foo(?=bar)"])  # look-around: valid in Python's re, not in polars
+    out = RegexFilter(keywords=["bad"], max_matches=1).score(_df(["bad bad", "bad", "badly"]))
+    assert out["regex_matches"].to_list() == [2, 1, 0]

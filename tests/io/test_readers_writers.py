@@ -92,3 +92,31 @@ def test_parquet_writer_survives_metadata_type_change(tmp_path):
     Pipeline(read(str(f), batch_size=5), write(str(tmp_path / "o"), format="parquet")).run(
         work_dir=str(tmp_path / "w"), workers=1, progress=False)
     assert read_output(tmp_path / "o").height == 10
+
+
+def test_parquet_writer_never_drops_new_columns_or_truncates(tmp_path):
+    from curate.io.writers import ShardWriter
+
+    w = ShardWriter(tmp_path / "o", "part-00000", "parquet")
+    w.write(pl.DataFrame({"id": ["a"], "text": ["x"], "n": [1]}))
+    w.write(pl.DataFrame({"id": ["b"], "text": ["y"], "n": [2.5], "lang": ["en"]}))
+    w.write(pl.DataFrame({"id": ["c"], "text": ["z"], "n": [3.0], "lang": ["de"]}))
+    w.close()
+    out = read_output(tmp_path / "o").sort("id")
+    assert out["n"].to_list() == [1.0, 2.5, 3.0]
+    assert out["lang"].to_list() == [None, "en", "de"]
+
+
+def test_shard_cuts_past_the_last_newline_of_a_read_block(tmp_path):
+    from curate.io.shards import _line_starts
+
+    line = b'{"text": "' + b"x" * 1000 + b'"}\n'
+    p = tmp_path / "big.jsonl"
+    p.write_bytes(line * 20_000)  # 20 MB: the reader's 16 MiB blocks end mid-line
+    size = p.stat().st_size
+    for target in (16_777_100, 16_777_300, 5_000_000):
+        starts = _line_starts(str(p), size, target)
+        assert len(starts) == -(-size // target) or len(starts) == size // target + 1
+        for (s, line_no), (s2, _) in zip(starts, starts[1:]):
+            assert 0 < s2 - s <= target + len(line) and (s2 % len(line)) == 0
+            assert line_no == s // len(line) + 1

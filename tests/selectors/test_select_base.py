@@ -35,3 +35,22 @@ def test_token_budget():
 def test_only_one_mode():
     with pytest.raises(ValueError):
         SelectParams(top_k=3, fraction=0.5)
+
+
+def test_nan_scores_with_top_k_and_no_tokens_column():
+    keep, _ = select(_scores([float("nan"), 2.0, 1.0]), SelectParams(budget_tokens=1), True)
+    assert keep.to_list() == [False, True, False]
+
+
+def test_selector_with_token_budget_on_empty_input(tmp_path):
+    import json
+
+    from curate import Pipeline, read, read_output, write
+    from curate.filters.length import LengthFilter
+    from curate.selectors.coresets import KCenterCoreset
+
+    f = tmp_path / "in.jsonl"
+    f.write_text("".join(json.dumps({"text": f"short doc {i}"}) + "\n" for i in range(5)))
+    res = Pipeline(read(str(f)), LengthFilter(min_words=100), KCenterCoreset(budget_tokens=10),
+                   write(str(tmp_path / "o"))).run(work_dir=str(tmp_path / "w"), workers=1, progress=False)
+    assert res.docs_out == 0 and read_output(tmp_path / "o").height == 0
