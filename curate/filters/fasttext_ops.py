@@ -90,14 +90,10 @@ def _clip(v: np.ndarray) -> np.ndarray:
 
 def read_texts(paths: list[str] | str, text_field: str = "text") -> list[str]:
     """All texts of jsonl(.gz/.zst) / parquet / text files, via curate's readers."""
-    from curate.io.readers import InputSpec, read_shard
+    from curate.io.readers import read_texts as read_all
 
-    spec = InputSpec(path=paths, text_field=text_field, id_field=None)
-    out: list[str] = []
-    for shard in spec.shards():
-        for b in read_shard(spec, shard):
-            out.extend(b.select(clean_for_fasttext(pl.col("text"))).to_series().to_list())
-    return [t for t in out if t]
+    texts = read_all(paths, text_field)
+    return [t for t in pl.select(clean_for_fasttext(pl.lit(texts))).to_series().to_list() if t]
 
 
 def auc_score(y: np.ndarray, s: np.ndarray) -> float:

@@ -49,6 +49,11 @@ class InputSpec(BaseModel):
     def shards(self) -> list[Shard]:
         return plan_shards(self.files(), self.format, self.shard_mb << 20)
 
+    def iter_batches(self) -> Iterator[pl.DataFrame]:
+        """Every batch of every shard, in shard order (for side inputs: target sets, training corpora)."""
+        for shard in self.shards():
+            yield from read_shard(self, shard)
+
 
 @dataclass
 class ReadReport:
@@ -228,6 +233,20 @@ def _text_batch(rows: list[dict], spec: InputSpec, rep: ReadReport, uid: int) ->
     df = pl.DataFrame(rows, schema={"id": pl.String, "text": pl.String})
     where = df.get_column("id")
     return _normalise(df, spec.model_copy(update={"text_field": "text", "id_field": "id"}), where, "text", rep, uid)
+
+
+def read_texts(paths: str | list[str], text_field: str = "text", max_docs: int | None = None) -> pl.Series:
+    """The ``text`` of every document of some files (jsonl(.gz/.zst), parquet, .txt), bad rows skipped and
+    counted as a pipeline's reader does; at most ``max_docs``."""
+    spec = InputSpec(path=paths, text_field=text_field, id_field=None)
+    parts: list[pl.Series] = []
+    n = 0
+    for batch in spec.iter_batches():
+        parts.append(batch["text"])
+        n += batch.height
+        if max_docs is not None and n >= max_docs:
+            return pl.concat(parts).head(max_docs)
+    return pl.concat(parts) if parts else pl.Series("text", [], dtype=pl.String)
 
 
 def read(path: str | list[str], **kwargs) -> InputSpec:

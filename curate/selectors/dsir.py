@@ -139,14 +139,13 @@ def _score_shard(shard: Path, out: Path, *, ngrams: int, num_buckets: int, log_d
 def target_counts(path: str | list[str], text_field: str, ngrams: int, num_buckets: int,
                   fmt: str | None = None) -> np.ndarray:
     """Bucket counts over ALL documents of the target corpus (jsonl / parquet / txt, read with curate.io)."""
-    from curate.io.readers import InputSpec, read_shard
+    from curate.io.readers import InputSpec
 
     spec = InputSpec(path=path, text_field=text_field, format=fmt)  # type: ignore[arg-type]
     counts = np.zeros(num_buckets, np.int64)
-    for shard in spec.shards():
-        for b in read_shard(spec, shard):
-            buckets, _ = hashed_ngram_features(b["text"], ngrams, num_buckets)
-            counts += np.bincount(buckets, minlength=num_buckets)
+    for b in spec.iter_batches():
+        buckets, _ = hashed_ngram_features(b["text"], ngrams, num_buckets)
+        counts += np.bincount(buckets, minlength=num_buckets)
     return counts
 
 

@@ -5,29 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-import polars as pl
-
-
-def _read_texts(paths: list[str], text_field: str, max_docs: int | None) -> pl.Series:
-    from curate.io.readers import InputSpec, read_shard
-
-    spec = InputSpec(path=paths, text_field=text_field, id_field=None)
-    parts: list[pl.Series] = []
-    n = 0
-    for shard in spec.shards():
-        for batch in read_shard(spec, shard):
-            parts.append(batch["text"])
-            n += batch.height
-            if max_docs is not None and n >= max_docs:
-                return pl.concat(parts).head(max_docs)
-    return pl.concat(parts) if parts else pl.Series("text", [], dtype=pl.String)
-
 
 def _cmd_train_lm(args: argparse.Namespace) -> int:
+    from curate.io.readers import read_texts
     from curate.selectors.kn_lm import train_lm
 
     t0 = time.perf_counter()
-    texts = _read_texts(args.inputs, args.text_field, args.max_docs)
+    texts = read_texts(args.inputs, args.text_field, args.max_docs)
     rep = train_lm(texts, args.output, order=args.order, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                    sp_model=args.sp_model, normalize=not args.no_normalize, use_lmplz=args.lmplz)
     counts = " ".join(f"{n}-grams={c}" for n, c in enumerate(rep.ngram_counts, 1))

@@ -39,10 +39,9 @@ def _load_callable(ref: str | Callable[..., float]) -> Callable[..., float]:
 
 
 def _read_validation(path: str, columns: list[str]) -> pl.DataFrame:
-    from curate.io.readers import InputSpec, read_shard
+    from curate.io.readers import InputSpec
 
-    spec = InputSpec(path=path)
-    frames = [b for shard in spec.shards() for b in read_shard(spec, shard)]
+    frames = list(InputSpec(path=path).iter_batches())
     if not frames:
         raise ValueError(f"validation set {path!r} has no rows")
     df = pl.concat(frames, how="diagonal_relaxed")
