@@ -7,7 +7,7 @@ from curate.core.registry import all_operators, get_operator, register
 from curate.io.readers import read, read_jsonl, read_parquet, read_text
 from curate.io.writers import RejectsSpec, read_output, write, write_jsonl, write_parquet
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is set (pyproject reads it)
 
 __all__ = [
     "ConfigError", "CurateError", "FitContext", "Filter", "GlobalStage", "InputError", "Mapper",

@@ -60,20 +60,139 @@ def _where(loc: tuple, lines: dict[tuple, int]) -> str:
     return "line ?"
 
 
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that holds the last key of ``loc`` (walking fields, Optional and lists)."""
+    import typing
+
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        todo, found = [field.annotation], None
+        while todo and found is None:
+            t = todo.pop()
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                found = t
+            else:
+                todo.extend(typing.get_args(t))
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def did_you_mean(key: str, choices: list[str] | tuple[str, ...] | Any) -> str:
+    """' (did you mean a, b?)' for close names, else ' (known keys: ...)'; as for operator names."""
+    import difflib
+
+    choices = list(choices)
+    close = difflib.get_close_matches(key, choices, n=3, cutoff=0.6)
+    if close:
+        return f" (did you mean {', '.join(close)}?)"
+    return f" (known keys: {', '.join(choices)})" if choices else ""
+
+
+def describe_error(model: type[BaseModel], err: Any) -> str:
+    """pydantic's message for one error, with a "did you mean" for unknown keys."""
+    loc = tuple(err["loc"])
+    if err.get("type") == "extra_forbidden" and loc and isinstance(loc[-1], str):
+        holder = _model_at(model, loc[:-1])
+        if holder is not None:
+            return f"unknown key '{loc[-1]}'" + did_you_mean(loc[-1], holder.model_fields)
+    return str(err["msg"])
+
+
 def _fmt_loc(loc: tuple) -> str:
     return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
 
 
+#: most YAML nodes a document may expand to once aliases are followed. A pipeline is a few hundred
+#: nodes; a 422-byte "billion laughs" document expands to ~10^9 (45 s and 3.3 GB before this bound).
+MAX_EXPANDED_NODES = 100_000
+#: most alias references (``*name``) in one document; real configs use a handful.
+MAX_ALIASES = 1_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``SafeLoader`` that bounds alias expansion while composing (before anything is expanded) and
+    refuses duplicate mapping keys (PyYAML keeps the last silently, e.g. a second ``steps:``)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes it expands to, aliases followed
+        self._aliases = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise ConfigError(f"line {mark.line + 1}: more than {MAX_ALIASES} YAML aliases (*name); "
+                                  "refusing to expand them")
+        node = super().compose_node(parent, index)
+        if id(node) not in self._sizes:
+            if isinstance(node, yaml.MappingNode):
+                size = 1 + sum(self._sizes.get(id(k), 1) + self._sizes.get(id(v), 1) for k, v in node.value)
+            elif isinstance(node, yaml.SequenceNode):
+                size = 1 + sum(self._sizes.get(id(v), 1) for v in node.value)
+            else:
+                size = 1
+            self._sizes[id(node)] = size
+        size = self._sizes[id(node)]
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and size > MAX_EXPANDED_NODES:
+            raise ConfigError(f"line {node.start_mark.line + 1}: YAML aliases expand this value to {size:,} "
+                              f"nodes (more than {MAX_EXPANDED_NODES:,}); refusing to expand it "
+                              "(an alias bomb?)")
+        return node
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for k, _ in node.value:
+                if k.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then overriding a key is what merge keys are for
+                key = self.construct_object(k, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # unhashable keys fail in PyYAML's own check below
+                line = k.start_mark.line + 1
+                if first is not None:
+                    raise ConfigError(f"line {line}: duplicate key '{key}' (first at line {first}); "
+                                      "YAML would silently keep only the last one")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> tuple[Any, yaml.Node | None]:
+    """Parse YAML like ``yaml.safe_load``, with bounded aliases and no duplicate keys; returns
+    (data, the composed node tree for line numbers). Raises ConfigError / yaml.YAMLError."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+    return data, node
+
+
 def load_yaml(path: str | Path, what: str = "pipeline file",
               top_level: str = "input, steps and output") -> tuple[dict[str, Any], dict[tuple, int]]:
-    """Safe-load a YAML mapping and index the line of every key (for errors that name their line)."""
+    """Safe-load a YAML mapping and index the line of every key (for errors that name their line).
+
+    Every YAML file curate reads goes through here (pipelines, distill configs): aliases are bounded
+    (:data:`MAX_EXPANDED_NODES`) and duplicate keys are errors naming both lines.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} not found: '{p}'")
     text = p.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data, node = safe_load(text)
+    except ConfigError as e:
+        raise ConfigError([f"{p} {m}" for m in e.problems]) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -81,8 +200,31 @@ def load_yaml(path: str | Path, what: str = "pipeline file",
     return data, (_line_index(node) if node is not None else {})
 
 
-def parse_config(data: dict[str, Any], lines: dict[tuple, int] | None = None, source: str = "pipeline"):
-    """Validate a config dict; returns (PipelineConfig, [Operator]). Raises one ConfigError listing all problems."""
+def code_imports(ops: list) -> list[tuple[int, str, str, str]]:
+    """Operator parameters that name Python code to import and call (``package.module:function``, e.g.
+    ``shapley``'s ``utility``): [(step index, operator name, parameter, reference)]. A parameter is such
+    a reference when its field carries ``json_schema_extra={"imports_code": True}``."""
+    found = []
+    for i, op in enumerate(ops):
+        for pname, field in type(op.params).model_fields.items():
+            extra = field.json_schema_extra
+            if isinstance(extra, dict) and extra.get("imports_code"):
+                value = getattr(op.params, pname)
+                if isinstance(value, str) and ":" in value:
+                    found.append((i, op.name, pname, value))
+    return found
+
+
+ALLOW_CODE_HINT = "pass --allow-code to `curate run` / `curate validate` (Python: allow_code=True) to allow it"
+
+
+def parse_config(data: dict[str, Any], lines: dict[tuple, int] | None = None, source: str = "pipeline", *,
+                 allow_code: bool = False):
+    """Validate a config dict; returns (PipelineConfig, [Operator]). Raises one ConfigError listing all problems.
+
+    A pipeline file never makes curate import Python code unless ``allow_code`` (the user who runs it
+    opts in with ``--allow-code``; the file itself cannot): see :func:`code_imports`.
+    """
     from curate.core.registry import get_operator
 
     lines = lines or {}
@@ -95,7 +237,7 @@ def parse_config(data: dict[str, Any], lines: dict[tuple, int] | None = None, so
             loc = tuple(err["loc"])
             if loc[:1] == ("steps",) and len(loc) > 2:
                 continue  # step bodies are validated below, against each operator's Params
-            problems.append(f"{source} {_where(loc, lines)}: {_fmt_loc(loc)}: {err['msg']}")
+            problems.append(f"{source} {_where(loc, lines)}: {_fmt_loc(loc)}: {describe_error(PipelineConfig, err)}")
     ops = []
     for i, step in enumerate(data.get("steps") or []):
         loc: tuple = ("steps", i)
@@ -123,9 +265,14 @@ def parse_config(data: dict[str, Any], lines: dict[tuple, int] | None = None, so
             for err in e.errors():
                 ploc = loc + tuple(err["loc"])
                 problems.append(f"{source} {_where(ploc, lines)}: steps[{i}].{name}.{_fmt_loc(tuple(err['loc']))}: "
-                                f"{err['msg']}")
+                                f"{describe_error(cls.Params, err)}")
         except CurateError as e:
             problems.append(f"{source} {_where(loc, lines)}: steps[{i}].{name}: {e}")
+    if not allow_code:
+        for i, name, pname, ref in code_imports(ops):
+            where = _where(("steps", i, name, pname), lines)
+            problems.append(f"{source} {where}: steps[{i}].{name}.{pname}: '{ref}' would import and run Python "
+                            f"code named in this file; {ALLOW_CODE_HINT}")
     try:  # input files are checked even when other keys are wrong, so every problem shows at once
         InputSpec.model_validate(data.get("input")).files()
     except ConfigError as e:

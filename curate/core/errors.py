@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+#: the distribution name on the package index: ``curate`` there is an unrelated project (CKAN
+#: utilities), so curate is published as ``curate-llm``; ``import curate`` and the ``curate`` command stay.
+DISTRIBUTION = "curate-llm"
+
+
+def pip_hint(extra: str) -> str:
+    """The install command for an extra, correct from a fresh venv outside the repo."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
+
+
 class CurateError(Exception):
     """Base class of every error curate raises on purpose."""
 
@@ -30,5 +40,5 @@ class MissingDependencyError(CurateError):
         self.operator, self.module, self.extra = operator, module, extra
         super().__init__(
             f"operator '{operator}' needs the Python module '{module}', which is not installed; "
-            f"install it with: pip install 'curate[{extra}]'"
+            f"install it with: {pip_hint(extra)}"
         )

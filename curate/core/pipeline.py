@@ -53,10 +53,14 @@ class Pipeline:
         self.seed = seed
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> Pipeline:
-        """Load and validate ``pipeline.yaml``; every problem is reported at once with its line."""
+    def from_yaml(cls, path: str | Path, *, allow_code: bool = False) -> Pipeline:
+        """Load and validate ``pipeline.yaml``; every problem is reported at once with its line.
+
+        ``allow_code``: let parameters such as ``shapley.utility: pkg.mod:fn`` import Python code
+        (refused otherwise, so a pipeline file alone cannot run code).
+        """
         data, lines = load_yaml(path)
-        cfg, ops = parse_config(data, lines, source=str(path))
+        cfg, ops = parse_config(data, lines, source=str(path), allow_code=allow_code)
         return cls(cfg.input, *ops, cfg.output, *([cfg.rejects] if cfg.rejects else []),
                    work_dir=cfg.work_dir, executor=cfg.executor, seed=cfg.seed)
 

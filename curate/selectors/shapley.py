@@ -91,7 +91,9 @@ class Shapley(Selector):
         k: int = Field(10, gt=0, description="neighbours of the KNN utility")
         metric: Literal["euclidean", "cosine"] = "euclidean"
         utility: str | Callable[..., float] = Field(
-            "knn", description="knn | logistic | package.module:function (tmc, beta, banzhaf, cluster)")
+            "knn", description="knn | logistic | package.module:function (tmc, beta, banzhaf, cluster); "
+            "from YAML a module:function is imported only with `curate run --allow-code`",
+            json_schema_extra={"imports_code": True})
         validation: str | None = Field(None, description="labelled validation file (jsonl/parquet)")
         validation_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share when no file")
         features: FeatureSource = "auto"

@@ -233,7 +233,7 @@ def test_missing_extra_names_pip_command():
         requires = ("a_module_that_is_not_installed",)
         extra = "embed"
 
-    with pytest.raises(Exception, match=r"pip install 'curate\[embed\]'"):
+    with pytest.raises(Exception, match=r"pip install 'curate-llm\[embed\]'"):
         Pipeline(read(str(EXAMPLE)), NeedsMissing(), write("unused"))
 
 

@@ -11,7 +11,7 @@ from curate import Pipeline, read, write
 from curate.filters.exact_dedup import ExactDedup
 from curate.filters.gopher import GopherQuality
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'curate[ray]')")
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'curate-llm[ray]')")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data" / "web_sample.jsonl.gz"
 
 
