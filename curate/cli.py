@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
-from curate.core.errors import CurateError
+from curate import __version__
+from curate.core.errors import DISTRIBUTION, CurateError
 
 #: modules that add subcommands: each has ``add_commands(subparsers)``; a missing module is skipped.
 _COMMAND_MODULES = (
@@ -15,28 +17,85 @@ _COMMAND_MODULES = (
 )
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _print_table(table) -> None:
+    """Print a rich table whole: on a terminal at its width, to a pipe or file as wide as the table
+    needs (never cut at 80 columns) and without colour codes."""
     from rich.console import Console
 
-    from curate.core.pipeline import Pipeline
-
-    p = Pipeline.from_yaml(args.pipeline)
-    if args.work_dir:
-        p.work_dir = args.work_dir
-    result = p.run(workers=args.workers, progress=not args.no_progress)
     console = Console()
     if not console.is_terminal:
-        console = Console(width=160)
-    console.print(result.table())
+        wide = Console(width=100_000, color_system=None, highlight=False)
+        console = Console(width=max(80, wide.measure(table).maximum), color_system=None, highlight=False)
+    console.print(table)
+
+
+def _load(args: argparse.Namespace):
+    from curate.core.pipeline import Pipeline
+
+    return Pipeline.from_yaml(args.pipeline, allow_code=args.allow_code)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    p = _load(args)
+    if args.work_dir:
+        p.work_dir = args.work_dir
+    if args.limit is not None:
+        from curate.core.sample import limited
+
+        p = limited(p, args.limit)
+        print(f"trial on the first {args.limit:,} documents: work dir {p.work_dir}, output {p.output.path} "  # type: ignore[union-attr]
+              "(a full run's folders are untouched)", file=sys.stderr)
+    if args.dry_run:
+        for line in _plan_lines(p, args.workers):
+            print(line)
+        return 0
+    result = p.run(workers=args.workers, progress=not args.no_progress)
+    _print_table(result.table())
     print(f"output: {result.output}  rejects: {p.rejects_spec().path}  stats: {result.work_dir / 'stats.json'}")
     return 0
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
-    from curate.core.pipeline import Pipeline
+def _plan_lines(p, workers: int | None) -> list[str]:
+    """What ``curate run`` would do, read from the work dir's markers; writes nothing."""
+    import json
 
-    p = Pipeline.from_yaml(args.pipeline)
+    from curate.core.plan import plan_segments
+    from curate.executors.base import detect_device
+    from curate.executors.local import LocalExecutor
+
+    shards = p.input.shards()
+    files = p.input.files()
+    size = sum(os.path.getsize(f) for f in files)
+    n = workers or p.executor.workers or os.cpu_count() or 1
+    ex = LocalExecutor(p, workers=n)
+    device = detect_device(p.steps)
+    lines = [f"plan (dry run, nothing written): {len(files)} input file(s), {size / 1e6:,.1f} MB, "
+             f"{len(shards)} shard(s); {p.executor.type} executor, {n} worker(s), device {device}",
+             f"work dir: {p.work_dir}   output: {p.output.path}   rejects: {p.rejects_spec().path}"]
+    segments = plan_segments(p.input, p.steps, p.output, p.seed)
+    for seg in segments:
+        if seg.stage is not None:
+            try:
+                done = json.loads((ex._stage_dir(seg) / "_done.json").read_text())
+                fitted = done.get("fingerprint") == seg.stage_fingerprint
+            except (OSError, ValueError):
+                fitted = False
+            lines.append(f"  fit {seg.stage.step_name}: " + ("done, resumed" if fitted else "to fit"))
+        tasks, done_stats = ex._tasks(seg, shards, p.rejects_spec(), device)
+        ops = ", ".join(o.step_name for o in seg.ops) or "read"
+        dest = f"writes {p.output.path}" if seg.last else f"spills to {ex.work / 'segments' / f'{seg.index:03d}'}"
+        lines.append(f"  segment {seg.index}: {ops} -> {dest}: {len(tasks)} shard(s) to run, "
+                     f"{len(done_stats)} done (resumed)")
+    return lines
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from curate.core.config import code_imports
+
+    p = _load(args)
     print(f"{args.pipeline}: OK ({len(p.steps)} steps, {len(p.input.shards())} input shards)")  # type: ignore[union-attr]
+    for i, name, pname, ref in code_imports(p.steps):
+        print(f"imports Python code (allowed by --allow-code): steps[{i}].{name}.{pname}: {ref}")
     if args.show:
         print(p.to_yaml())
     return 0
@@ -71,16 +130,26 @@ def _cmd_ops(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="curate", description="Curate LLM training data and distill students.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument("--version", action="version", version=f"curate {__version__} ({DISTRIBUTION} on PyPI)")
     sub = ap.add_subparsers(dest="command", required=True)
+    code_help = ("let the pipeline import Python code it names (e.g. shapley utility: pkg.mod:fn); "
+                 "refused without this flag, so a pipeline file alone never runs code")
     r = sub.add_parser("run", help="run a pipeline.yaml (resumes finished shards and stages)")
     r.add_argument("pipeline")
     r.add_argument("--workers", type=int, default=None)
     r.add_argument("--work-dir", default=None)
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="try the pipeline on the first N documents; work dir, output and rejects get a "
+                        "'.limit-N' suffix so a trial is never mistaken for a full run")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the plan (segments, shards, what would resume) and write nothing")
+    r.add_argument("--allow-code", action="store_true", help=code_help)
     r.set_defaults(fn=_cmd_run)
     v = sub.add_parser("validate", help="check a pipeline.yaml without running it")
     v.add_argument("pipeline")
     v.add_argument("--show", action="store_true", help="print the resolved config, defaults filled in")
+    v.add_argument("--allow-code", action="store_true", help=code_help)
     v.set_defaults(fn=_cmd_validate)
     o = sub.add_parser("ops", help="list operators with their parameters and defaults")
     o.add_argument("name", nargs="?", help="only operators whose name contains this")

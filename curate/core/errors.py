@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 #: the distribution name on the package index: ``curate`` there is an unrelated project (CKAN
 #: utilities), so curate is published as ``curate-llm``; ``import curate`` and the ``curate`` command stay.
 DISTRIBUTION = "curate-llm"

@@ -116,6 +116,13 @@ class FitContext(RunContext):
 
         yield from (self._reader or read_spill)(shard, columns)
 
+    def progress(self, done: int, total: int | None = None, unit: str = "docs") -> None:
+        """Report how far a long fit is (``done`` of ``total`` ``unit``); shown as the run's progress
+        (throttled plain lines in logs). Call it from the main process, as often as convenient."""
+        from curate.core.progress import report
+
+        report(done, total, unit)
+
     def map_shards(self, fn: Callable[[Path, Path], None], name: str, suffix: str = ".parquet") -> list[Path]:
         """Run ``fn(shard_dir, out_path)`` over every shard, in parallel over ``workers`` processes.
 
@@ -123,13 +130,15 @@ class FitContext(RunContext):
         from an interrupted run are reused, so a stage's per-shard work resumes where it stopped.
         Returns the output paths in shard order.
         """
-        from curate.executors.pool import run_tasks
-
         out_dir = self.scratch_dir / name
         out_dir.mkdir(parents=True, exist_ok=True)
         outs = [out_dir / f"{shard.name}{suffix}" for shard in self.shards]
         todo = [(fn, shard, out) for shard, out in zip(self.shards, outs) if not out.exists()]
-        run_tasks(_run_shard_fn, todo, workers=self.workers)
+        from curate.core.progress import report
+        from curate.executors.pool import iter_tasks
+
+        for k, _ in enumerate(iter_tasks(_run_shard_fn, todo, workers=self.workers), 1):
+            report(k, len(todo), "shards")
         return outs
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from curate.core.operator import FitContext, GlobalStage, RunContext
 from curate.core.plan import Segment, plan_segments
+from curate.core.progress import Progress
 from curate.core.runner import ShardTask, clear_setup_cache, read_marker, write_json_atomic
 from curate.core.stats import StepStats, merge_stats
 
@@ -108,7 +109,7 @@ class Executor:
         per_shard_stats: list[list[StepStats]] = []
         stage_fit_seconds: dict[str, float] = {}
         resumed = 0
-        bar = _Progress(enabled=progress)
+        bar = Progress(enabled=progress, input_files=p.input.files(), shards=len(shards))
         try:
             with bar:
                 for seg in segments:
@@ -116,8 +117,8 @@ class Executor:
                         stage_fit_seconds[seg.stage.step_name] = self._fit(seg, shards, device, bar)
                     tasks, done_stats = self._tasks(seg, shards, rejects, device)
                     resumed += len(shards) - len(tasks)
-                    bar.start(f"segment {seg.index}: " + (", ".join(o.step_name for o in seg.ops) or "read"),
-                              total=None)
+                    bar.start(f"segment {seg.index}: " + (", ".join(o.step_name for o in seg.ops) or "read")
+                              + f" ({len(tasks)} of {len(shards)} shards to run)", total=None)
                     self._run_tasks(tasks, bar.advance)
                     for t in tasks:
                         st = read_marker(t.marker, t.fingerprint)
@@ -164,7 +165,7 @@ class Executor:
     def _stage_dir(self, seg: Segment) -> Path:
         return self.work / "stages" / f"{seg.index:03d}"
 
-    def _fit(self, seg: Segment, shards, device: str, bar: _Progress) -> float:
+    def _fit(self, seg: Segment, shards, device: str, bar: Progress) -> float:
         stage = seg.stage
         assert isinstance(stage, GlobalStage)
         sdir = self._stage_dir(seg)
@@ -192,45 +193,3 @@ class Executor:
         secs = time.perf_counter() - t0
         write_json_atomic(marker, {"fingerprint": seg.stage_fingerprint, "seconds": secs})
         return secs
-
-
-class _Progress:
-    """A rich progress bar counting documents (docs/s), or nothing when disabled."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._p = None
-        self._task = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                               MofNCompleteColumn(), TextColumn("docs"),
-                               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), transient=False)
-            self._p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.__exit__(*exc)
-
-    def start(self, desc: str, total: int | None) -> None:
-        if self._p is not None:
-            self._t0 = time.perf_counter()
-            self._done = 0
-            self._task = self._p.add_task(desc, total=total, rate="")
-
-    def advance(self, n: int) -> None:
-        if self._p is not None and self._task is not None:
-            self._done += n
-            rate = self._done / max(time.perf_counter() - self._t0, 1e-9)
-            self._p.update(self._task, advance=n, rate=f"{rate:,.0f} docs/s")
