@@ -8,8 +8,9 @@ DISTRIBUTION = "curate-llm"
 
 
 def pip_hint(extra: str) -> str:
-    """The install command for an extra, correct from a fresh venv outside the repo."""
-    return f"pip install '{DISTRIBUTION}[{extra}]'"
+    """The install command for an extra: the distribution's name (never ``curate``, which installs the
+    unrelated project), and the form for a source checkout."""
+    return f"pip install '{DISTRIBUTION}[{extra}]' (from a source checkout: pip install -e '.[{extra}]')"
 
 
 class CurateError(Exception):
