@@ -130,7 +130,7 @@ def _cmd_ops(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="curate", description="Curate LLM training data and distill students.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    ap.add_argument("--version", action="version", version=f"curate {__version__} ({DISTRIBUTION} on PyPI)")
+    ap.add_argument("--version", action="version", version=f"curate {__version__} (distribution {DISTRIBUTION})")
     sub = ap.add_subparsers(dest="command", required=True)
     code_help = ("let the pipeline import Python code it names (e.g. shapley utility: pkg.mod:fn); "
                  "refused without this flag, so a pipeline file alone never runs code")

@@ -86,8 +86,12 @@ class Executor:
     def _manifest(self, started: str) -> dict:
         import importlib.metadata as md
 
-        versions = {}
-        for pkg in ("curate", "polars", "pyarrow", "numpy", "pydantic"):
+        import curate
+
+        # curate's own version from the package: the distribution is curate-llm, and md.version("curate")
+        # would report the unrelated PyPI project of that name where it is installed
+        versions: dict[str, str | None] = {"curate": curate.__version__}
+        for pkg in ("polars", "pyarrow", "numpy", "pydantic"):
             try:
                 versions[pkg] = md.version(pkg)
             except md.PackageNotFoundError:
