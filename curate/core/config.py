@@ -195,6 +195,8 @@ def load_yaml(path: str | Path, what: str = "pipeline file",
         raise ConfigError([f"{p} {m}" for m in e.problems]) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: YAML nested too deeply to read") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping with {top_level}")
     return data, (_line_index(node) if node is not None else {})

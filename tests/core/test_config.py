@@ -64,6 +64,13 @@ def test_billion_laughs_validate_is_quick(tmp_path: Path):
     assert time.perf_counter() - t0 < 20
 
 
+def test_deeply_nested_yaml_is_one_clear_error(tmp_path: Path):
+    f = tmp_path / "deep.yaml"
+    f.write_text("input: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_yaml(f)
+
+
 def test_small_anchors_and_merge_keys_still_work(tmp_path: Path):
     f = tmp_path / "p.yaml"
     f.write_text(f"base: &b {{path: {EXAMPLE}, text_field: text}}\n"
@@ -211,6 +218,9 @@ def test_plain_progress_lines_and_quiet_third_party_bars():
     try:
         with Progress(plain=True, stream=out, interval=0.0, input_files=[str(EXAMPLE)], shards=1) as bar:
             assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+            # a worker started now (spawn, as the executors do) gets disabled tqdm bars
+            probe = "import tqdm, sys; sys.exit(0 if tqdm.tqdm(range(3)).disable else 1)"
+            assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
             bar.start("fitting semdedup")
             report(3, 10, "shards")
             bar.start("segment 1: semdedup")
