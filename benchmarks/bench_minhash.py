@@ -224,7 +224,8 @@ def child_curate(corpus: Path, res: Path, workers: int, verify: bool) -> None:
     both = pl.concat([x.select(pl.col("order").cast(pl.Int64), pl.col("dup_cluster_id").cast(pl.Int64))
                       for x in parts]).sort("order")
     np.save(res / "cluster.npy", both["dup_cluster_id"].fill_null(-1).to_numpy())
-    stats = json.loads(next((d / "work" / "stages").glob("*/state/minhash_stats.json")).read_text())
+    run_stats = json.loads((d / "work" / "stats.json").read_text())
+    stats = next(s for s in run_stats["steps"] if s["step"] == "minhash_dedup")["counters"]
     (res / "result.json").write_text(json.dumps({"seconds": secs, "self_rss_mb": rss,
                                                  "removed": sum(1 for f in rej_files for _ in open(f)),
                                                  "stats": stats}))

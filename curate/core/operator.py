@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -27,6 +28,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from curate.core.errors import MissingDependencyError
+from curate.core.stats import StepNumbers
 
 #: internal row key (UInt64, unique and stable for a run: shard index << 40 | row in shard).
 UID = "__uid"
@@ -88,7 +90,9 @@ class Rule:
 
 @dataclass
 class RunContext:
-    """What an operator sees of the run: its folders, the seed, workers and device."""
+    """What an operator sees of the run: its folders, the seed, workers and device, and where its own
+    numbers go (:meth:`stat`, :meth:`timer`: they land in the step's stats, see :mod:`curate.core.stats`).
+    An operator that counts per batch keeps the context it gets in ``setup``."""
 
     work_dir: Path
     state_dir: Path
@@ -96,6 +100,15 @@ class RunContext:
     workers: int = 1
     device: str = "cpu"
     step_index: int = 0
+    numbers: StepNumbers = field(default_factory=StepNumbers, repr=False, compare=False)
+
+    def stat(self, name: str, value: float = 1) -> None:
+        """Add ``value`` to the step's counter ``name`` (shown in ``stats.json`` and the run table)."""
+        self.numbers.stat(name, value)
+
+    def timer(self, phase: str) -> AbstractContextManager[None]:
+        """``with ctx.timer("buckets"):`` adds the block's seconds to the step's timer ``buckets``."""
+        return self.numbers.timer(phase)
 
 
 @dataclass

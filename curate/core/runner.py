@@ -41,14 +41,15 @@ class ShardTask:
     trace_docs: int = 5
 
 
-_SETUP_CACHE: dict[tuple, Operator] = {}
+_SETUP_CACHE: dict[tuple, tuple[Operator, RunContext]] = {}
 
 
-def _ready(op: Operator, ctx: RunContext, key: tuple) -> Operator:
-    """Set each operator up once per worker process (models are loaded once, not per shard)."""
+def _ready(op: Operator, ctx: RunContext, key: tuple) -> tuple[Operator, RunContext]:
+    """Set each operator up once per worker process (models are loaded once, not per shard). Returns the
+    operator with the context it was set up with: the one whose numbers (``ctx.stat``) it records into."""
     if key not in _SETUP_CACHE:
         op.setup(ctx)
-        _SETUP_CACHE[key] = op
+        _SETUP_CACHE[key] = (op, ctx)
     return _SETUP_CACHE[key]
 
 
@@ -76,8 +77,9 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) -> list[StepStats]:
-    ops = [_ready(op, c, (task.segment, i, task.fingerprint, id(type(op)), str(c.state_dir))) for i, (op, c) in
-           enumerate(zip(task.ops, task.ctx))]
+    ready = [_ready(op, c, (task.segment, i, task.fingerprint, id(type(op)), str(c.state_dir))) for i, (op, c) in
+             enumerate(zip(task.ops, task.ctx))]
+    ops = [op for op, _ in ready]
     stats = [StepStats(op.step_name) for op in ops]
     read_stats = StepStats("read") if task.segment == 0 else None
     rep = ReadReport()
@@ -142,6 +144,8 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
             if rep.rejects:
                 reject_writer("read").write(pl.DataFrame(rep.rejects))
     except BaseException:
+        for _, c in ready:  # a failed shard's numbers must not leak into the next shard of this worker
+            c.numbers.drain()
         sink.abort()
         for w in rejects.values():
             w.abort()
@@ -153,6 +157,8 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
         for step, rows in traces.items():
             if rows:
                 write_json_atomic(task.trace_dir / step / f"{task.shard.name}.json", rows)
+    for (_, c), st in zip(ready, stats):  # the operators' own numbers of this shard travel in its marker
+        st.counters, st.timers = c.numbers.drain()
     all_stats = ([read_stats] if read_stats is not None else []) + stats
     write_json_atomic(task.marker, {"fingerprint": task.fingerprint, "shard": task.shard.index,
                                     "stats": [s.to_dict() for s in all_stats]})

@@ -52,11 +52,12 @@ class RunResult:
         for col in ("docs in", "docs out", "kept %", "MB in", "MB out", "seconds"):
             t.add_column(col, justify="right", no_wrap=True)
         t.add_column("top drop reasons", overflow="fold")
+        t.add_column("counters, timers", overflow="fold")
         for s in self.steps:
             reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(s.dropped.items(), key=lambda kv: -kv[1])[:3])
             kept = 100.0 * s.docs_out / s.docs_in if s.docs_in else 100.0
             t.add_row(s.step, f"{s.docs_in:,}", f"{s.docs_out:,}", f"{kept:.1f}", f"{s.bytes_in / 1e6:.1f}",
-                      f"{s.bytes_out / 1e6:.1f}", f"{s.seconds:.2f}", reasons)
+                      f"{s.bytes_out / 1e6:.1f}", f"{s.seconds:.2f}", reasons, s.numbers_text())
         return t
 
 
@@ -112,13 +113,16 @@ class Executor:
         segments = plan_segments(p.input, p.steps, p.output, p.seed)
         per_shard_stats: list[list[StepStats]] = []
         stage_fit_seconds: dict[str, float] = {}
+        fit_stats: dict[str, StepStats] = {}
         resumed = 0
         bar = Progress(enabled=progress, input_files=p.input.files(), shards=len(shards))
         try:
             with bar:
                 for seg in segments:
                     if seg.stage is not None:
-                        stage_fit_seconds[seg.stage.step_name] = self._fit(seg, shards, device, bar)
+                        fs = self._fit(seg, shards, device, bar)
+                        fit_stats[fs.step] = fs
+                        stage_fit_seconds[fs.step] = fs.seconds
                     tasks, done_stats = self._tasks(seg, shards, rejects, device)
                     resumed += len(shards) - len(tasks)
                     bar.start(f"segment {seg.index}: " + (", ".join(o.step_name for o in seg.ops) or "read")
@@ -133,7 +137,8 @@ class Executor:
             clear_setup_cache()  # in-process runs must not keep models and stage state alive after the run
         steps = merge_stats(per_shard_stats)
         for s in steps:
-            s.seconds += stage_fit_seconds.get(s.step, 0.0)
+            if s.step in fit_stats:  # the fit's seconds and numbers (ctx.stat / ctx.timer) join the stage's
+                s.add(fit_stats[s.step])
         result = RunResult(self.work, Path(p.output.path), steps, time.perf_counter() - t0, resumed)
         write_json_atomic(self.work / "stats.json", {
             "seconds": result.seconds, "docs_in": result.docs_in, "docs_out": result.docs_out,
@@ -169,15 +174,17 @@ class Executor:
     def _stage_dir(self, seg: Segment) -> Path:
         return self.work / "stages" / f"{seg.index:03d}"
 
-    def _fit(self, seg: Segment, shards, device: str, bar: Progress) -> float:
+    def _fit(self, seg: Segment, shards, device: str, bar: Progress) -> StepStats:
+        """Fit the segment's global stage (or reuse a finished fit); its seconds and the numbers it recorded."""
         stage = seg.stage
         assert isinstance(stage, GlobalStage)
         sdir = self._stage_dir(seg)
         marker = sdir / "_done.json"
         try:
             done = json.loads(marker.read_text())
-            if done.get("fingerprint") == seg.stage_fingerprint:
-                return float(done["seconds"])  # resumed: report the original fit time
+            if done.get("fingerprint") == seg.stage_fingerprint:  # resumed: report the original fit's figures
+                return StepStats(stage.step_name, seconds=float(done["seconds"]), counters=done.get("counters", {}),
+                                 timers=done.get("timers", {}))
         except (OSError, ValueError, KeyError):
             pass
         shutil.rmtree(sdir / "state", ignore_errors=True)
@@ -195,5 +202,8 @@ class Executor:
         t0 = time.perf_counter()
         stage.fit(ctx)
         secs = time.perf_counter() - t0
-        write_json_atomic(marker, {"fingerprint": seg.stage_fingerprint, "seconds": secs})
-        return secs
+        counters, timers = ctx.numbers.drain()
+        write_json_atomic(marker, {"fingerprint": seg.stage_fingerprint, "seconds": secs, "counters": counters,
+                                   "timers": timers})
+        return StepStats(stage.step_name, seconds=secs, counters=counters, timers=timers)
+

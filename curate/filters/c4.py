@@ -7,7 +7,7 @@ import re
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import UID, Filter, OpParams, Rule
+from curate.core.operator import UID, Filter, OpParams, Rule, RunContext
 from curate.core.registry import register
 from curate.core.text import TERMINAL_PUNCTUATION
 from curate.filters.gopher import split_lines
@@ -41,10 +41,13 @@ class C4Quality(Filter):
     by newlines. Defaults are C4's (TFDS ``c4_utils``), as DataTrove ``C4QualityFilter``; FineWeb used
     ``filter_no_terminal_punct: false``. Sentences are counted with a punctuation rule (the reference uses
     spaCy's sentencizer). Columns: ``c4_sentences``, ``c4_lines_kept``, ``c4_lorem_ipsum``,
-    ``c4_curly_bracket``.
+    ``c4_curly_bracket``. Counters (per run, as DataTrove's line-filter stats): ``lines`` (lines scored),
+    ``lines_removed`` (lines the line rules dropped, in documents that are kept or not).
     """
 
     rewrites_text = True
+    #: the run's context (set in ``setup``); scoring outside a run records no counters
+    _ctx: RunContext | None = None
 
     class Params(OpParams):
         remove_citations: bool = True
@@ -56,6 +59,9 @@ class C4Quality(Filter):
         filter_javascript: bool = True
         filter_curly_bracket: bool = True
         filter_policy: bool = True
+
+    def setup(self, ctx: RunContext) -> None:
+        self._ctx = ctx
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params
@@ -83,6 +89,9 @@ class C4Quality(Filter):
         if p.filter_policy:
             alive = alive & ~pl.any_horizontal([lower.str.contains(s, literal=True) for s in POLICY_SUBSTRINGS])
         lines = lines.with_columns(alive.alias("__keep"), lorem.alias("__lorem"), curly.alias("__curly"))
+        if self._ctx is not None:
+            self._ctx.stat("lines", lines.height)
+            self._ctx.stat("lines_removed", lines.height - int(lines.get_column("__keep").sum()))
         per_doc = (lines.group_by("__row", maintain_order=True).agg(
             pl.col("line").filter(pl.col("__keep")).str.join("\n").alias("__c4_text"),
             count_sentences(pl.col("line")).filter(pl.col("__keep")).sum().alias("c4_sentences"),

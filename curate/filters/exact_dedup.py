@@ -29,23 +29,28 @@ class ExactDedup(GlobalStage):
     text). The first document in input order (shard, then line) is kept, so the
     result does not depend on the number of workers. Hash: polars' 64-bit hash of the normalised text
     (collision chance ~N^2/2^65). Columns: ``dup_of`` (id of the kept copy, null for kept docs).
+    Counters: ``distinct_texts``, ``duplicates``; timers ``hash`` (reading and hashing), ``group``.
     """
 
     class Params(OpParams):
         normalize: bool = Field(True, description="compare normalised text (case, digits, punctuation, spaces)")
 
     def fit(self, ctx: FitContext) -> None:
-        frames = [b.select(pl.col(UID), pl.col("id"), _hash_expr(self.params.normalize).alias("h"))
-                  for b in ctx.iter_batches(columns=[UID, "id", "text"])]
+        with ctx.timer("hash"):
+            frames = [b.select(pl.col(UID), pl.col("id"), _hash_expr(self.params.normalize).alias("h"))
+                      for b in ctx.iter_batches(columns=[UID, "id", "text"])]
         if not frames:
             pl.DataFrame({UID: [], "dup_of": []}, schema={UID: pl.UInt64, "dup_of": pl.String}).write_parquet(
                 ctx.state_dir / "dups.parquet")
             return
-        allh = pl.concat(frames)
-        first = allh.group_by("h").agg(pl.col("id").sort_by(UID).first().alias("dup_of"),
-                                        pl.col(UID).min().alias("first_uid"))
-        dups = allh.join(first, on="h").filter(pl.col(UID) != pl.col("first_uid")).select(UID, "dup_of")
+        with ctx.timer("group"):
+            allh = pl.concat(frames)
+            first = allh.group_by("h").agg(pl.col("id").sort_by(UID).first().alias("dup_of"),
+                                            pl.col(UID).min().alias("first_uid"))
+            dups = allh.join(first, on="h").filter(pl.col(UID) != pl.col("first_uid")).select(UID, "dup_of")
         dups.sort(UID).write_parquet(ctx.state_dir / "dups.parquet")
+        ctx.stat("distinct_texts", first.height)
+        ctx.stat("duplicates", dups.height)
 
     def setup(self, ctx: RunContext) -> None:
         self._dups = pl.read_parquet(Path(ctx.state_dir) / "dups.parquet")

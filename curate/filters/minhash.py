@@ -29,7 +29,6 @@ _SCHEME_CODE = {"fast": 0, "affine32": 1, "legacy": 2}
 #: seed of the xxh64 shingle hashes used for exact-Jaccard sets (independent of the signature hash).
 _SET_SEED = np.uint64(0x5EED)
 _STATE = "minhash_dups.parquet"
-_STATS = "minhash_stats.json"
 _OUT_COLS = ("dup_cluster_id", "dup_of", "dup_jaccard_est", "dup_jaccard")
 
 
@@ -241,8 +240,12 @@ class MinHashDedup(GlobalStage):
     semantics); with it, of verified pairs.
 
     Short documents: a document with fewer than ``ngram`` words (chars) has no shingle, so it is
-    **kept and never deduplicated** (as DataTrove); their number is logged and saved as ``short_docs``
-    in ``minhash_stats.json`` in the state dir.
+    **kept and never deduplicated** (as DataTrove); their number is the step's ``short_docs`` counter.
+
+    Counters (in ``stats.json`` and the run table): ``docs``, ``short_docs``, ``bucket_pairs`` (star pairs
+    over all bands), ``verified_pairs`` / ``false_positive_pairs`` (verification checks that passed /
+    failed), ``clusters``, ``removed``; timers ``signatures``, ``buckets``, ``candidates``, ``cluster``.
+    The derived settings (bands, rows, num_perm, verify) are logged.
 
     Columns: ``dup_cluster_id`` (internal row key of the cluster's kept doc; null for docs in no
     cluster), ``dup_of`` (user ``id`` of the kept doc; null for kept docs). Rejected rows (reason
@@ -318,30 +321,35 @@ class MinHashDedup(GlobalStage):
         s = self.settings()
         cfg = self._cfg(s)
         key = cfg.key()
-        sig_files = ctx.map_shards(partial(_sig_shard, cfg), f"minhash_sig_{key}")
+        log.info("minhash_dedup: bands %d x rows %d of num_perm %d, hash %s, %s %d-grams, threshold %g, verify %s, "
+                 "keep %s", s["bands"], s["rows"], s["num_perm"], s["hash"], s["shingle"], s["ngram"],
+                 s["threshold"], s["verify"], s["keep"])
+        with ctx.timer("signatures"):
+            sig_files = ctx.map_shards(partial(_sig_shard, cfg), f"minhash_sig_{key}")
         sig_dir = ctx.scratch_dir / f"minhash_sig_{key}"
-        stats: dict = {"bands": s["bands"], "rows": s["rows"], "num_perm": s["num_perm"], "hash": s["hash"],
-                       "shingle": s["shingle"], "ngram": s["ngram"], "threshold": s["threshold"],
-                       "verify": s["verify"], "keep": s["keep"]}
+        stats: dict[str, int] = {}
         counts = (pl.scan_parquet(sig_files).select(pl.len().alias("docs"),
                                                     (pl.col("n_shingles") == 0).sum().alias("short"))
                   .collect()) if sig_files else pl.DataFrame({"docs": [0], "short": [0]})
         stats["docs"], stats["short_docs"] = int(counts["docs"][0]), int(counts["short"][0] or 0)
-        pair_files = _bucket_pairs(sig_files, s["bands"], ctx.scratch_dir / f"minhash_buckets_{key}",
-                                   s["bucket_memory_mb"], stats["docs"])
+        with ctx.timer("buckets"):
+            pair_files = _bucket_pairs(sig_files, s["bands"], ctx.scratch_dir / f"minhash_buckets_{key}",
+                                       s["bucket_memory_mb"], stats["docs"])
         stats["bucket_pairs"] = _num_rows(pair_files)
         state = _empty_state()
         if stats["bucket_pairs"]:
             cand_path = ctx.scratch_dir / f"minhash_cand_{key}.parquet"
-            scan = pl.scan_parquet(pair_files)
-            (pl.concat([scan.select(pl.col("a").alias(UID)), scan.select(pl.col("b").alias(UID))])
-             .unique().sort(UID).collect().write_parquet(cand_path))
-            cand_files = ctx.map_shards(partial(_cand_shard, cfg, sig_dir, cand_path, s["verify"]),
-                                        f"minhash_cand_{key}_{int(s['verify'])}")
-            state = _cluster(pl.read_parquet(cand_files), pair_files, s, stats)
+            with ctx.timer("candidates"):
+                scan = pl.scan_parquet(pair_files)
+                (pl.concat([scan.select(pl.col("a").alias(UID)), scan.select(pl.col("b").alias(UID))])
+                 .unique().sort(UID).collect().write_parquet(cand_path))
+                cand_files = ctx.map_shards(partial(_cand_shard, cfg, sig_dir, cand_path, s["verify"]),
+                                            f"minhash_cand_{key}_{int(s['verify'])}")
+            with ctx.timer("cluster"):
+                state = _cluster(pl.read_parquet(cand_files), pair_files, s, stats)
         state.write_parquet(ctx.state_dir / _STATE)
-        (ctx.state_dir / _STATS).write_text(json.dumps(stats, indent=1))
-        log.info("minhash_dedup: %s", stats)
+        for name, value in stats.items():
+            ctx.stat(name, value)
         if stats["short_docs"]:
             log.info("minhash_dedup: %d documents shorter than %d %ss kept without deduplication",
                      stats["short_docs"], s["ngram"], s["shingle"])

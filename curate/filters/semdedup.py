@@ -222,8 +222,12 @@ class SemDeDup(GlobalStage):
     SemDeDup leaves it to the user: see ``report_eps``). Clusters smaller than ``faiss_min_cluster`` use
     one exact matrix product; larger ones an exact blocked faiss search.
 
-    ``report_eps: [..]`` is report mode: nothing is removed; the kept fraction for each eps is printed
-    and written to ``<stage state>/eps_report.json`` (the table users pick eps from).
+    ``report_eps: [..]`` is report mode: nothing is removed; the kept fraction for each eps is written to
+    ``<stage state>/eps_report.json`` (the table users pick eps from) and logged.
+
+    Counters (in ``stats.json`` and the run table): ``documents``, ``clusters``, ``removed`` (at ``eps``;
+    0 in report mode) and ``kept_eps_<eps>`` for every eps of the report; timers ``vectors`` (reading or
+    computing the embeddings) and ``semdedup`` (k-means and the within-cluster search).
 
     Columns: ``semdup_cluster`` (Int64), ``semdup_max_sim`` (Float64 max cosine to an earlier item of
     its cluster, null for the first), ``semdup_of`` (id of that earlier item when the doc is removed
@@ -288,12 +292,15 @@ class SemDeDup(GlobalStage):
 
     def fit(self, ctx: FitContext) -> None:
         p = self.params
-        keys, x = self._load_vectors(ctx)
+        with ctx.timer("vectors"):
+            keys, x = self._load_vectors(ctx)
         n = keys.height
         state = Path(ctx.state_dir)
+        removed_n = 0
         if n:
-            res = semdedup_vectors(x, p.n_clusters, p.which_to_keep, p.niter, p.seed, p.spherical, p.batch_size,
-                                   p.faiss_min_cluster, ctx.device)
+            with ctx.timer("semdedup"):
+                res = semdedup_vectors(x, p.n_clusters, p.which_to_keep, p.niter, p.seed, p.spherical,
+                                       p.batch_size, p.faiss_min_cluster, ctx.device)
             ids = keys.get_column("id")
             removed = res.removed(p.eps)
             of = pl.Series("semdup_of", ids.to_numpy()[np.maximum(res.nearest, 0)], dtype=pl.String)
@@ -302,6 +309,7 @@ class SemDeDup(GlobalStage):
                 pl.Series("semdup_max_sim", res.max_sim.astype(np.float64), nan_to_null=True),
                 pl.when(pl.Series(removed)).then(of).otherwise(None).alias("semdup_of"))
             np.save(state / "centroids.npy", res.centroids)
+            removed_n = 0 if p.report_eps is not None else int(removed.sum())
             max_sim, n_clusters = res.max_sim, int(res.centroids.shape[0])
         else:
             table = pl.DataFrame(schema={UID: pl.UInt64, "semdup_cluster": pl.Int64, "semdup_max_sim": pl.Float64,
@@ -314,8 +322,13 @@ class SemDeDup(GlobalStage):
                   "eps": p.eps, "report_mode": p.report_eps is not None,
                   "kept": [{"eps": e, "kept_fraction": f, "kept": round(f * n)} for e, f in rows]}
         (state / "eps_report.json").write_text(json.dumps(report, indent=1))
+        ctx.stat("documents", n)
+        ctx.stat("clusters", n_clusters)
+        ctx.stat("removed", removed_n)
+        for r in report["kept"]:
+            ctx.stat(f"kept_eps_{r['eps']:g}", r["kept"])
         if p.report_eps is not None:
-            print(format_report(report))
+            log.info("%s", format_report(report))
 
     def setup(self, ctx: RunContext) -> None:
         self._state = pl.read_parquet(Path(ctx.state_dir) / "semdup.parquet")
