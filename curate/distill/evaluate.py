@@ -1,4 +1,5 @@
-"""Held-out evaluation of a distilled student against its teacher, written as report.md + report.json.
+"""Held-out evaluation: the training objective on held-out data during training (:func:`held_out_loss`),
+and the final report of a distilled student against its teacher, written as report.md + report.json.
 
 Per model: perplexity (token-level, masked NLL), ECE (15 bins, top-1 confidence vs the next token),
 forward tokens/s, parameter count, peak memory (CUDA: ``max_memory_allocated`` per model; CPU: the
@@ -12,14 +13,45 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from curate.distill.data import TokenData, collate
+from curate.distill.data import IGNORE, TokenData, collate
 from curate.metrics.lm import LMEvalAccumulator
 from curate.metrics.perf import param_count, peak_memory_mb, reset_peak_memory, tokens_per_second
 from curate.metrics.retention import performance_retention
+
+if TYPE_CHECKING:
+    from curate.distill.trainer import DistillTrainer
+
+
+@torch.no_grad()
+def held_out_loss(trainer: DistillTrainer) -> dict[str, float]:
+    """Held-out mean per-token training loss (same loss and teacher signal as training, no gradients) and its
+    components (``ce``, ``kd``); batches the signal has nothing for (a cache-only teacher) are skipped."""
+    d = trainer.eval_data
+    assert d is not None
+    cfg = trainer.cfg.eval
+    trainer.student.eval()
+    tot: dict[str, float] = {}
+    n = 0
+    nb = math.ceil(len(d) / cfg.batch_size)
+    if cfg.max_batches:
+        nb = min(nb, cfg.max_batches)
+    for j in range(nb):
+        idx = list(range(j * cfg.batch_size, min(len(d), (j + 1) * cfg.batch_size)))
+        b: dict[str, Any] = collate([d.seqs[i] for i in idx], [d.n_prompt[i] for i in idx], trainer.pad_id)
+        b["idx"] = None  # held-out rows are not in a teacher cache
+        sums = trainer.batch_loss(b, 1, backward=False)
+        sums.pop("tokens", None)
+        if not sums:
+            continue
+        for k, v in sums.items():
+            tot[k] = tot.get(k, 0.0) + v
+        n += int((b["labels"][:, 1:] != IGNORE).sum())
+    trainer.student.train()
+    return {k: v / max(1, n) for k, v in tot.items()}
 
 
 def _sync(device: torch.device) -> None:

@@ -37,8 +37,9 @@ the teacher's top-k order and logit differences, which cached log-probs preserve
 its s-LD needs teacher logits at the *student's* top-k ids, so with a TopK teacher it requires k = V
 (else use ``parts="t"``).
 
-Memory: :func:`chunked_loss` applies the lm_head and the loss over token chunks under activation
-checkpointing, so only one chunk's ``[chunk, V]`` logits are alive at a time in forward and backward.
+Memory: the trainer applies the lm_head and the loss over token chunks (:mod:`curate.distill.trainer`,
+closed-form gradients in :mod:`curate.distill.fused`); the activation-checkpointed ``chunked_loss`` it is
+checked against lives with the tests (``tests/distill/test_losses.py``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from curate.distill.topk import TopK
 
@@ -60,7 +60,6 @@ __all__ = [
     "Teacher",
     "TopK",
     "bild_loss",
-    "chunked_loss",
     "compute_kd_loss",
     "forward_kl",
     "generalized_jsd",
@@ -333,84 +332,6 @@ def rationale_pairs(source: str, label: str, rationale: str) -> list[tuple[str, 
     """The two multi-task training examples for one input: ``[(LABEL_PREFIX+src, label),
     (RATIONALE_PREFIX+src, rationale)]`` (task prefixes as in distilling step-by-step)."""
     return [(LABEL_PREFIX + source, label), (RATIONALE_PREFIX + source, rationale)]
-
-
-# ----------------------------------------------------------------------------------------------- chunking
-def _slice_teacher(teacher: Any, a: int, b: int) -> Any:
-    if teacher is None:
-        return None
-    return teacher[a:b]
-
-
-def chunked_loss(
-    fn: Callable[..., torch.Tensor],
-    student_hidden_or_logits: torch.Tensor,
-    teacher: Teacher | None = None,
-    *,
-    labels: torch.Tensor | None = None,
-    lm_head_weight: torch.Tensor | None = None,
-    lm_head_bias: torch.Tensor | None = None,
-    teacher_lm_head_weight: torch.Tensor | None = None,
-    teacher_lm_head_bias: torch.Tensor | None = None,
-    vocab_size: int | None = None,
-    chunk_tokens: int = 1024,
-    **kw: Any,
-) -> torch.Tensor:
-    """Apply a per-row loss ``fn`` over chunks of ``chunk_tokens`` rows; returns ``Tensor[N]``.
-
-    * ``lm_head_weight`` given: the first argument is student hidden states ``[N, H]`` and each chunk's
-      logits are ``hidden @ W.T (+ b)``, built inside an activation checkpoint -- autograd keeps only the
-      chunk's hidden states and recomputes its logits in backward, one chunk at a time, so peak memory is
-      ``chunk_tokens x V`` instead of ``N x V``. Gradients flow to the hidden states, W and b. Given
-      logits instead, chunks are still checkpointed so the loss's own ``[chunk, V]`` intermediates
-      (log-softmaxes, mixtures) are not all kept for backward.
-    * ``teacher_lm_head_weight`` given: ``teacher`` is teacher hidden states ``[N, Ht]`` and its logits are
-      made per chunk without grad. Otherwise ``teacher`` is logits ``[N, V]``, a ``TopK`` or None.
-    * ``vocab_size``: slice logits to the first ``vocab_size`` columns (padded embedding rows).
-    * ``labels`` (if given) is passed to ``fn`` as ``labels=`` per chunk; other ``kw`` pass through.
-
-    ``fn`` is called as ``fn(student_logits, teacher_chunk, **kw)`` (or ``fn(student_logits, **kw)`` when
-    ``teacher`` is None), e.g. ``chunked_loss(forward_kl, h, t_logits, lm_head_weight=W)``.
-    """
-    if chunk_tokens < 1:
-        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-    n = student_hidden_or_logits.shape[0]
-
-    def one(a: int, b: int, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        if lm_head_weight is not None:
-            w = params[0]
-            bias = params[1] if len(params) > 1 else None
-            x = F.linear(x, w, bias)
-        if vocab_size is not None:
-            x = x[:, :vocab_size]
-        t = _slice_teacher(teacher, a, b)
-        if teacher_lm_head_weight is not None and t is not None:
-            with torch.no_grad():
-                t = F.linear(t, teacher_lm_head_weight, teacher_lm_head_bias)
-                if vocab_size is not None:
-                    t = t[:, :vocab_size]
-        kwargs = dict(kw)
-        if labels is not None:
-            kwargs["labels"] = labels[a:b]
-        return fn(x, **kwargs) if t is None else fn(x, t, **kwargs)
-
-    params: tuple[torch.Tensor, ...] = ()
-    if lm_head_weight is not None:
-        params = (lm_head_weight,) if lm_head_bias is None else (lm_head_weight, lm_head_bias)
-    need_grad = torch.is_grad_enabled() and (
-        student_hidden_or_logits.requires_grad or any(p.requires_grad for p in params)
-    )
-    outs = []
-    for a in range(0, n, chunk_tokens):
-        b = min(a + chunk_tokens, n)
-        x = student_hidden_or_logits[a:b]
-        if need_grad:
-            outs.append(checkpoint(one, a, b, x, *params, use_reentrant=False))
-        else:
-            outs.append(one(a, b, x, *params))
-    if not outs:
-        return student_hidden_or_logits.new_zeros(0)
-    return torch.cat(outs)
 
 
 # ----------------------------------------------------------------------------------------------- registry

@@ -36,15 +36,6 @@ def config(out, loss: dict, seed: int) -> DistillConfig:
                            "batch_size": 12, "max_steps": STEPS, "clip": 1.0}))
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 threads spin and run ~6x slower than 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_kd_beats_hard_labels_on_held_out_kl(shared_data, tmp_path, one_thread):
     text = (shared_data / "books" / "tinyshakespeare.txt").read_text(encoding="utf-8")
     chars = sorted(set(text))

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
+from torch.utils.checkpoint import checkpoint  # noqa: E402
 
 from curate.distill.losses import (  # noqa: E402
     LABEL_PREFIX,
     LOSSES,
     RATIONALE_PREFIX,
     bild_loss,
-    chunked_loss,
     compute_kd_loss,
     forward_kl,
     generalized_jsd,
@@ -30,6 +32,8 @@ from curate.distill.losses import (  # noqa: E402
     token_ce,
 )
 from curate.distill.topk import TopK  # noqa: E402
+
+Teacher = torch.Tensor | TopK
 
 N, V = 6, 11
 
@@ -374,6 +378,85 @@ def test_gradcheck(pair, fn):
 
 
 # ----------------------------------------------------------------------------------------------- chunking
+# The reference for chunked KD (moved here from curate.distill.losses: the trainer chunks with detached hidden
+# states and closed-form gradients instead; this activation-checkpointed version is the obvious way).
+def _slice_teacher(teacher: Any, a: int, b: int) -> Any:
+    if teacher is None:
+        return None
+    return teacher[a:b]
+
+
+def chunked_loss(
+    fn: Callable[..., torch.Tensor],
+    student_hidden_or_logits: torch.Tensor,
+    teacher: Teacher | None = None,
+    *,
+    labels: torch.Tensor | None = None,
+    lm_head_weight: torch.Tensor | None = None,
+    lm_head_bias: torch.Tensor | None = None,
+    teacher_lm_head_weight: torch.Tensor | None = None,
+    teacher_lm_head_bias: torch.Tensor | None = None,
+    vocab_size: int | None = None,
+    chunk_tokens: int = 1024,
+    **kw: Any,
+) -> torch.Tensor:
+    """Apply a per-row loss ``fn`` over chunks of ``chunk_tokens`` rows; returns ``Tensor[N]``.
+
+    * ``lm_head_weight`` given: the first argument is student hidden states ``[N, H]`` and each chunk's
+      logits are ``hidden @ W.T (+ b)``, built inside an activation checkpoint -- autograd keeps only the
+      chunk's hidden states and recomputes its logits in backward, one chunk at a time, so peak memory is
+      ``chunk_tokens x V`` instead of ``N x V``. Gradients flow to the hidden states, W and b. Given
+      logits instead, chunks are still checkpointed so the loss's own ``[chunk, V]`` intermediates
+      (log-softmaxes, mixtures) are not all kept for backward.
+    * ``teacher_lm_head_weight`` given: ``teacher`` is teacher hidden states ``[N, Ht]`` and its logits are
+      made per chunk without grad. Otherwise ``teacher`` is logits ``[N, V]``, a ``TopK`` or None.
+    * ``vocab_size``: slice logits to the first ``vocab_size`` columns (padded embedding rows).
+    * ``labels`` (if given) is passed to ``fn`` as ``labels=`` per chunk; other ``kw`` pass through.
+
+    ``fn`` is called as ``fn(student_logits, teacher_chunk, **kw)`` (or ``fn(student_logits, **kw)`` when
+    ``teacher`` is None), e.g. ``chunked_loss(forward_kl, h, t_logits, lm_head_weight=W)``.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    n = student_hidden_or_logits.shape[0]
+
+    def one(a: int, b: int, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        if lm_head_weight is not None:
+            w = params[0]
+            bias = params[1] if len(params) > 1 else None
+            x = F.linear(x, w, bias)
+        if vocab_size is not None:
+            x = x[:, :vocab_size]
+        t = _slice_teacher(teacher, a, b)
+        if teacher_lm_head_weight is not None and t is not None:
+            with torch.no_grad():
+                t = F.linear(t, teacher_lm_head_weight, teacher_lm_head_bias)
+                if vocab_size is not None:
+                    t = t[:, :vocab_size]
+        kwargs = dict(kw)
+        if labels is not None:
+            kwargs["labels"] = labels[a:b]
+        return fn(x, **kwargs) if t is None else fn(x, t, **kwargs)
+
+    params: tuple[torch.Tensor, ...] = ()
+    if lm_head_weight is not None:
+        params = (lm_head_weight,) if lm_head_bias is None else (lm_head_weight, lm_head_bias)
+    need_grad = torch.is_grad_enabled() and (
+        student_hidden_or_logits.requires_grad or any(p.requires_grad for p in params)
+    )
+    outs = []
+    for a in range(0, n, chunk_tokens):
+        b = min(a + chunk_tokens, n)
+        x = student_hidden_or_logits[a:b]
+        if need_grad:
+            outs.append(checkpoint(one, a, b, x, *params, use_reentrant=False))
+        else:
+            outs.append(one(a, b, x, *params))
+    if not outs:
+        return student_hidden_or_logits.new_zeros(0)
+    return torch.cat(outs)
+
+
 @pytest.mark.parametrize("teacher_kind", ["logits", "topk", "hidden"])
 def test_chunked_equals_unchunked_values_and_grads(teacher_kind):
     g = torch.Generator().manual_seed(3)

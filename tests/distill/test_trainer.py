@@ -18,13 +18,7 @@ from curate.distill.trainer import DistillTrainer, lr_lambda  # noqa: E402
 V = 40
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than two (and far faster on a shared box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/distill/conftest.py
 
 
 def gpt2(layers: int, embd: int, vocab: int = V, seed: int = 0) -> GPT2LMHeadModel:
