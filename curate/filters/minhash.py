@@ -336,6 +336,7 @@ class MinHashDedup(GlobalStage):
             pair_files = _bucket_pairs(sig_files, s["bands"], ctx.scratch_dir / f"minhash_buckets_{key}",
                                        s["bucket_memory_mb"], stats["docs"])
         stats["bucket_pairs"] = _num_rows(pair_files)
+        stats.update(verified_pairs=0, false_positive_pairs=0, clusters=0, removed=0)  # set by _cluster if pairs
         state = _empty_state()
         if stats["bucket_pairs"]:
             cand_path = ctx.scratch_dir / f"minhash_cand_{key}.parquet"
