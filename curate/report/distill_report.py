@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from curate.core.errors import pip_hint
 from curate.report.html import Page, have_matplotlib
 
 _EVAL_ROWS = (("params", "parameters"), ("ppl", "held-out perplexity"), ("nll", "held-out NLL (nats/token)"),
@@ -47,7 +48,7 @@ def distill_report(run_dir: str | Path) -> Page:
     if not hist:
         page.note(sec, "metrics.jsonl is empty or missing.")
     elif not have_matplotlib():
-        page.note(sec, "matplotlib is not installed (pip install 'curate[report]'): curves left out.")
+        page.note(sec, f"matplotlib is not installed ({pip_hint('report')}): curves left out.")
     else:
         import matplotlib.pyplot as plt
 

@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 import yaml
 
+from curate.core.errors import pip_hint
 from curate.report.html import Page, have_matplotlib
 
 log = logging.getLogger("curate.report")
@@ -120,7 +121,7 @@ def pipeline_report(run_dir: str | Path, *, max_rows: int = 20_000, samples: int
     step_order = [n for n in step_names if n != "read"]
     drawn = 0
     if not have_matplotlib():
-        page.note(sec, "matplotlib is not installed (pip install 'curate[report]'): histograms left out.")
+        page.note(sec, f"matplotlib is not installed ({pip_hint('report')}): histograms left out.")
     for i, step_cfg in enumerate(steps_cfg):
         if i >= len(step_order):
             break
