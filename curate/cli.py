@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from curate import __version__
@@ -29,6 +30,15 @@ def _print_table(table) -> None:
     console.print(table)
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the run unwinds (stopping its workers) like on Ctrl-C; a
+    BaseException so no ``except Exception`` on the way swallows it."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def _load(args: argparse.Namespace):
     from curate.core.pipeline import Pipeline
 
@@ -49,7 +59,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for line in _plan_lines(p, args.workers):
             print(line)
         return 0
-    result = p.run(workers=args.workers, progress=not args.no_progress)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        result = p.run(workers=args.workers, progress=not args.no_progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _print_table(result.table())
     print(f"output: {result.output}  rejects: {p.rejects_spec().path}  stats: {result.work_dir / 'stats.json'}")
     return 0
@@ -72,7 +86,7 @@ def _plan_lines(p, workers: int | None) -> list[str]:
     lines = [f"plan (dry run, nothing written): {len(files)} input file(s), {size / 1e6:,.1f} MB, "
              f"{len(shards)} shard(s); {p.executor.type} executor, {n} worker(s), device {device}",
              f"work dir: {p.work_dir}   output: {p.output.path}   rejects: {p.rejects_spec().path}"]
-    segments = plan_segments(p.input, p.steps, p.output, p.seed)
+    segments = plan_segments(p.input, p.steps, p.output, p.seed, p.rejects_spec())
     for seg in segments:
         if seg.stage is not None:
             try:
@@ -178,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("terminated (SIGTERM): finished shards are kept; rerun the same command to resume", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

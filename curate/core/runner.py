@@ -2,21 +2,28 @@
 
 This function runs in worker processes (local executor) or Ray tasks; everything it needs travels in
 :class:`ShardTask`, and everything it produces is renamed into place before its completion marker is
-written, so an interrupted run resumes from the last finished shard.
+written, so an interrupted run resumes from the last finished shard. The marker lists every file the
+shard wrote with its size, and counts only while they are all there (:func:`read_marker`). A shard
+replaces only part files of its own that the folder's ownership journal records as curate's
+(:mod:`curate.core.ownership`); an ``OSError`` while writing (disk full, permissions) is reported as a
+:class:`CurateError` naming the path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
+from curate.core.errors import CurateError
 from curate.core.operator import UID, Operator, RunContext
+from curate.core.ownership import owned, part_pattern
 from curate.core.stats import StepStats
 from curate.core.step import run_step
 from curate.io.readers import InputSpec, ReadReport, read_shard
@@ -39,6 +46,7 @@ class ShardTask:
     fingerprint: str
     trace_dir: Path | None = None
     trace_docs: int = 5
+    work_dir: Path | None = None  # root of the spill paths recorded in the marker
 
 
 _SETUP_CACHE: dict[tuple, tuple[Operator, RunContext]] = {}
@@ -58,22 +66,84 @@ def clear_setup_cache() -> None:
     _SETUP_CACHE.clear()
 
 
-def read_marker(path: Path, fingerprint: str) -> list[StepStats] | None:
-    """The stats in a completion marker, or None if absent or from a different configuration."""
+@dataclass
+class Marker:
+    """A verified completion marker: the shard's stats and the files it vouches for (root -> rel -> size)."""
+
+    stats: list[StepStats]
+    files: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def read_marker(path: Path, fingerprint: str, roots: dict[str, Path] | None = None) -> Marker | None:
+    """The marker of a finished shard, or None if absent, from a different configuration, or if any file it
+    vouches for is missing or has another size (``rm -rf out`` reruns the shards)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     if data.get("fingerprint") != fingerprint:
         return None
-    return [StepStats.from_dict(s) for s in data["stats"]]
+    files = data.get("files")
+    if not isinstance(files, dict):
+        return None  # a marker from before files were recorded cannot vouch for anything
+    for root_name, entries in files.items():
+        root = (roots or {}).get(root_name)
+        if root is None:
+            return None
+        for rel, size in entries.items():
+            try:
+                if os.path.getsize(Path(root) / rel) != size:
+                    return None
+            except OSError:
+                return None
+    return Marker([StepStats.from_dict(s) for s in data["stats"]], files)
+
+
+@contextlib.contextmanager
+def writing(path: Path | str | Callable[[], Path | str]) -> Iterator[None]:
+    """Turn an ``OSError`` (disk full, permission denied, read-only file system) into a
+    :class:`CurateError` that names the path being written (``path`` may be a callable, asked then)."""
+    try:
+        yield
+    except CurateError:
+        raise
+    except OSError as e:
+        where = path() if callable(path) else path
+        raise CurateError(f"cannot write '{where}': {e.strerror or e}") from e
+
+
+def _current_file(w: ShardWriter | SpillWriter, default: Path) -> Callable[[], Path]:
+    """The file a writer is writing now (its final name), for error messages."""
+    def get() -> Path:
+        tmp = getattr(w, "_tmp", None)
+        return tmp[-1][1] if isinstance(tmp, list) and tmp else default
+    return get
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        tmp.write_text(json.dumps(obj, indent=1, default=str))
+        os.replace(tmp, path)
+
+
+def _clear_parts(root: Path, folder: Path, stem: str) -> None:
+    """Delete this shard's earlier part files in ``folder`` - only those the root's journal owns."""
+    pat = part_pattern(stem)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if pat.match(name) and owned(root, folder / name):
+            with writing(folder / name):
+                (folder / name).unlink()
+
+
+def _sizes(root: Path, paths: list[Path]) -> dict[str, int]:
+    r = Path(os.path.realpath(root))
+    return {Path(os.path.realpath(p)).relative_to(r).as_posix(): os.path.getsize(p) for p in paths}
 
 
 def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) -> list[StepStats]:
@@ -86,14 +156,18 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
     stem = f"part-{task.shard.index:05d}"
     rejects: dict[str, ShardWriter] = {}
     sink: SpillWriter | ShardWriter
+    rejects_root = Path(task.rejects.path)
     if task.output is not None:
         out_dir = Path(task.output.path)
-        for old in [*out_dir.glob(f"{stem}.*"), *out_dir.glob(f"{stem}-*")]:
-            old.unlink()
-        sink = ShardWriter(out_dir, stem, task.output.format)
+        _clear_parts(out_dir, out_dir, stem)
+        with writing(out_dir / stem):
+            sink = ShardWriter(out_dir, stem, task.output.format)
+        sink_where = out_dir / stem
     else:
         assert task.spill_dir is not None
-        sink = SpillWriter(task.spill_dir / task.shard.name)
+        sink_where = task.spill_dir / task.shard.name
+        with writing(sink_where):
+            sink = SpillWriter(sink_where)
 
     def batches() -> Iterator[pl.DataFrame]:
         if isinstance(task.source, InputSpec):
@@ -103,10 +177,10 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
 
     def reject_writer(step: str) -> ShardWriter:
         if step not in rejects:
-            folder = Path(task.rejects.path) / step
-            for old in [*folder.glob(f"{stem}.*"), *folder.glob(f"{stem}-*")]:
-                old.unlink()
-            rejects[step] = ShardWriter(folder, stem, task.rejects.format)
+            folder = rejects_root / step
+            _clear_parts(rejects_root, folder, stem)
+            with writing(folder / stem):
+                rejects[step] = ShardWriter(folder, stem, task.rejects.format)
         return rejects[step]
 
     traces: dict[str, list[dict]] = {op.step_name: [] for op in ops}
@@ -126,13 +200,16 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
                 if rej is not None:
                     if not task.rejects.keep_text:
                         rej = rej.drop("text")
-                    reject_writer(op.step_name).write(rej)
+                    w = reject_writer(op.step_name)
+                    with writing(_current_file(w, w.folder / stem)):
+                        w.write(rej)
                 if batch.height == 0:
                     break
             if task.output is not None and task.output.columns is not None:
                 keep = {"id", "text", *task.output.columns}
                 batch = batch.select([c for c in batch.columns if c in keep or c.startswith("__")])
-            sink.write(batch)
+            with writing(_current_file(sink, sink_where)):
+                sink.write(batch)
             if progress is not None:
                 progress(n)
             t_read = time.perf_counter()
@@ -142,7 +219,9 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
             read_stats.dropped = dict(rep.skipped)
             read_stats.bytes_out = stats[0].bytes_in if stats else 0
             if rep.rejects:
-                reject_writer("read").write(pl.DataFrame(rep.rejects))
+                w = reject_writer("read")
+                with writing(w.folder / stem):
+                    w.write(pl.DataFrame(rep.rejects))
     except BaseException:
         for _, c in ready:  # a failed shard's numbers must not leak into the next shard of this worker
             c.numbers.drain()
@@ -150,9 +229,22 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
         for w in rejects.values():
             w.abort()
         raise
-    sink.close()
-    for w in rejects.values():
-        w.close()
+    files: dict[str, dict[str, int]] = {}
+    try:
+        with writing(_current_file(sink, sink_where)):
+            finals = sink.close()
+        for w in rejects.values():
+            with writing(w.folder / stem):
+                files.setdefault("rejects", {}).update(_sizes(rejects_root, w.close()))
+    except BaseException:
+        for w in rejects.values():
+            w.abort()
+        raise
+    if task.output is not None:
+        files["output"] = _sizes(Path(task.output.path), finals or [])
+    else:
+        assert task.work_dir is not None
+        files["work"] = _sizes(task.work_dir, sorted(p for p in sink_where.iterdir() if p.is_file()))
     if task.trace_dir is not None:
         for step, rows in traces.items():
             if rows:
@@ -161,7 +253,7 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
         st.counters, st.timers = c.numbers.drain()
     all_stats = ([read_stats] if read_stats is not None else []) + stats
     write_json_atomic(task.marker, {"fingerprint": task.fingerprint, "shard": task.shard.index,
-                                    "stats": [s.to_dict() for s in all_stats]})
+                                    "stats": [s.to_dict() for s in all_stats], "files": files})
     return all_stats
 
 

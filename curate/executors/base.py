@@ -5,6 +5,7 @@ Executors differ only in how they run a list of :class:`ShardTask` (``_run_tasks
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import platform
@@ -16,10 +17,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.console import Console
+from rich.table import Table
+
+from curate.core.errors import ConfigError
+from curate.core.lock import LOCK_NAME, RunLock
 from curate.core.operator import FitContext, GlobalStage, RunContext
+from curate.core.ownership import WORK_FILES, WORK_TREES, OwnedRoot, check_run_paths
 from curate.core.plan import Segment, plan_segments
 from curate.core.progress import Progress
-from curate.core.runner import ShardTask, clear_setup_cache, read_marker, write_json_atomic
+from curate.core.runner import Marker, ShardTask, clear_setup_cache, read_marker, write_json_atomic, writing
 from curate.core.stats import StepStats, merge_stats
 
 if TYPE_CHECKING:
@@ -44,10 +51,9 @@ class RunResult:
     def docs_out(self) -> int:
         return self.steps[-1].docs_out if self.steps else 0
 
-    def table(self):
-        from rich.table import Table
-
-        t = Table(title=f"curate run - {self.seconds:.1f}s, {self.docs_in:,} docs in, {self.docs_out:,} out")
+    def table(self) -> ResultTable:
+        """The per-step table: a rich renderable (``Console().print``) that also prints as plain text."""
+        t = ResultTable(title=f"curate run - {self.seconds:.1f}s, {self.docs_in:,} docs in, {self.docs_out:,} out")
         t.add_column("step", no_wrap=True)
         for col in ("docs in", "docs out", "kept %", "MB in", "MB out", "seconds"):
             t.add_column(col, justify="right", no_wrap=True)
@@ -59,6 +65,23 @@ class RunResult:
             t.add_row(s.step, f"{s.docs_in:,}", f"{s.docs_out:,}", f"{kept:.1f}", f"{s.bytes_in / 1e6:.1f}",
                       f"{s.bytes_out / 1e6:.1f}", f"{s.seconds:.2f}", reasons, s.numbers_text())
         return t
+
+    def __str__(self) -> str:
+        return f"{self.table()}\noutput: {self.output}  stats: {self.work_dir / 'stats.json'}"
+
+
+class ResultTable(Table):
+    """A rich table whose ``str()`` is the rendered text, so ``print(result.table())`` shows the table and a
+    rich console still renders it natively."""
+
+    def __str__(self) -> str:
+        buf = io.StringIO()
+        wide = Console(width=100_000, color_system=None)  # as wide as the table needs: never cut mid-number
+        Console(file=buf, width=max(80, wide.measure(self).maximum), color_system=None, force_terminal=False,
+                soft_wrap=False).print(self)
+        return buf.getvalue().rstrip("\n")
+
+    __repr__ = __str__
 
 
 def detect_device(steps) -> str:
@@ -105,15 +128,81 @@ class Executor:
         assert p.input is not None and p.output is not None
         t0 = time.perf_counter()
         started = datetime.now(timezone.utc).isoformat()
-        self.work.mkdir(parents=True, exist_ok=True)
-        (self.work / "pipeline.yaml").write_text(p.to_yaml())
         shards = p.input.shards()
         rejects = p.rejects_spec()
+        # before any work: where the run writes must not overlap the input or another run's folders
+        problems = check_run_paths(p.input.path, p.output.path, rejects.path, self.work,
+                                   overwrite=p.output.overwrite)
+        if problems:
+            raise ConfigError(problems)
         device = detect_device(p.steps)
-        segments = plan_segments(p.input, p.steps, p.output, p.seed)
+        segments = plan_segments(p.input, p.steps, p.output, p.seed, rejects)
+        work = OwnedRoot(self.work)
+        roots = {"work": work, "output": OwnedRoot(p.output.path), "rejects": OwnedRoot(rejects.path)}
+        if (work.root / LOCK_NAME).exists() and not work.owns(work.root / LOCK_NAME):
+            raise ConfigError(f"'{work.root / LOCK_NAME}' exists and was not written by curate: curate will "
+                              "not replace it; move it away or choose another work_dir")
+        self._claim(roots, segments, shards, commit=False)  # name clashes are refused before anything is made
+        lock = RunLock(work.root)
+        lock.acquire()  # a second run on this work dir fails here, naming this one
+        try:
+            for what, root in (("work dir", work), ("output folder", roots["output"]),
+                               ("rejects folder", roots["rejects"])):
+                root.open(what)
+            self._claim(roots, segments, shards)
+            for root in roots.values():
+                root.clean_tmp()  # leftovers of killed runs, only under curate's own names
+            result, vouched = self._run_segments(p, segments, shards, rejects, device, progress, t0)
+            for name in ("output", "rejects"):
+                roots[name].sweep(vouched[name])
+            work.sweep(set())
+            manifest = self._manifest(started)
+            manifest["finished"] = datetime.now(timezone.utc).isoformat()
+            write_json_atomic(self.work / "manifest.json", manifest)
+            return result
+        finally:
+            for root in roots.values():
+                root.close()
+            lock.release()
+
+    def _claim(self, roots: dict[str, OwnedRoot], segments: list[Segment], shards, *, commit: bool = True) -> None:
+        """Record, before any work, every name this run may write (``commit=False``: only check); a clash
+        with a foreign file is a :class:`ConfigError` naming it, raised before anything is written."""
+        work = roots["work"]
+        work.adopt_file(LOCK_NAME)  # checked free before the lock was taken
+        for f in WORK_FILES:
+            work.claim_file(f)
+        for t in WORK_TREES:
+            work.claim_tree(t)
+        for seg in segments:
+            steps = (["read"] if seg.index == 0 else []) + [op.step_name for op in seg.ops]
+            for sh in shards:
+                stem = f"part-{sh.index:05d}"
+                for step in steps:
+                    roots["rejects"].claim_parts(step, stem)
+                if seg.last:
+                    roots["output"].claim_parts("", stem)
+        problems = [c for r in roots.values() for c in r.clashes]
+        if problems:
+            raise ConfigError(problems)
+        if commit:
+            for r in roots.values():
+                r.commit()
+
+    def marker_roots(self) -> dict[str, Path]:
+        """The folders the paths in completion markers are relative to."""
+        assert self.p.output is not None
+        return {"work": OwnedRoot(self.work).root, "output": OwnedRoot(self.p.output.path).root,
+                "rejects": OwnedRoot(self.p.rejects_spec().path).root}
+
+    def _run_segments(self, p, segments, shards, rejects, device, progress, t0) -> tuple[RunResult, dict]:
+        with writing(self.work / "pipeline.yaml"):
+            (self.work / "pipeline.yaml").write_text(p.to_yaml())
+        roots = self.marker_roots()
         per_shard_stats: list[list[StepStats]] = []
         stage_fit_seconds: dict[str, float] = {}
         fit_stats: dict[str, StepStats] = {}
+        vouched: dict[str, set[str]] = {"output": set(), "rejects": set()}
         resumed = 0
         bar = Progress(enabled=progress, input_files=p.input.files(), shards=len(shards))
         try:
@@ -123,16 +212,19 @@ class Executor:
                         fs = self._fit(seg, shards, device, bar)
                         fit_stats[fs.step] = fs
                         stage_fit_seconds[fs.step] = fs.seconds
-                    tasks, done_stats = self._tasks(seg, shards, rejects, device)
+                    tasks, done = self._tasks(seg, shards, rejects, device)
                     resumed += len(shards) - len(tasks)
                     bar.start(f"segment {seg.index}: " + (", ".join(o.step_name for o in seg.ops) or "read")
                               + f" ({len(tasks)} of {len(shards)} shards to run)", total=None)
                     self._run_tasks(tasks, bar.advance)
                     for t in tasks:
-                        st = read_marker(t.marker, t.fingerprint)
-                        assert st is not None, f"shard {t.shard.index} finished without a marker"
-                        done_stats.append(st)
-                    per_shard_stats.extend(done_stats)
+                        m = read_marker(t.marker, t.fingerprint, roots)
+                        assert m is not None, f"shard {t.shard.index} finished without a marker"
+                        done.append(m)
+                    for m in done:
+                        per_shard_stats.append(m.stats)
+                        for name in vouched:
+                            vouched[name].update(m.files.get(name, {}))
         finally:
             clear_setup_cache()  # in-process runs must not keep models and stage state alive after the run
         steps = merge_stats(per_shard_stats)
@@ -144,31 +236,31 @@ class Executor:
             "seconds": result.seconds, "docs_in": result.docs_in, "docs_out": result.docs_out,
             "resumed_shards": resumed, "steps": [s.to_dict() for s in steps],
             "fit_seconds": stage_fit_seconds})
-        manifest = self._manifest(started)
-        manifest["finished"] = datetime.now(timezone.utc).isoformat()
-        write_json_atomic(self.work / "manifest.json", manifest)
-        return result
+        return result, vouched
 
-    def _tasks(self, seg: Segment, shards, rejects, device) -> tuple[list[ShardTask], list[list[StepStats]]]:
+    def _tasks(self, seg: Segment, shards, rejects, device) -> tuple[list[ShardTask], list[Marker]]:
         p = self.p
+        roots = self.marker_roots()
         seg_dir = self.work / "segments" / f"{seg.index:03d}"
         prev_dir = self.work / "segments" / f"{seg.index - 1:03d}"
         ctxs = []
         for op, step_i in zip(seg.ops, seg.step_indices):
             state = self._stage_dir(seg) / "state" if op is seg.stage else self.work / "steps" / f"{step_i:03d}"
             ctxs.append(RunContext(self.work, state, p.seed, self.workers, device, step_i))
-        tasks, done = [], []
+        tasks: list[ShardTask] = []
+        done: list[Marker] = []
         for sh in shards:
             marker = seg_dir / "_done" / f"{sh.name}.json"
-            st = read_marker(marker, seg.fingerprint)
-            if st is not None:
-                done.append(st)
+            m = read_marker(marker, seg.fingerprint, roots)
+            if m is not None:
+                done.append(m)
                 continue
             tasks.append(ShardTask(
                 segment=seg.index, shard=sh, ops=seg.ops, ctx=ctxs,
                 source=p.input if seg.index == 0 else prev_dir / sh.name,
                 spill_dir=None if seg.last else seg_dir, output=p.output if seg.last else None,
-                rejects=rejects, marker=marker, fingerprint=seg.fingerprint, trace_dir=self.work / "trace"))
+                rejects=rejects, marker=marker, fingerprint=seg.fingerprint, trace_dir=self.work / "trace",
+                work_dir=roots["work"]))
         return tasks, done
 
     def _stage_dir(self, seg: Segment) -> Path:
@@ -182,7 +274,8 @@ class Executor:
         marker = sdir / "_done.json"
         try:
             done = json.loads(marker.read_text())
-            if done.get("fingerprint") == seg.stage_fingerprint:  # resumed: report the original fit's figures
+            # resumed (its state files all there, sizes as recorded): report the original fit's figures
+            if done.get("fingerprint") == seg.stage_fingerprint and done.get("state") == _file_sizes(sdir / "state"):
                 return StepStats(stage.step_name, seconds=float(done["seconds"]), counters=done.get("counters", {}),
                                  timers=done.get("timers", {}))
         except (OSError, ValueError, KeyError):
@@ -204,6 +297,11 @@ class Executor:
         secs = time.perf_counter() - t0
         counters, timers = ctx.numbers.drain()
         write_json_atomic(marker, {"fingerprint": seg.stage_fingerprint, "seconds": secs, "counters": counters,
-                                   "timers": timers})
+                                   "timers": timers, "state": _file_sizes(sdir / "state")})
         return StepStats(stage.step_name, seconds=secs, counters=counters, timers=timers)
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` with its size: what a stage's fit marker vouches for."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 

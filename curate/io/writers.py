@@ -27,6 +27,10 @@ class OutputSpec(BaseModel):
     format: Format = "jsonl"
     columns: list[str] | None = Field(None, description="write only these columns (id and text always); "
                                       "default: every column, score columns included")
+    overwrite: bool = Field(False, description="allow writing into a non-empty output, rejects or work folder "
+                            "that curate did not create; curate still never deletes or replaces a file it did "
+                            "not write (a name clash with such a file is an error). Default off: a folder "
+                            "that holds other files is refused before any work")
 
 
 class RejectsSpec(BaseModel):
