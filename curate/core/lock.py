@@ -12,10 +12,11 @@ import fcntl
 import json
 import os
 import platform
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from curate.core.errors import CurateError
+from curate.core.errors import ConfigError, CurateError
 
 LOCK_NAME = ".curate-lock"
 
@@ -50,14 +51,21 @@ class RunLock:
         self.path = Path(folder) / LOCK_NAME
         self.fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, is_foreign: Callable[[Path], bool] | None = None) -> None:
+        """Take the lock now or fail naming the holder. ``is_foreign(path)`` is asked, once the lock is
+        held, whether a lock file that was already there is someone else's file (then nothing is written
+        to it and a :class:`ConfigError` says so)."""
+        existed = self.path.exists()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # no truncation: read before it is ours
         except OSError as e:
             raise CurateError(f"cannot create the run lock '{self.path}': {e.strerror or e}") from None
         try:
             flock_or_fail(fd, f"work dir '{self.path.parent}'", holder_fd=fd)
+            if existed and is_foreign is not None and is_foreign(self.path):
+                raise ConfigError(f"'{self.path}' exists and was not written by curate: curate will not replace "
+                                  "it; move it away or choose another work_dir")
         except BaseException:
             os.close(fd)
             raise

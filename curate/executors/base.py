@@ -23,7 +23,7 @@ from rich.table import Table
 from curate.core.errors import ConfigError
 from curate.core.lock import LOCK_NAME, RunLock
 from curate.core.operator import FitContext, GlobalStage, RunContext
-from curate.core.ownership import WORK_FILES, WORK_TREES, OwnedRoot, check_run_paths
+from curate.core.ownership import WORK_FILES, WORK_TREES, OwnedRoot, check_run_paths, owned
 from curate.core.plan import Segment, plan_segments
 from curate.core.progress import Progress
 from curate.core.runner import Marker, ShardTask, clear_setup_cache, read_marker, write_json_atomic, writing
@@ -139,12 +139,10 @@ class Executor:
         segments = plan_segments(p.input, p.steps, p.output, p.seed, rejects)
         work = OwnedRoot(self.work)
         roots = {"work": work, "output": OwnedRoot(p.output.path), "rejects": OwnedRoot(rejects.path)}
-        if (work.root / LOCK_NAME).exists() and not work.owns(work.root / LOCK_NAME):
-            raise ConfigError(f"'{work.root / LOCK_NAME}' exists and was not written by curate: curate will "
-                              "not replace it; move it away or choose another work_dir")
         self._claim(roots, segments, shards, commit=False)  # name clashes are refused before anything is made
         lock = RunLock(work.root)
-        lock.acquire()  # a second run on this work dir fails here, naming this one
+        # a second run on this work dir fails here, naming this one; a foreign .curate-lock is left alone
+        lock.acquire(is_foreign=lambda path: not owned(work.root, path))
         try:
             for what, root in (("work dir", work), ("output folder", roots["output"]),
                                ("rejects folder", roots["rejects"])):

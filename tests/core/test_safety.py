@@ -442,7 +442,9 @@ def _readme_tour() -> str:
 def test_readme_tour_runs_as_a_script_without_main_guard_and_prints_a_table(tmp_path):
     tour = _readme_tour()
     assert "__main__" not in tour and "workers=2" in tour
-    _corpus(tmp_path / "data", files=2, gz=True, limit=120)
+    m = re.search(r'read\("([^"*]*)/\*\.jsonl\.gz"', tour)
+    assert m is not None, "the tour reads a folder of *.jsonl.gz"
+    _corpus(tmp_path / m[1], files=2, gz=True, limit=120)  # a multi-file input where the tour reads
     (tmp_path / "tour.py").write_text(tour + "print(result)\n")
     r = subprocess.run([sys.executable, "tour.py"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                        timeout=600)
@@ -451,7 +453,8 @@ def test_readme_tour_runs_as_a_script_without_main_guard_and_prints_a_table(tmp_
     rows = [ln for ln in r.stdout.splitlines() if ln.lstrip("│| ").startswith("gopher_quality ")]
     assert len(rows) == 2 and r.stdout.count("curate run - ") == 2  # print(result.table()), then print(result)
     assert all(re.search(r"gopher_quality\W+\d[\d,]* \W+\d[\d,]* ", row) for row in rows)  # docs in, docs out
-    assert read_output(tmp_path / "out").height > 0
+    out = re.search(r'write\("([^"]+)"', tour)
+    assert out is not None and read_output(tmp_path / out[1]).height > 0
 
 
 _SCRIPT = '''
