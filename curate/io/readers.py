@@ -35,7 +35,8 @@ class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | list[str] = Field(description="file, folder or glob pattern, or a list of them")
-    format: Literal["jsonl", "parquet", "text"] | None = Field(None, description="inferred from extension")
+    format: Literal["jsonl", "parquet", "text", "warc"] | None = Field(
+        None, description="inferred from extension (.warc/.warc.gz: warc, response records via curate.io.warc)")
     text_field: str = "text"
     id_field: str | None = Field("id", description="field holding a document id; 'file:line' when absent")
     batch_size: int = Field(2_000, gt=0, description="rows per batch: bounds memory (a 1 GB jsonl ran in "
@@ -230,6 +231,10 @@ def read_shard(spec: InputSpec, shard: Shard, rep: ReadReport | None = None) -> 
                 rows = []
         if rows:
             yield _text_batch(rows, spec, rep, uid)
+    elif shard.format == "warc":
+        from curate.io.warc import read_warc_shard
+
+        yield from read_warc_shard(spec, shard, rep, uid)
     else:  # pragma: no cover - validated by the config model
         raise InputError(f"unknown input format {shard.format}")
 
