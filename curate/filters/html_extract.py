@@ -33,6 +33,12 @@ def extract_resiliparse(html: str, *, main_content: bool, alt_texts: bool, links
                               links=links, list_bullets=True, preserve_formatting=True)
 
 
+def _clear_trafilatura_dedup() -> None:
+    from trafilatura.deduplication import LRU_TEST
+
+    LRU_TEST.clear()
+
+
 @register("html_extract")
 class HtmlExtract(Filter):
     """Replaces raw HTML in ``text`` by the extracted main text; drops pages with nothing extracted.
@@ -40,7 +46,8 @@ class HtmlExtract(Filter):
     ``extractor: trafilatura`` (default, as DataTrove's web pipelines, e.g. FineWeb: ``Trafilatura(
     favour_precision=True)``) makes exactly DataTrove's call, ``trafilatura.extract(html,
     favor_precision=True, include_comments=False, deduplicate=True)``, so the text equals trafilatura's own
-    output. ``extractor: resiliparse`` uses Resiliparse's ``extract_plain_text(main_content=True)``, about
+    output on the same pages in the same order (its ``deduplicate`` cache is cleared at each batch, see
+    ``dedup_scope``). ``extractor: resiliparse`` uses Resiliparse's ``extract_plain_text(main_content=True)``, about
     an order of magnitude faster (see benchmarks/RESULTS.md, "Web input"), which agrees with trafilatura on
     most pages but keeps some more boilerplate. DataTrove's per-document timeout is not reproduced: both
     extractors are C/lxml code that return on the pages seen; an extraction error is a counted drop.
@@ -66,6 +73,11 @@ class HtmlExtract(Filter):
                                                       "recommended setting for corpus building)")
         alt_texts: bool = Field(False, description="resiliparse: keep image alt texts (off: not page text)")
         links: bool = Field(False, description="resiliparse: keep link targets (off: as trafilatura)")
+        dedup_scope: Literal["batch", "document", "process"] = Field("batch", description=(
+            "trafilatura's deduplicate keeps a process-wide cache of text segments, so a page's text depends "
+            "on the pages extracted before it in that process (with DataTrove, on the task's file order "
+            "and worker). batch: the cache is cleared at each batch, so output does not depend on workers; "
+            "document: per page; process: never cleared (DataTrove's behaviour)"))
 
     def setup(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -73,12 +85,16 @@ class HtmlExtract(Filter):
     def extract_one(self, html: str) -> str | None:
         p = self.params
         if p.extractor == "trafilatura":
+            if p.dedup_scope == "document":
+                _clear_trafilatura_dedup()
             return extract_trafilatura(html, favour_precision=p.favour_precision, deduplicate=p.deduplicate)
         return extract_resiliparse(html, main_content=p.main_content, alt_texts=p.alt_texts, links=p.links)
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         errors = 0
         out: list[str | None] = []
+        if self.params.extractor == "trafilatura" and self.params.dedup_scope == "batch":
+            _clear_trafilatura_dedup()
         # one library call per page is the unit of work of both extractors (C/lxml inside)
         for html in batch.get_column("text").to_list():
             try:
