@@ -12,9 +12,11 @@ from pydantic import Field
 from curate.core.operator import Mapper, OpParams, RunContext
 from curate.core.registry import register
 
-#: DataTrove ``PIIFormatter`` email regex (``pipeline/formatters/pii.py``), an RFC 5322-style local part
-EMAIL = (r"\b[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@(?:(?:[A-Za-z0-9](?:["
-         r"A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?|\[(?:(?:25[0-5]|2[0-4][0-9]|["
+#: DataTrove ``PIIFormatter`` email regex (``pipeline/formatters/pii.py``, an RFC 5322-style local part),
+#: widened in two places seen in real mail (20 Newsgroups headers): ``_`` inside domain labels
+#: (``smt_6.b21.ingr.com``, old non-DNS host names) and a dot just before ``@`` (``chris.doelle.@...``)
+EMAIL = (r"\b[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\.?@(?:(?:[A-Za-z0-9](?:["
+         r"A-Za-z0-9_-]*[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?|\[(?:(?:25[0-5]|2[0-4][0-9]|["
          r"01]?[0-9][0-9]?)\.){3}(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?|[A-Za-z0-9-]*[A-Za-z0-9]:)])")
 #: DataTrove's IPv4 regex (dotted quad of 0-255), validated by ``ipaddress`` as DataTrove does
 IPV4 = r"(?:(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\.){3}(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)"
@@ -25,8 +27,10 @@ IPV6 = r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:){1,7}(?::|(?::[0-9A-Fa-f]{1,4}){1,7}|[0
 #: matched (ids, timestamps); a separator is required.
 PHONE = (r"(?<![\w+])(?:(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}"
          r"|\+\d{1,3}(?:[ .-]\(?\d{1,4}\)?){2,5})(?![\w-])")
-#: card-like numbers: 13-19 digits, in groups separated by single spaces or dashes; Luhn-checked
-CARD = r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])"
+#: card-like numbers, Luhn-checked: 13-19 contiguous digits, or the printed groupings (4-4-4-4 with 1-7
+#: more digits for 13-19 digit cards, Amex 4-6-5) with one repeated space or dash. Free digit groupings
+#: are not taken: a ZIP code followed by a phone number ("37933 615-966-9200") passed Luhn in 20news.
+CARD = r"(?<![\w-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{5})(?![\w-])"
 
 #: DataTrove's replacement strings (example.com/.org are reserved example domains; its IPs were random
 #: addresses that did not answer pings), used in turn
@@ -146,7 +150,7 @@ class PIIRedact(Mapper):
         if p.ips:
             cheap += [r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"]
         if p.cards or p.phones:
-            cheap.append(r"\d[ .()-]{0,2}\d{3}[ .-]\d{4}|\+\d")
+            cheap.append(r"\d[ .()-]{0,2}\d{3}[ .-]\d{4}|\+\d|\d{13}|\d{4}[ -]\d{4}[ -]\d{4}|\d{4}[ -]\d{6}[ -]")
         self._candidate = "|".join(cheap) if cheap else None
 
     def setup(self, ctx: RunContext) -> None:
