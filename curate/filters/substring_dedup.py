@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +19,9 @@ TOKEN = r"\S+\s*"
 _SEED = 0x5AB5
 
 
+@functools.lru_cache(maxsize=1)
 def _kernels():
+    """The two numba kernels, compiled once per process (numba is imported only when a fit runs)."""
     from numba import njit
 
     @njit(cache=True)
