@@ -143,19 +143,16 @@ class SubstringDedup(GlobalStage):
         h = np.concatenate(keys) if keys else np.empty(0, np.uint64)
         with ctx.timer("suffix_array"):
             removed = self.removed_tokens(h, n_tok)
-        rows = []
-        off = np.concatenate([[0], np.cumsum(n_tok)])
         doc_of = np.repeat(np.arange(n_tok.size), n_tok)
+        local = np.arange(h.size) - np.repeat(np.concatenate([[0], np.cumsum(n_tok)[:-1]]), n_tok)
         hit = np.flatnonzero(removed)
-        touched = np.unique(doc_of[hit]) if hit.size else np.empty(0, np.int64)
-        for d in touched.tolist():
-            idx = np.flatnonzero(removed[off[d]: off[d + 1]]).astype(np.uint32)
-            rows.append((int(uid[d]), idx.tolist()))
-        pl.DataFrame(rows, schema={UID: pl.UInt64, "__sub_rm": pl.List(pl.UInt32)}, orient="row").write_parquet(
-            Path(ctx.state_dir) / "substr_removed.parquet")
+        rm = (pl.DataFrame({UID: uid[doc_of[hit]].astype(np.uint64), "__sub_rm": local[hit].astype(np.uint32)})
+              .group_by(UID, maintain_order=True).agg("__sub_rm"))
+        rm.write_parquet(Path(ctx.state_dir) / "substr_removed.parquet")
+        touched = rm
         ctx.stat("tokens", int(h.size))
         ctx.stat("removed_tokens", int(removed.sum()))
-        ctx.stat("docs_touched", int(touched.size))
+        ctx.stat("docs_touched", touched.height)
 
     def removed_tokens(self, token_hash: np.ndarray, doc_tokens: np.ndarray) -> np.ndarray:
         """Boolean mask over all tokens of the corpus (documents concatenated in order, ``doc_tokens``
@@ -185,13 +182,15 @@ class SubstringDedup(GlobalStage):
             self._rm, on=UID, how="left", maintain_order="left")
         toks = b.get_column("text").str.extract_all(TOKEN)
         lead = b.get_column("text").str.extract(r"^(\s*)", 1).fill_null("")
-        parts = (pl.DataFrame({"__row": np.arange(b.height, dtype=np.uint32), "tok": toks,
-                               "__rm": b.get_column("__sub_rm")})
-                 .explode("tok").with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over("__row").alias("__i")))
-        keep = parts.filter(pl.col("__rm").is_null() | ~pl.col("__i").is_in(pl.col("__rm").fill_null([])))
+        rows = pl.int_range(b.height, dtype=pl.UInt32, eager=True).alias("__row")
+        parts = (pl.DataFrame([rows, toks.alias("tok")]).explode("tok")
+                 .with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over("__row").alias("__i")))
+        drop = (pl.DataFrame([rows, b.get_column("__sub_rm")]).explode("__sub_rm").drop_nulls()
+                .rename({"__sub_rm": "__i"}))
+        keep = parts.join(drop, on=["__row", "__i"], how="anti", maintain_order="left")
         joined = keep.group_by("__row", maintain_order=True).agg(pl.col("tok").fill_null("").str.join(""))
-        new = (pl.DataFrame({"__row": np.arange(b.height, dtype=np.uint32)})
-               .join(joined, on="__row", how="left", maintain_order="left").get_column("tok").fill_null(""))
+        new = (pl.DataFrame([rows]).join(joined, on="__row", how="left", maintain_order="left")
+               .get_column("tok").fill_null(""))
         text = lead + new
         return b.drop("__sub_rm").with_columns(
             text.alias("__sub_text"),
