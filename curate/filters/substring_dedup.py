@@ -144,7 +144,7 @@ class SubstringDedup(GlobalStage):
         with ctx.timer("suffix_array"):
             removed = self.removed_tokens(h, n_tok)
         doc_of = np.repeat(np.arange(n_tok.size), n_tok)
-        local = np.arange(h.size) - np.repeat(np.concatenate([[0], np.cumsum(n_tok)[:-1]]), n_tok)
+        local = np.arange(h.size) - np.repeat(np.cumsum(n_tok) - n_tok, n_tok)  # token index in its doc
         hit = np.flatnonzero(removed)
         rm = (pl.DataFrame({UID: uid[doc_of[hit]].astype(np.uint64), "__sub_rm": local[hit].astype(np.uint32)})
               .group_by(UID, maintain_order=True).agg("__sub_rm"))

@@ -53,7 +53,7 @@ def _spill(tmp: Path, df: pl.DataFrame) -> FitContext:
     for s in df.iter_slices(40):
         w.write(s)
     w.close()
-    (tmp / "state").mkdir()
+    (tmp / "state").mkdir(parents=True)
     return FitContext(work_dir=tmp, state_dir=tmp / "state", shards=[tmp / "spill" / "shard-00000"],
                       scratch_dir=tmp / "scratch")
 
@@ -80,3 +80,16 @@ def test_real_posts_equal_brute_force(shared_data, tmp_path, k):
     assert removed > (200 if k == 50 else 1000)  # quoted replies and cross-posted text repeat in 20news
     assert int(kept["substr_removed_tokens"].sum()) + (0 if rej is None else int(rej["substr_removed_tokens"].sum())) \
         == removed
+
+
+def test_empty_corpus_and_no_repeats(tmp_path):
+    for k, texts in enumerate([[], ["only one", "two\nthree"]]):
+        df = pl.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts},
+                          schema={"id": pl.String, "text": pl.String}).with_columns(
+            pl.int_range(pl.len(), dtype=pl.UInt64).alias(UID))
+        ctx = _spill(tmp_path / str(k), df)
+        op = SubstringDedup(min_tokens=1)
+        op.fit(ctx)
+        op.setup(ctx)
+        kept, rej, _ = run_step(op, df)
+        assert kept["text"].to_list() == texts and rej is None
