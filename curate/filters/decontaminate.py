@@ -69,7 +69,8 @@ class Decontaminate(Filter):
 
     The GPT-3 contamination rule (Brown et al. 2020, App. C: 13-gram overlap) as DataTrove's
     ``NGramsDecontFilter`` (``pipeline/decont/n_grams.py``, whose default is 12): the evaluation texts
-    (each listed field of each benchmark file, on its own) are normalised, split into words, and every
+    (each listed field of each benchmark file on its own, and with ``overlap_ngrams`` the fields of a record
+    joined, as DataTrove's ``find_overlap_ngrams``) are normalised, split into words, and every
     n-gram's 64-bit hash goes into a sorted index, built once per worker in ``setup``. Each batch's
     documents are normalised the same way and all their n-gram hashes computed at once
     (:func:`ngram_hashes`), then looked up with one ``searchsorted``: cost linear in the corpus. Texts
@@ -94,6 +95,9 @@ class Decontaminate(Filter):
             "evaluation n-grams with fewer words holding a letter are not indexed: under simplify a GSM8K "
             "answer's '<<48/2=24>>' is a run of '0' words, whose 13-grams matched 9 of 5,000 20news posts "
             "(number tables); 0 indexes every n-gram as DataTrove does"))
+        overlap_ngrams: bool = Field(True, description=(
+            "also index the n-grams spanning consecutive fields (question end + answer start), DataTrove's "
+            "find_overlap_ngrams=True default"))
         action: Literal["drop", "flag"] = Field("drop", description="flag: keep the row, set the columns")
 
     def setup(self, ctx: RunContext) -> None:
@@ -107,8 +111,11 @@ class Decontaminate(Filter):
         hashes, tasks = [], []
         self._tasks = [b.name for b in p.benchmarks]
         for k, b in enumerate(p.benchmarks):
-            for fld in b.fields:
-                texts = read_texts(b.path, text_field=fld)
+            cols = [read_texts(b.path, text_field=fld) for fld in b.fields]
+            if p.overlap_ngrams and len(cols) > 1 and len({c.len() for c in cols}) == 1:
+                # the fields of one record joined: adds the n-grams that cross a field boundary
+                cols.append(pl.select(pl.concat_str([pl.lit(c) for c in cols], separator=" ")).to_series())
+            for texts in cols:
                 words = pl.select(normalise(pl.lit(texts), p.normalization).str.split(" ")).to_series()
                 h, _ = ngram_hashes(words, p.n, p.min_alpha_words)
                 hashes.append(h)

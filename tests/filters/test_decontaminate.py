@@ -113,3 +113,16 @@ def test_flag_mode_keeps_rows_and_n_is_configurable(shared_data, news, gsm8k):
     out, _, _ = run_step(big, _df(texts))
     assert out["contaminated"].to_list() == [False, False]  # the question is shorter than n: not indexable
     assert np.all(out["decont_matches"].to_numpy() == 0)
+
+
+def test_overlap_ngrams_catch_a_question_end_with_its_answer(shared_data, news, gsm8k):
+    rec = next(r for r in gsm8k if len(r["question"].split()) > 30)
+    # the last 9 words of the question and the first 9 of the answer: no 13-gram of either field alone
+    leak = " ".join(rec["question"].split()[-9:] + rec["answer"].split()[:9])
+    texts = [_plant(news[2], leak, random.Random(2))]
+    path = str(shared_data / "instructions/gsm8k/test.jsonl")
+    both = {"name": "gsm8k", "path": path, "fields": ["question", "answer"]}
+    with_overlap = Decontaminate(benchmarks=[both], action="flag")
+    without = Decontaminate(benchmarks=[both], action="flag", overlap_ngrams=False)
+    assert run_step(with_overlap, _df(texts))[0]["contaminated"].to_list() == [True]
+    assert run_step(without, _df(texts))[0]["contaminated"].to_list() == [False]
