@@ -81,7 +81,7 @@ def _plan_lines(p, workers: int | None) -> list[str]:
     files = p.input.files()
     size = sum(os.path.getsize(f) for f in files)
     n = workers or p.executor.workers or os.cpu_count() or 1
-    ex = LocalExecutor(p, workers=n)
+    ex = LocalExecutor(p.spec(workers=n))
     device = detect_device(p.steps)
     lines = [f"plan (dry run, nothing written): {len(files)} input file(s), {size / 1e6:,.1f} MB, "
              f"{len(shards)} shard(s); {p.executor.type} executor, {n} worker(s), device {device}",

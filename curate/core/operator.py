@@ -147,8 +147,8 @@ class FitContext(RunContext):
         out_dir.mkdir(parents=True, exist_ok=True)
         outs = [out_dir / f"{shard.name}{suffix}" for shard in self.shards]
         todo = [(fn, shard, out) for shard, out in zip(self.shards, outs) if not out.exists()]
+        from curate.core.pool import iter_tasks
         from curate.core.progress import report
-        from curate.executors.pool import iter_tasks
 
         for k, _ in enumerate(iter_tasks(_run_shard_fn, todo, workers=self.workers), 1):
             report(k, len(todo), "shards")

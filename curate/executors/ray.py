@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from curate.core.errors import MissingDependencyError
+from curate.core.run import RunSpec
 from curate.core.runner import ShardTask, run_shard
 from curate.executors.base import Executor
 
@@ -21,9 +22,9 @@ def _remote_run(task: ShardTask) -> int:
 
 
 class RayExecutor(Executor):
-    def __init__(self, pipeline, address: str | None = None, workers: int | None = None):
-        super().__init__(pipeline, workers=workers or 1)
-        self.address = address
+    def __init__(self, spec: RunSpec):
+        super().__init__(spec)
+        self.address = spec.executor.address
 
     def _run_tasks(self, tasks: list[ShardTask], progress: Callable[[int], None]) -> None:
         try:
