@@ -118,6 +118,10 @@ class FitContext(RunContext):
     shards: list[Path] = field(default_factory=list)
     scratch_dir: Path = Path(".")
     _reader: Callable[[Path, Sequence[str] | None], Iterator[pl.DataFrame]] | None = None
+    #: how ``map_shards`` runs its per-shard tasks (``iter_tasks``'s signature); None: core's process pool.
+    #: The Ray executor sets one that runs them as Ray tasks, so a fit's per-shard work spreads over the
+    #: cluster while the fit itself stays on the driver.
+    _task_runner: Callable[..., Iterator[Any]] | None = field(default=None, repr=False, compare=False)
 
     def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
         """All rows of the previous segment, batch by batch, in stable shard order."""
@@ -150,7 +154,8 @@ class FitContext(RunContext):
         from curate.core.pool import iter_tasks
         from curate.core.progress import report
 
-        for k, _ in enumerate(iter_tasks(_run_shard_fn, todo, workers=self.workers), 1):
+        runner = self._task_runner or iter_tasks
+        for k, _ in enumerate(runner(_run_shard_fn, todo, workers=self.workers), 1):
             report(k, len(todo), "shards")
         return outs
 

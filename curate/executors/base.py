@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -107,6 +107,10 @@ class Executor:
     # -- executor-specific ---------------------------------------------------------------------
     def _run_tasks(self, tasks: list[ShardTask], progress: Callable[[int], None]) -> None:
         raise NotImplementedError
+
+    def _fit_task_runner(self) -> Callable[..., Any] | None:
+        """How a global stage's ``map_shards`` runs per-shard work; None: core's process pool."""
+        return None
 
     # -- shared --------------------------------------------------------------------------------
     def _manifest(self, started: str) -> dict:
@@ -290,7 +294,8 @@ class Executor:
             scratch_fp.write_text(seg.stage_fingerprint)
         prev = self.work / "segments" / f"{seg.index - 1:03d}"
         ctx = FitContext(self.work, sdir / "state", self.spec.seed, self.workers, device, seg.step_indices[0],
-                         shards=[prev / sh.name for sh in shards], scratch_dir=scratch)
+                         shards=[prev / sh.name for sh in shards], scratch_dir=scratch,
+                         _task_runner=self._fit_task_runner())
         bar.start(f"fitting {stage.step_name}", total=None)
         t0 = time.perf_counter()
         stage.fit(ctx)
