@@ -75,6 +75,13 @@ class DataSpec(_Strict):
 
     train: list[str] = Field(..., min_length=1)
     eval: list[str] | None = Field(None, description="held-out files; default: split eval_fraction off train")
+    mode: Literal["auto", "rationale"] = Field(
+        "auto", description="auto: text_field or prompt/response; rationale: distilling step by step (Hsieh et al. "
+                            "2023) -- each row gives a '[label] ' task (question -> label_field) and a "
+                            "'[rationale] ' task (question -> rationale_field), trained with loss.rationale_weight")
+    question_field: str = Field("text", description="rationale mode: the input column")
+    label_field: str = Field("gold_answer", description="rationale mode: the answer column (curate's rationale step)")
+    rationale_field: str = Field("rationale", description="rationale mode: the rationale column")
     text_field: str = "text"
     prompt_field: str | None = None
     response_field: str | None = None
@@ -88,6 +95,9 @@ class DataSpec(_Strict):
 
     @model_validator(mode="after")
     def _fields(self) -> DataSpec:
+        if self.mode == "rationale" and self.prompt_field is not None:
+            raise ValueError("data.mode 'rationale' reads question_field/label_field/rationale_field; "
+                             "drop prompt_field/response_field")
         if (self.prompt_field is None) != (self.response_field is None):
             raise ValueError("give both `prompt_field` and `response_field`, or neither (then `text_field`)")
         if "{prompt}" not in self.template or "{response}" not in self.template:
@@ -111,6 +121,8 @@ class LossSpec(_Strict):
     skew_alpha: float = Field(0.1, ge=0.0, lt=1.0, description="skew_kl / skew_reverse_kl (DistiLLM)")
     top_k: int = Field(8, ge=2, description="bild: top-k logits")
     chunk_tokens: int = Field(1024, ge=16, description="loss computed over this many tokens at a time")
+    rationale_weight: float = Field(0.5, ge=0.0, le=1.0, description="data.mode rationale: weight*L_label + "
+                                    "(1-weight)*L_rationale (Hsieh et al. 2023, reference --alpha 0.5)")
 
 
 class TeacherSignal(_Strict):
