@@ -112,25 +112,23 @@ class Teacher:
             self._local = LocalHFTeacher(_resolve_model(params), device=params.device, dtype=params.dtype)
         self.id = self._fingerprint_id()
 
-    def _init_models_layer(self, layer: Any) -> None:  # pragma: no cover - exercised once backends merges
+    def _init_models_layer(self, layer: Any) -> None:
         p = self.params
-        spec_kw: dict[str, Any] = {"backend": p.backend, "model": _resolve_model(p) if p.backend == "local" else p.model}
-        if p.base_url:
-            spec_kw["base_url"] = p.base_url
-        for k in ("device", "dtype"):
-            if getattr(p, k) is not None:
-                spec_kw[k] = getattr(p, k)
-        backend = layer.load_teacher(layer.TeacherSpec(**spec_kw))
+        spec_kw: dict[str, Any] = {"backend": p.backend, "model": p.model, "gguf_file": p.gguf_file,
+                                   "base_url": p.base_url, "chat": p.chat, "batch_size": p.batch_size,
+                                   "device": p.device, "dtype": p.dtype}
+        cache = None
         if self.cache_path is not None:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            backend = layer.CachedTeacher(backend, self.cache_path)
-        self.backend = backend
+            cache = self.cache_path
+        self.backend = layer.load_teacher(layer.TeacherSpec(**spec_kw), cache_path=cache)
 
     def _fingerprint_id(self) -> str:
         if self._local is not None:
             fp: Any = self._local.fingerprint()
         else:
-            fp = self.backend.fingerprint() if hasattr(self.backend, "fingerprint") else repr(self.params)
+            inner = getattr(self.backend, "backend", self.backend)  # the cache wrapper's fingerprint is its backend's
+            fp = inner.fingerprint()
         return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
@@ -138,15 +136,16 @@ class Teacher:
         return self.params.model
 
     def generate(self, prompts: list[str], sampling: SamplingParams, seed: int) -> list[str]:
-        """Continuations of ``prompts`` (prompt not repeated), in micro-batches of ``batch_size``.
+        """Continuations of ``prompts`` (prompt not repeated); prompt ``i`` is sampled with seed ``seed + i``.
 
-        The seed of micro-batch ``j`` is ``seed + j``: a rerun with the same rows and seed asks the same
-        requests (so the call cache answers), and sampling is reproducible with the local backend."""
+        A rerun with the same rows and seed asks the same requests (so the call cache answers them), and
+        sampling is reproducible with the local backend."""
+        if self._local is None:  # the backend batches (local) or runs requests concurrently (server) itself
+            return self._ask(prompts, sampling, seed)
         out: list[str] = []
         bs = self.params.batch_size
         for j in range(0, len(prompts), bs):
-            chunk = prompts[j:j + bs]
-            out.extend(self._ask(chunk, sampling, seed + j // bs))
+            out.extend(self._ask(prompts[j:j + bs], sampling, seed + j))
         return out
 
     def _ask(self, prompts: list[str], s: SamplingParams, seed: int) -> list[str]:
@@ -154,11 +153,15 @@ class Teacher:
             self.calls += len(prompts)
             return self._local.generate(prompts, s.max_new_tokens, s.temperature, s.top_p, seed,
                                         chat=self.params.chat)
-        layer = _models_layer()  # pragma: no cover - once backends merges
-        reqs = [layer.GenerationRequest(prompt=p, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                        top_p=s.top_p, seed=seed, chat=self.params.chat) for p in prompts]
+        layer = _models_layer()
+        # row i of a call gets seed + i: repeated prompts (APE proposals) still differ, and each row's
+        # request (prompt, params, seed) is its cache key
+        reqs = [layer.GenerationRequest(prompt=q, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                        top_p=s.top_p, seed=seed + i) for i, q in enumerate(prompts)]
+        before = getattr(self.backend, "misses", None)
         gens = self.backend.generate_batch(reqs)
-        self.calls += int(getattr(self.backend, "last_misses", len(prompts)))
+        after = getattr(self.backend, "misses", None)
+        self.calls += (after - before) if before is not None and after is not None else len(prompts)
         return [g.text for g in gens]
 
 

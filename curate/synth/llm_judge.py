@@ -29,6 +29,9 @@ from curate.synth._judge_parse import parse_score
 
 log = logging.getLogger(__name__)
 
+_RENAME = {"generator": "judge", "teacher": "judge_teacher", "prompt_id": "judge_prompt_id",
+           "gen_params": "judge_gen_params"}
+
 PROMPTS: dict[str, tuple[str, float, float]] = {
     # (template over columns, lowest score, highest score)
     "deita_complexity": (
@@ -121,9 +124,9 @@ class LLMJudge(GeneratorMixin, Filter):
         return batch.with_columns(pl.Series(self.col, scores, dtype=pl.Float64),
                                   pl.Series(self.col + "_error", errs, dtype=pl.String),
                                   pl.Series(self.col + "_raw", raw, dtype=pl.String),
-                                  **self.provenance(prompts, salt=salt)
-                                  ).rename({"generator": "judge", "teacher": "judge_teacher",
-                                            "prompt_id": "judge_prompt_id", "gen_params": "judge_gen_params"})
+                                  # judge_* names: the row's own generator provenance stays as it is
+                                  **{_RENAME[k]: v.alias(_RENAME[k])
+                                     for k, v in self.provenance(prompts, salt=salt).items()})
 
     def _fields(self) -> list[str]:
         from curate.synth._base import template_fields
