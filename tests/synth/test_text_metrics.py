@@ -84,7 +84,7 @@ def test_gsm8k_labels_and_model_solutions():
     for s in sols:
         gold = normalize_number(s["ground_truth"].rsplit("A:", 1)[-1]) if "A:" in s["ground_truth"] \
             else gsm8k_label(s["ground_truth"])
-        for k, v in s.items():
+        for v in s.values():
             if isinstance(v, dict) and "solution" in v:
                 total += 1
                 agree += answers_match(extract_answer(v["solution"])[0], gold) == bool(v["is_correct"])
