@@ -6,6 +6,7 @@ import json
 
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -56,7 +57,39 @@ def test_rationale_mode_config(tmp_path):
                  f"data: {{train: [{f.name}], mode: rationale}}\nloss: {{rationale_weight: 0.3}}\noutput_dir: out\n")
     cfg = DistillConfig.from_yaml(y)
     assert cfg.data.mode == "rationale" and cfg.loss.rationale_weight == 0.3
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         DataSpec(train=["x"], mode="rationale", prompt_field="a", response_field="b")
     with pytest.raises(ConfigError):
         tokenize_records(pl.DataFrame({"text": ["q"]}), None, DataSpec(train=["x"], mode="rationale"))
+
+
+def test_trainer_weights_label_and_rationale_task_means(tmp_path):
+    """Gradient of a rationale-mode step == gradient of w*mean(label tokens) + (1-w)*mean(rationale tokens)."""
+    import torch
+
+    from curate.distill.data import TokenData
+    from curate.distill.trainer import DistillTrainer, _task_weights
+    from tests.distill.test_trainer import cfg, data, gpt2, reference_loss
+
+    base = data(4)
+    d = TokenData(base.seqs, base.n_prompt, [TASK_LABEL, TASK_RATIONALE, TASK_LABEL, TASK_RATIONALE])
+    w = 0.3
+    teacher, student, ref_student = gpt2(2, 32, seed=1), gpt2(1, 16, seed=2), gpt2(1, 16, seed=2)
+    c = cfg(tmp_path, loss={"name": "forward_kl", "alpha": 0.5, "rationale_weight": w})
+    tr = DistillTrainer(c, student, d, teacher=teacher)
+    b = tr._batch([0, 1, 2, 3])
+    n_total = int((b["labels"][:, 1:] != -100).sum())
+    _task_weights([b], w)  # what train_step does for two-task data
+    tr._micro(b, n_total)
+    lab_rows, rat_rows = [0, 2], [1, 3]
+    sub = lambda rows: {k: v[rows] for k, v in b.items() if k in ("input_ids", "attention_mask", "labels")}  # noqa: E731
+    ref = w * reference_loss(ref_student, teacher, sub(lab_rows), 0.5, 1.0) \
+        + (1 - w) * reference_loss(ref_student, teacher, sub(rat_rows), 0.5, 1.0)
+    ref.backward()
+    for (name, p), (_, q) in zip(student.named_parameters(), ref_student.named_parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+    # and it is not the plain token mean the trainer used before rationale mode
+    plain = gpt2(1, 16, seed=2)
+    reference_loss(plain, teacher, sub([0, 1, 2, 3]), 0.5, 1.0).backward()
+    assert not all(torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4)
+                   for p, q in zip(student.parameters(), plain.parameters()))
