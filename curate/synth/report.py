@@ -230,6 +230,11 @@ def write_report(output: str | Path, work_dir: str | Path, **kw: Any) -> tuple[P
     rep = build_report(output, work_dir, **kw)
     out = Path(output)
     j, m = out.with_name(out.name + ".report.json"), out.with_name(out.name + ".report.md")
+    for f, mark in ((j, '"generated_rows"'), (m, "# Generated set: ")):
+        if f.exists() and mark not in f.read_text(errors="replace")[:4096]:
+            from curate.core.errors import CurateError  # never overwrite a file curate did not write
+
+            raise CurateError(f"{f} exists and is not a curate synth report; move it or choose another output")
     j.write_text(json.dumps(rep, indent=1, default=str))
     m.write_text(to_markdown(rep))
     return j, m

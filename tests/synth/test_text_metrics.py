@@ -142,3 +142,21 @@ def test_self_bleu_matches_sacrebleu_and_distinct_n():
         assert mine[i] == pytest.approx(ref, abs=1e-9)
     assert distinct_n(["a b a b", "a c"], 1) == pytest.approx(3 / 6)
     assert distinct_n(["a b a b", "a c"], 2) == pytest.approx(3 / 4)
+
+
+def test_report_never_overwrites_a_foreign_file(tmp_path):
+    from curate.core.errors import CurateError
+    from curate.synth.report import write_report
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-00000.jsonl").write_text('{"id": "a", "text": "hello world"}\n')
+    work = tmp_path / "work"
+    work.mkdir()
+    j, m = write_report(out, work, embeddings=False)
+    assert json.loads(j.read_text())["rows"] == 1
+    write_report(out, work, embeddings=False)  # its own report is replaced
+    m.write_text("my notes\n")
+    with pytest.raises(CurateError):
+        write_report(out, work, embeddings=False)
+    assert m.read_text() == "my notes\n"
