@@ -96,6 +96,8 @@ class APE(GeneratorMixin, GlobalStage):
             answers = self.ask(prompts, p.eval_sampling, salt=0)
             hits = [answers_match(extract_answer(a)[0], gold[i]) for a, i in zip(answers, dev)]
             scored.append({"instruction": c, "accuracy": sum(hits) / max(len(dev), 1), "index": ci})
+            ctx.progress(ci + 1, len(cands), unit="candidates")
+        ctx.stat("candidates", len(cands))
         scored.sort(key=lambda d: (-d["accuracy"], d["index"]))  # ties: the earlier candidate (stable)
         best = scored[0]["instruction"] if scored else ""
         assert self.teacher is not None

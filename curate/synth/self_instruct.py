@@ -164,6 +164,7 @@ class SelfInstruct(GeneratorMixin, GlobalStage):
                     machine.append({"text": inst, "rouge_l_max": score, "prompt_id": prompt_id(prompt),
                                     "gen_params": gp})
             n_req += len(prompts)
+            ctx.progress(len(machine), p.num_instructions, unit="instructions")
         assert self.teacher is not None
         k = len(machine)
         gen = pl.DataFrame({
@@ -180,6 +181,13 @@ class SelfInstruct(GeneratorMixin, GlobalStage):
             "__anchor": pl.Series([seed_uids[i % len(seed_uids)] for i in range(k)] if seed_uids else [],
                                   dtype=pl.UInt64),
         }, schema_overrides={"rouge_l_max": pl.Float64})
+        ctx.stat("requests", n_req)
+        ctx.stat("candidates", candidates)
+        ctx.stat("kept", k)
+        for why, c in reasons.items():
+            ctx.stat(f"rejected_{why}", c)
+        ctx.stat("rouge_exact_comparisons", index.exact_comparisons)
+        ctx.stat("teacher_calls", self.teacher.calls)
         state = Path(ctx.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         gen.write_parquet(state / "generated.parquet")

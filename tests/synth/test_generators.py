@@ -80,6 +80,8 @@ def test_self_instruct_then_template_judge_dedup(tmp_path, tiny_teacher):
     added = {"self_instruct": state["kept"]}  # the generator step adds rows, the others only drop
     for s in st.values():
         assert s["docs_in"] + added.get(s["step"], 0) == s["docs_out"] + sum(s.get("dropped", {}).values()), s
+    c = st["self_instruct"]["counters"]  # the fit's counters reach stats.json
+    assert c["candidates"] == state["candidates"] and c["kept"] == state["kept"]
     gen = out.filter(~pl.col("is_seed"))
     assert out.filter(pl.col("is_seed")).height + gen.height == out.height
     assert gen.height <= state["kept"]
