@@ -68,7 +68,7 @@ def test_self_instruct_example_tiny(at_repo, tmp_path, tiny_teacher):  # noqa: F
 def test_rationale_example_tiny_feeds_distill(at_repo, tmp_path, tiny_teacher):  # noqa: F811
     cfg = yaml.safe_load((EX / "gsm8k_rationale_cpu.yaml").read_text())
     cfg["input"]["path"] = str(tmp_path / "few.jsonl")
-    (tmp_path / "few.jsonl").write_text("\n".join((EX / "data" / "gsm8k_train_32.jsonl").read_text()
+    (tmp_path / "few.jsonl").write_text("\n".join((EX / "data" / "gsm8k_train_24.jsonl").read_text()
                                                   .splitlines()[:3]) + "\n")
     f = _tiny(cfg, tmp_path, tiny_teacher, rationale={"require_correct": False})
     synthesize(f, embeddings=False)
