@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import Field
 
 from curate.core.errors import ConfigError
-from curate.core.operator import Filter, Rule, RunContext
+from curate.core.operator import Filter, OpParams, Rule, RunContext
 from curate.core.registry import register
 from curate.synth._base import GeneratorMixin, GenParams, check_template, fill
 from curate.synth._judge_parse import parse_score
@@ -79,7 +79,7 @@ class LLMJudge(GeneratorMixin, Filter):
         min_score: float | None = Field(None, description="drop rows scoring below this (null: score only)")
         drop_unparsed: bool = Field(False, description="drop rows whose judge answer has no valid score")
 
-    def __init__(self, params=None, /, **kw):
+    def __init__(self, params: OpParams | None = None, /, **kw: Any) -> None:
         super().__init__(params, **kw)
         p = self.params
         p.sampling = p.sampling if "sampling" in p.model_fields_set else p.sampling.model_copy(

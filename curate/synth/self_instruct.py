@@ -26,11 +26,12 @@ import random
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import UID, FitContext, GlobalStage, Rule, RunContext
+from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
 from curate.synth._base import GeneratorMixin, GenParams
 from curate.synth._rouge import RougeIndex
@@ -107,7 +108,7 @@ class SelfInstruct(GeneratorMixin, GlobalStage):
                                                        "(reference: finish_reason == 'length')")
         keep_seeds: bool = Field(True, description="keep the seed rows in the output")
 
-    def __init__(self, params=None, /, **kw):
+    def __init__(self, params: OpParams | None = None, /, **kw: Any) -> None:
         super().__init__(params, **kw)
         t = self.params.teacher
         if "chat" not in t.model_fields_set:  # the paper continues a list with a plain LM, no chat turn
