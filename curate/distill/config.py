@@ -31,6 +31,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FromTeacher(_Strict):
+    """Initialise the student from the teacher's own weights: keep the ``keep_layers`` decoder layers with
+    the highest measured importance on calibration examples (ShortGPT Block Influence or Minitron's
+    drop-one NLL increase), optionally keep the ``intermediate_size`` MLP channels with the largest mean
+    activation (Minitron width pruning). See :mod:`curate.models.pruning`."""
+
+    keep_layers: int | None = Field(None, ge=1, description="decoder layers kept (default: all)")
+    importance: Literal["block_influence", "nll_drop"] = Field(
+        "block_influence", description="layer score: block_influence = 1 - cos(h_in, h_out) (ShortGPT, one "
+        "forward); nll_drop = calibration NLL increase when the layer alone is dropped (Minitron, one forward "
+        "per layer)")
+    calibration_examples: int = Field(64, ge=1, description="training examples scored for importance "
+                                      "(ShortGPT/Minitron use a small calibration set; 64 is cheap on CPU)")
+    intermediate_size: int | None = Field(None, ge=1, description="MLP channels kept per layer, by mean "
+                                          "|act(gate) * up| (default: all)")
+    batch_size: int = Field(8, ge=1, description="calibration batch size")
+
+
 class ModelSpec(_Strict):
     """A causal LM: a local path (folder with config + weights, or a GGUF folder with ``gguf_file``),
     or ``from_config`` (a dict of config fields; ``base: teacher`` starts from the teacher's config and
@@ -39,13 +57,14 @@ class ModelSpec(_Strict):
     path: str | None = Field(None, description="local folder or 'pkg:<package>' (a model shipped in a wheel)")
     gguf_file: str | None = Field(None, description="GGUF file name inside `path` (transformers dequantizes it)")
     from_config: dict[str, Any] | None = Field(None, description="build randomly initialised from a config")
+    from_teacher: FromTeacher | None = Field(None, description="student only: a pruned copy of the teacher")
     tokenizer: str | None = Field(None, description="tokenizer folder; default: the model's own")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.path is None) == (self.from_config is None):
-            raise ValueError("give exactly one of `path` or `from_config`")
+        if sum(x is not None for x in (self.path, self.from_config, self.from_teacher)) != 1:
+            raise ValueError("give exactly one of `path`, `from_config` or `from_teacher`")
         if self.gguf_file and not self.path:
             raise ValueError("`gguf_file` needs `path` (the folder holding the file)")
         return self
@@ -92,6 +111,11 @@ class DataSpec(_Strict):
     eval_max_examples: int | None = Field(256, ge=1)
     min_tokens: int = Field(4, ge=2, description="drop examples with fewer tokens")
     add_eos: bool = True
+    order: Literal["random", "teacher_entropy_asc", "teacher_entropy_desc", "teacher_nll_asc",
+                   "teacher_nll_desc", "teacher_confidence_asc", "teacher_confidence_desc"] = Field(
+        "random", description="training order: random (reshuffled each epoch) or a curriculum by the teacher "
+        "cache's per-example signal (needs teacher_signal.mode: cache), e.g. teacher_entropy_asc = what the "
+        "teacher is surest of first")
 
     @model_validator(mode="after")
     def _fields(self) -> DataSpec:
@@ -129,6 +153,9 @@ class TeacherSignal(_Strict):
     mode: Literal["online", "cache"] = "online"
     dir: str | None = Field(None, description="cache folder (mode: cache); built on first use if absent")
     k: int = Field(16, ge=1, description="top-k teacher log-probs stored per token")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="teacher dtype for building the cache: bfloat16 was 3.3x faster than fp32 on "
+        "the shared CPU at KL 0.0012 (shared/reference/distillation.md); auto = the loaded weights")
 
     @model_validator(mode="after")
     def _dir(self) -> TeacherSignal:
@@ -197,6 +224,10 @@ class DistillConfig(_Strict):
     def _check(self) -> DistillConfig:
         if self.on_policy_fraction > 0 and self.loss.name == "ce":
             raise ValueError("on_policy_fraction > 0 needs a teacher loss, not `ce`")
+        if self.teacher.from_teacher is not None:
+            raise ValueError("teacher: `from_teacher` is for the student only")
+        if self.data.order != "random" and self.teacher_signal.mode != "cache":
+            raise ValueError(f"data.order '{self.data.order}' reads the teacher cache: set teacher_signal.mode: cache")
         if self.teacher_signal.mode == "cache" and self.loss.name == "bild":
             raise ValueError("bild needs the dense teacher (its student-led half needs teacher logits at the "
                              "student's top-k ids); use teacher_signal.mode: online")
