@@ -194,6 +194,9 @@ class EvalSpec(_Strict):
     max_batches: int | None = Field(None, ge=1)
     report: bool = Field(True, description="write report.md/report.json after training")
     ece_bins: int = Field(15, ge=1)
+    samples: int = Field(8, ge=0, description="held-out prompts answered greedily by teacher and student "
+                         "into samples.jsonl (prompt/response data only; 0 disables)")
+    sample_tokens: int = Field(48, ge=1, description="max new tokens per greedy answer")
 
 
 class DistillConfig(_Strict):

@@ -169,6 +169,8 @@ class DistillTrainer:
         self.tokens_seen = 0
         self.train_time = 0.0
         self._perm_cache: tuple[int, list[int]] | None = None
+        # a curriculum (data.order): the same example order every epoch instead of a reshuffle
+        self.fixed_order: list[int] | None = None
         self.out = Path(cfg.output_dir)
         self.history: list[dict[str, Any]] = []
 
@@ -192,6 +194,8 @@ class DistillTrainer:
 
     # ------------------------------------------------------------------ data
     def _perm(self, epoch: int) -> list[int]:
+        if self.fixed_order is not None:
+            return self.fixed_order
         if self._perm_cache is None or self._perm_cache[0] != epoch:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
             self._perm_cache = (epoch, torch.randperm(len(self.train_data), generator=g).tolist())
