@@ -47,6 +47,17 @@ class FromTeacher(_Strict):
     intermediate_size: int | None = Field(None, ge=1, description="MLP channels kept per layer, by mean "
                                           "|act(gate) * up| (default: all)")
     batch_size: int = Field(8, ge=1, description="calibration batch size")
+    layers: list[int] | None = Field(None, min_length=1, description="explicit teacher layer indices to keep "
+                                     "(skips the importance scoring; e.g. the same init across ablation arms)")
+
+    @model_validator(mode="after")
+    def _layers(self) -> FromTeacher:
+        if self.layers is not None:
+            if len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
+                raise ValueError("`layers` must be distinct non-negative indices")
+            if self.keep_layers is not None and self.keep_layers != len(self.layers):
+                raise ValueError(f"keep_layers {self.keep_layers} but {len(self.layers)} `layers` given")
+        return self
 
 
 class ModelSpec(_Strict):

@@ -94,7 +94,7 @@ def student_from_teacher(cfg: DistillConfig, teacher: Any, train: Any, pad_id: i
         batches.append((b["input_ids"], b["attention_mask"], b["labels"]))
     t0 = time.perf_counter()
     student, info = prune_from_teacher(teacher, batches, keep_layers=ft.keep_layers, importance=ft.importance,
-                                       intermediate_size=ft.intermediate_size)
+                                       intermediate_size=ft.intermediate_size, layers=ft.layers)
     info["seconds"] = time.perf_counter() - t0
     info["calibration_examples"] = n
     log.info("student from teacher: kept layers %s (%s), calibration NLL %.3f -> %.3f in %.1f s",

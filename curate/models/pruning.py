@@ -246,13 +246,17 @@ def width_prune_mlp(model: Any, channels: Sequence[torch.Tensor], size: int) -> 
 
 def prune_from_teacher(teacher: Any, batches: Sequence[Batch], *, keep_layers: int | None,
                        importance: str = "block_influence", intermediate_size: int | None = None,
+                       layers: Sequence[int] | None = None,
                        dtype: torch.dtype | None = torch.float32) -> tuple[Any, dict[str, Any]]:
     """A student copied from ``teacher``: depth-pruned to ``keep_layers`` by measured ``importance`` and
     optionally width-pruned to ``intermediate_size`` MLP channels. Returns (student, info) where info holds
     the scores, the kept layers and the calibration NLL before/after (for the report)."""
     n = len(decoder_layers(teacher))
     info: dict[str, Any] = {"teacher_layers": n, "importance": importance}
-    if keep_layers is not None and keep_layers < n:
+    if layers is not None:  # given explicitly: no scoring
+        kept = sorted(int(i) for i in layers)
+        info["importance"] = "given"
+    elif keep_layers is not None and keep_layers < n:
         scores = layer_importance(teacher, batches, importance)
         kept = choose_layers(scores, keep_layers)
         info["layer_scores"] = [round(float(s), 6) for s in scores]
