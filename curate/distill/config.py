@@ -165,8 +165,9 @@ class TeacherSignal(_Strict):
     dir: str | None = Field(None, description="cache folder (mode: cache); built on first use if absent")
     k: int = Field(16, ge=1, description="top-k teacher log-probs stored per token")
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
-        "auto", description="teacher dtype for building the cache: bfloat16 was 3.3x faster than fp32 on "
-        "the shared CPU at KL 0.0012 (shared/reference/distillation.md); auto = the loaded weights")
+        "auto", description="teacher dtype for the cache build and the online teacher forward (a copy; the "
+        "held-out report uses the loaded teacher): bfloat16 was 3.3x faster than fp32 on the shared CPU at KL "
+        "0.0012 (shared/reference/distillation.md); auto = the loaded weights")
 
     @model_validator(mode="after")
     def _dir(self) -> TeacherSignal:

@@ -166,7 +166,14 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
         cache = build_cache(cfg, p)
         cache_info = {k: cache.meta.get(k) for k in ("num_sequences", "num_tokens", "bytes_per_token", "build_seconds")}
     online = cfg.teacher_signal.mode == "online" or cfg.on_policy_fraction > 0
-    trainer = DistillTrainer(cfg, p.student, p.train, teacher=p.teacher if online or cache is None else None,
+    t_train = p.teacher
+    if online and cfg.teacher_signal.dtype != "auto":  # a reduced-precision copy for training only
+        import copy
+
+        import torch
+
+        t_train = copy.deepcopy(p.teacher).to(getattr(torch, cfg.teacher_signal.dtype))
+    trainer = DistillTrainer(cfg, p.student, p.train, teacher=t_train if online or cache is None else None,
                              cache=cache, eval_data=p.eval, vocab=p.vocab, pad_id=p.pad_id, eos_id=p.eos_id)
     if cfg.data.order != "random" and cache is not None:
         from curate.models.topk_cache import cache_signals, curriculum

@@ -109,3 +109,24 @@ def test_from_teacher_validation(teacher_dir):
                  f"data: {{train: [{teacher_dir / 'train.jsonl'}]}}\noutput_dir: x\n")
     with pytest.raises(ConfigError, match="keep_layers"):
         DistillConfig.from_yaml(y)
+
+
+def test_online_bf16_teacher_trains_and_reports_fp32_teacher(teacher_dir):
+    import math
+
+    from curate.distill import distill
+    from curate.distill.run import prepare
+
+    cfg = _cfg(teacher_dir, teacher_signal={"mode": "online", "dtype": "bfloat16"},
+               data={"train": [str(teacher_dir / "train.jsonl")], "prompt_field": "q", "response_field": "a",
+                     "template": "{prompt} {response}", "eval_fraction": 0.2, "max_len": 32},
+               eval={"samples": 0})
+    res = distill(cfg)
+    assert res.train["steps"] == 3 and math.isfinite(res.train["final_loss"])
+    # the held-out teacher figures are the loaded fp32 teacher's, not the bf16 training copy's
+    p = prepare(cfg, need_student=False)
+    from curate.distill.evaluate import evaluate_models
+
+    ev = evaluate_models(p.teacher, None, p.eval, device=torch.device("cpu"), vocab=p.vocab, pad_id=p.pad_id)
+    assert res.report["eval"]["teacher"]["ppl"] == pytest.approx(ev["student"]["ppl"], rel=1e-6)
+    assert "samples" not in res.report["eval"]
