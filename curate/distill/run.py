@@ -98,7 +98,7 @@ def student_from_teacher(cfg: DistillConfig, teacher: Any, train: Any, pad_id: i
     info["seconds"] = time.perf_counter() - t0
     info["calibration_examples"] = n
     log.info("student from teacher: kept layers %s (%s), calibration NLL %.3f -> %.3f in %.1f s",
-             info["kept_layers"], ft.importance, info["calibration_nll_teacher"],
+             info["kept_layers"], info["importance"], info["calibration_nll_teacher"],
              info["calibration_nll_student_init"], info["seconds"])
     return student, info
 
