@@ -75,7 +75,7 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
         if sum(x is not None for x in (self.path, self.from_config, self.from_teacher)) != 1:
-            raise ValueError("give exactly one of `path`, `from_config` or `from_teacher`")
+            raise ValueError("give exactly one of `path` or `from_config` (or, for the student, `from_teacher`)")
         if self.gguf_file and not self.path:
             raise ValueError("`gguf_file` needs `path` (the folder holding the file)")
         return self

@@ -94,7 +94,7 @@ def test_curriculum_order_is_the_cache_signal_order(teacher_dir):
 
 
 def test_from_teacher_validation(teacher_dir):
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="exactly one of `path` or `from_config`"):
         _cfg(teacher_dir, student={"from_config": {"base": "teacher"}, "from_teacher": {"keep_layers": 1}})
     with pytest.raises(ValueError, match="importance"):
         _cfg(teacher_dir, student={"from_teacher": {"keep_layers": 1, "importance": "every_kth"}})
