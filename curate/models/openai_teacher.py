@@ -257,27 +257,34 @@ class OpenAITeacher(TeacherBase):
         ``tokens[:j+1]``. vLLM's ``prompt_logprobs`` gives positions 1..L-1's distributions as entries 1..L-1 (the
         one over token j given tokens before it), so position j reads entry j+1; the last position reads the one
         generated token's ``top_logprobs``."""
-        extra = {"prompt_logprobs": k, "return_tokens_as_token_ids": True}
-        resp = self._call("a prompt-logprobs completion", self.client.completions.create, model=self.spec.model,
-                          prompt=tokens, max_tokens=1, temperature=0.0, logprobs=k, extra_body=extra)
-        ch = resp.choices[0] if resp.choices else None
-        plp = _extra(ch, "prompt_logprobs")
-        last = _last_top(ch)
+        said: list[str] = []  # what a server that refuses the extensions answered (4xx), for the error
+
+        def ask(what: str, **extra: Any) -> Any:
+            try:
+                resp = self._call(what, self.client.completions.create, model=self.spec.model, prompt=tokens,
+                                  max_tokens=1, temperature=0.0, logprobs=k, **extra)
+            except TeacherServerError as e:
+                if e.status not in (400, 404, 422):
+                    raise
+                said.append(str(e))
+                return None
+            return resp.choices[0] if resp.choices else None
+
+        ch = ask("a prompt-logprobs completion",
+                 extra_body={"prompt_logprobs": k, "return_tokens_as_token_ids": True})
+        plp, last = _extra(ch, "prompt_logprobs"), _last_top(ch)
         if plp is not None and last is not None:
-            dists = [_id_dict(e) for e in list(plp)[1:len(tokens)]]
-            return [*dists, last]
-        echo = self._call("an echo completion", self.client.completions.create, model=self.spec.model,
-                          prompt=tokens, max_tokens=1, temperature=0.0, logprobs=k, echo=True,
-                          extra_body={"return_tokens_as_token_ids": True})
-        ch = echo.choices[0] if echo.choices else None
-        lp = getattr(ch, "logprobs", None)
+            return [*(_id_dict(e) for e in list(plp)[1:len(tokens)]), last]
+        ch = ask("an echo completion", echo=True, extra_body={"return_tokens_as_token_ids": True})
+        lp = getattr(ch, "logprobs", None) if ch is not None else None
         tops = getattr(lp, "top_logprobs", None) if lp is not None else None
         if tops and len(tops) >= len(tokens) + 1 and all(t is None or _ids_keyed(t) for t in tops):
             return [_id_dict(e) for e in tops[1:len(tokens) + 1]]
         raise CurateError(
             f"teacher server {self.spec.base_url} (model {self.spec.model}) returns no prompt log-probs keyed by "
             "token id (vLLM's `prompt_logprobs`, or `echo` + `logprobs` with `return_tokens_as_token_ids`); serve the "
-            "teacher with vLLM, or capture top-k with a local teacher")
+            "teacher with vLLM, or capture top-k with a local teacher"
+            + (f". The server said: {' | '.join(said)}" if said else ""))
 
     def close(self) -> None:
         self.client.close()
