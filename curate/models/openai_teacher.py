@@ -89,12 +89,19 @@ class OpenAITeacher(TeacherBase):
         self._count_lock = threading.Lock()
 
     # -- identity -----------------------------------------------------------------------------------------
-    def fingerprint(self) -> dict[str, Any]:
+    def cache_identity(self) -> dict[str, Any]:
         """Server URL, served model name, declared revision and endpoint choice; never the key. Computed without a
-        request, so a fully cached rerun sends nothing."""
+        request, so a fully cached rerun sends nothing. (The server cannot be asked which weights it serves
+        without a call, and /v1/models rarely says; set ``revision`` when it may change under one name.)"""
         s = self.spec
+        assert s.base_url is not None
         return {"backend": "openai", "base_url": s.base_url.rstrip("/"), "model": s.model, "revision": s.revision,
                 "chat": s.chat}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """:meth:`cache_identity` plus what ``curate distill``'s top-k cache records (``teacher``, ``vocab_size``)."""
+        vs = self.spec.vocab_size or (len(self.tokenizer) if self.tokenizer is not None else None)
+        return {**self.cache_identity(), "teacher": self.name, "vocab_size": vs}
 
     @property
     def tokenizer(self) -> Any:

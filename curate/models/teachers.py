@@ -241,17 +241,37 @@ class TeacherBase(ABC):
         request's ``n`` samples in order (``Generation.request_index``/``sample_index`` say which)."""
         return self.generate_samples(expand([as_request(r) for r in requests]), on_result=on_result)
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What the generation cache keys on; :meth:`fingerprint` unless a backend's fingerprint carries fields
+        that do not change its text (a served teacher's declared vocab size, for KD)."""
+        return self.fingerprint()
+
     def fingerprint_hash(self) -> str:
-        """sha256 (hex) of :meth:`fingerprint` as canonical JSON."""
-        return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True, default=str).encode()).hexdigest()
+        """sha256 (hex) of :meth:`cache_identity` as canonical JSON."""
+        return hashlib.sha256(json.dumps(self.cache_identity(), sort_keys=True, default=str).encode()).hexdigest()
 
     # -- the KD half of curate.synth.teacher.TeacherBackend -----------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return None
+
+    @property
+    def vocab_size(self) -> int:
+        raise CurateError(f"teacher {self.name} does not know its vocabulary size")
+
     def generate(self, prompts: list[str], max_new_tokens: int = 128, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[str]:
-        """The ``TeacherBackend.generate`` shape: one continuation per prompt (seed i+seed for prompt i)."""
-        reqs = [GenerationRequest(prompt=p, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                 top_p: float = 1.0, seed: int | None = None, *, chat: bool = False) -> list[str]:
+        """The ``TeacherBackend.generate`` shape: one continuation per prompt (prompt i sampled with seed + i);
+        ``chat`` sends each prompt as a user message."""
+        reqs = [GenerationRequest(prompt=None if chat else p,
+                                  messages=(ChatMessage(role="user", content=p),) if chat else None,
+                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   seed=None if seed is None else int(seed) + i) for i, p in enumerate(prompts)]
         return [g.text for g in self.generate_batch(reqs)]
+
+    def logits(self, input_ids: Any, attention_mask: Any = None) -> torch.Tensor:
+        raise CurateError(f"teacher {self.name} gives no full-vocabulary logits (a served teacher gives top-k "
+                          "log-probs: use a top-k KD signal)")
 
     def topk_logprobs(self, input_ids: Any, attention_mask: Any = None, k: int = 16) -> TopK:
         raise CurateError(f"teacher {self.name} cannot give top-k log-probs")
@@ -581,7 +601,8 @@ class CachedTeacher(TeacherBase):
     A sample whose key is stored is returned from the store (``cached=True``, counted in ``hits``); the others
     go to the backend in one ``generate_samples`` call (``misses``) and are stored as each arrives, so when the
     backend fails part-way, what was answered is kept and a rerun asks only the rest. Identical tasks in one
-    call are asked once.
+    call are asked once (so two equal requests with ``seed=None`` share one sample: use ``n`` or distinct seeds
+    for distinct samples).
     """
 
     def __init__(self, backend: TeacherBase, cache_path: str | os.PathLike[str]) -> None:
@@ -595,10 +616,13 @@ class CachedTeacher(TeacherBase):
     def fingerprint(self) -> dict[str, Any]:
         return self.backend.fingerprint()
 
+    def cache_identity(self) -> dict[str, Any]:
+        return self.backend.cache_identity()
+
     def fingerprint_hash(self) -> str:
         if self._fp_hash is None:
             self._fp_hash = self.backend.fingerprint_hash()
-            self.store.put_fingerprint(self._fp_hash, self.backend.fingerprint())
+            self.store.put_fingerprint(self._fp_hash, self.backend.cache_identity())
         return self._fp_hash
 
     def generate_samples(self, tasks: Sequence[SampleTask], *, on_result: OnResult | None = None) -> list[Generation]:

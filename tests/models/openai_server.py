@@ -4,8 +4,10 @@ Run: ``python tests/models/openai_server.py --model DIR --port P [--api-key-env 
 
 It serves ``/v1/completions`` (text or token-id prompts; ``logprobs``, ``echo``, and vLLM's ``prompt_logprobs`` and
 ``return_tokens_as_token_ids`` extensions), ``/v1/chat/completions`` (``logprobs``/``top_logprobs``), ``/v1/models`` and
-``/health``. Generation runs :class:`curate.models.teachers.LocalTeacher` on the model (one request at a time
-under a lock: the model is shared), so answers are real model outputs.
+``/health``. Generation runs :class:`curate.models.teachers.LocalTeacher` on the model, so answers are real model
+outputs. Concurrent generation requests are batched as a serving engine does: a worker thread takes every request
+queued within ``--batch-window-ms`` (up to ``--max-batch``) into one ``generate`` call; the local backend's per-row
+seeds make each answer independent of its batch-mates.
 
 For the tests it adds what production servers do to clients, on demand:
 
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import uvicorn
@@ -33,7 +37,41 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 
-def build_app(model_dir: str, api_key: str | None) -> FastAPI:
+class Batcher:
+    """Collects generation tasks from request threads into batches for one model (a dynamic batcher)."""
+
+    def __init__(self, teacher: Any, lock: threading.Lock, *, max_batch: int, window_s: float) -> None:
+        self.teacher, self.lock, self.max_batch, self.window_s = teacher, lock, max_batch, window_s
+        self.q: queue.Queue[tuple[Any, Future[Any]]] = queue.Queue()
+        self.batches: list[int] = []  # sizes, for the stats
+        threading.Thread(target=self._loop, daemon=True, name="batcher").start()
+
+    def submit(self, task: Any) -> Any:
+        fut: Future[Any] = Future()
+        self.q.put((task, fut))
+        return fut.result()
+
+    def _loop(self) -> None:
+        while True:
+            items = [self.q.get()]
+            deadline = time.monotonic() + self.window_s
+            while len(items) < self.max_batch:
+                try:
+                    items.append(self.q.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            self.batches.append(len(items))
+            try:
+                with self.lock:
+                    gens = self.teacher.generate_samples([t for t, _ in items])
+                for (_, f), g in zip(items, gens):
+                    f.set_result(g)
+            except Exception as e:  # noqa: BLE001 - every waiting request gets the error
+                for _, f in items:
+                    f.set_exception(e)
+
+
+def build_app(model_dir: str, api_key: str | None, *, max_batch: int = 16, window_s: float = 0.01) -> FastAPI:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -42,8 +80,9 @@ def build_app(model_dir: str, api_key: str | None) -> FastAPI:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    teacher = LocalTeacher(LocalHFTeacher(model, device="cpu", tokenizer=tok, name=model_dir), batch_size=1)
+    teacher = LocalTeacher(LocalHFTeacher(model, device="cpu", tokenizer=tok, name=model_dir), batch_size=max_batch)
     model_lock = threading.Lock()
+    batcher = Batcher(teacher, model_lock, max_batch=max_batch, window_s=window_s)
     state: dict[str, Any] = {"queue": [], "delay_s": 0.0, "requests": 0, "ok": 0, "in_flight": 0,
                              "max_in_flight": 0, "auth_ok": None}
     slock = threading.Lock()
@@ -94,8 +133,7 @@ def build_app(model_dir: str, api_key: str | None) -> FastAPI:
                                 temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
                                 seed=body.get("seed"), stop=body.get("stop") or (), logprobs=want,
                                 top_logprobs=int(k) if want else 0)
-        with model_lock:
-            return teacher.generate_samples([SampleTask(req)])[0], int(k)
+        return batcher.submit(SampleTask(req)), int(k)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -108,7 +146,7 @@ def build_app(model_dir: str, api_key: str | None) -> FastAPI:
     @app.get("/_stats")
     def stats() -> dict[str, Any]:
         with slock:
-            return {k: v for k, v in state.items() if k != "queue"}
+            return {**{k: v for k, v in state.items() if k != "queue"}, "batches": list(batcher.batches)}
 
     @app.post("/_faults")
     async def faults(request: Request) -> dict[str, Any]:
@@ -122,6 +160,7 @@ def build_app(model_dir: str, api_key: str | None) -> FastAPI:
     def reset() -> dict[str, Any]:
         with slock:
             state.update(queue=[], delay_s=0.0, requests=0, ok=0, max_in_flight=state["in_flight"], auth_ok=None)
+            batcher.batches.clear()
         return {"ok": True}
 
     @app.post("/v1/completions")
@@ -219,9 +258,16 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--api-key-env", default=None)
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--batch-window-ms", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = ap.parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     key = os.environ.get(a.api_key_env) if a.api_key_env else None
-    app = build_app(a.model, key)
+    app = build_app(a.model, key, max_batch=a.max_batch, window_s=a.batch_window_ms / 1000)
     # many worker threads: the fault delay must overlap across requests, as a real server's queueing does
     uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning", limit_concurrency=200,
                 timeout_keep_alive=5)

@@ -241,6 +241,26 @@ def test_topk_logprobs_from_server_match_local(srv: Server, local: LocalTeacher)
     assert t.vocab_size == local.vocab_size
 
 
+def test_distill_topk_cache_from_served_teacher(srv: Server, local: LocalTeacher, tmp_path: Path) -> None:
+    """`curate distill`'s top-k cache builds from a served teacher and holds what the local model gives."""
+    from curate.distill.cache import build_teacher_cache
+    from curate.synth.teacher import TeacherBackend  # TODO(models): curate.models.teacher
+
+    t = OpenAITeacher(spec(srv, vocab_size=local.vocab_size))
+    assert isinstance(t, TeacherBackend) and isinstance(local, TeacherBackend)
+    batches = [[[1, 520, 2372, 314], [1, 42, 43]], [[5, 6, 7, 8, 9]]]
+    served = build_teacher_cache(t, batches, tmp_path / "served", k=4)
+    ref = build_teacher_cache(local, batches, tmp_path / "local", k=4)
+    assert len(served) == len(ref) == 3 and served.settings["teacher"] == t.name
+    for i in range(3):
+        a, b = served[i], ref[i]
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.topk.ids, b.topk.ids)
+        assert torch.allclose(a.topk.logprobs, b.topk.logprobs, atol=1e-4)
+        assert torch.allclose(a.topk.tail_logmass, b.topk.tail_logmass, atol=1e-3)
+    with pytest.raises(CurateError, match="no full-vocabulary logits"):
+        t.logits(torch.tensor([[1, 2]]))
+
+
 def test_topk_needs_vocab_size(srv: Server) -> None:
     with pytest.raises(CurateError, match="vocab_size"):
         _ = OpenAITeacher(spec(srv)).vocab_size
