@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
-from curate.core.errors import CurateError
+from curate.core.errors import CurateError, pip_hint
 from curate.models.teachers import (
     ChatMessage,
     Generation,
@@ -67,9 +67,8 @@ class OpenAITeacher(TeacherBase):
     def __init__(self, spec: TeacherSpec) -> None:
         try:
             import openai
-        except ImportError as e:  # pragma: no cover - the extra is part of curate[synth]
-            raise CurateError("the OpenAI-compatible teacher needs the `openai` package: "
-                              "pip install 'curate[synth]'") from e
+        except ImportError as e:  # pragma: no cover - the extra is part of the synth extra
+            raise CurateError(f"the OpenAI-compatible teacher needs the `openai` package: {pip_hint('synth')}") from e
         if spec.backend != "openai" or not spec.base_url:
             raise CurateError("OpenAITeacher needs a spec with backend 'openai' and a base_url")
         self.spec = spec

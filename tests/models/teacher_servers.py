@@ -85,7 +85,8 @@ def _env(**extra: str) -> dict[str, str]:
 def make_server(model: Path, log: Path, *, port: int | None = None, api_key: str | None = None) -> Server:
     """The repo's OpenAI-compatible test server (not started); with ``api_key`` it demands that bearer key."""
     port = port or free_port()
-    cmd = [sys.executable, str(SERVER), "--model", str(model), "--port", str(port)]
+    # one torch thread: on a shared, busy CPU more threads make each request several times slower
+    cmd = [sys.executable, str(SERVER), "--model", str(model), "--port", str(port), "--threads", "1"]
     extra: dict[str, str] = {}
     if api_key is not None:
         cmd += ["--api-key-env", "CURATE_TEST_SERVER_KEY"]
