@@ -349,6 +349,7 @@ class LocalTeacher(TeacherBase):
         self.chat = bool(chat)
         self.name = name or hf.name
         self._fp: dict[str, Any] | None = None
+        self._lock = threading.Lock()  # generation flips the tokenizer's padding side: one batch at a time
 
     @classmethod
     def from_spec(cls, spec: TeacherSpec) -> LocalTeacher:
@@ -418,7 +419,9 @@ class LocalTeacher(TeacherBase):
             idx = order[s:s + self.batch_size]
             # one batch mixes templated and raw prompts only at the boundary; split so special tokens match
             for group in _split_by(idx, lambda i: templated[i]):
-                gens = self._generate_rows([tasks[i] for i in group], [texts[i] for i in group], templated[group[0]])
+                with self._lock:
+                    gens = self._generate_rows([tasks[i] for i in group], [texts[i] for i in group],
+                                               templated[group[0]])
                 for i, g in zip(group, gens):
                     out[i] = g
                     if on_result is not None:
