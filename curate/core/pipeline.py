@@ -78,6 +78,13 @@ class Pipeline:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_config(), sort_keys=False)
 
+    def check(self) -> None:
+        """The preflight (:mod:`curate.core.preflight`): raise one ConfigError listing everything a run would
+        reject (input fields, the column chain, files named by parameters, name clashes, extras) before work."""
+        from curate.core.preflight import check_pipeline
+
+        check_pipeline(self)
+
     def rejects_spec(self) -> RejectsSpec:
         return self.rejects or RejectsSpec(path=os.path.join(self.work_dir, "rejects"))
 
@@ -88,4 +95,5 @@ class Pipeline:
             self.work_dir = work_dir
         from curate.executors import run_spec
 
+        self.check()
         return run_spec(self.spec(workers=workers, executor=executor), progress=progress)

@@ -25,6 +25,7 @@ from curate.core.lock import LOCK_NAME, RunLock
 from curate.core.operator import FitContext, GlobalStage, RunContext
 from curate.core.ownership import WORK_FILES, WORK_TREES, OwnedRoot, check_run_paths, owned
 from curate.core.plan import Segment, plan_segments
+from curate.core.preflight import reserved_columns
 from curate.core.progress import Progress
 from curate.core.runner import Marker, ShardTask, clear_setup_cache, read_marker, write_json_atomic, writing
 from curate.core.stats import StepStats, merge_stats
@@ -253,6 +254,7 @@ class Executor:
             ctxs.append(RunContext(self.work, state, p.seed, self.workers, device, step_i))
         tasks: list[ShardTask] = []
         done: list[Marker] = []
+        reserved = reserved_columns(p.steps) if seg.index == 0 else None
         for sh in shards:
             marker = seg_dir / "_done" / f"{sh.name}.json"
             m = read_marker(marker, seg.fingerprint, roots)
@@ -264,7 +266,7 @@ class Executor:
                 source=p.input if seg.index == 0 else prev_dir / sh.name,
                 spill_dir=None if seg.last else seg_dir, output=p.output if seg.last else None,
                 rejects=rejects, marker=marker, fingerprint=seg.fingerprint, trace_dir=self.work / "trace",
-                work_dir=roots["work"]))
+                work_dir=roots["work"], reserved=reserved))
         return tasks, done
 
     def _stage_dir(self, seg: Segment) -> Path:

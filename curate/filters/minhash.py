@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
+from curate.core.operator import UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
 from curate.core.text import simplify_text_fast
 from curate.filters import _minhash_kernels as K
@@ -247,10 +247,7 @@ class MinHashDedup(GlobalStage):
     failed), ``clusters``, ``removed``; timers ``signatures``, ``buckets``, ``candidates``, ``cluster``.
     The derived settings (bands, rows, num_perm, verify) are logged.
 
-    Columns: ``dup_cluster_id`` (internal row key of the cluster's kept doc; null for docs in no
-    cluster), ``dup_of`` (user ``id`` of the kept doc; null for kept docs). Rejected rows (reason
-    ``near_duplicate``, score = exact Jaccard if verified else estimated) also carry
-    ``dup_jaccard_est`` and ``dup_jaccard`` (estimated / exact Jaccard with the kept doc).
+    Rejected rows have reason ``near_duplicate`` and score = exact Jaccard if verified, else estimated.
     """
 
     class Params(OpParams):
@@ -285,6 +282,21 @@ class MinHashDedup(GlobalStage):
                 raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
             return self
 
+    def needs(self) -> list[str]:
+        return [self.params.score_column] if self.params.keep == "score" and self.params.score_column else []
+
+    def adds(self) -> dict[str, Column]:
+        return {
+            "dup_cluster_id": Column(pl.UInt64, "internal row key (__uid) of the kept document of its cluster",
+                                     "null for a document in no cluster"),
+            "dup_of": Column(pl.String, "id of the kept document of its cluster",
+                             "null on kept rows (set on rejected rows)"),
+            "dup_jaccard_est": Column(pl.Float64, "Jaccard with the kept document estimated from signatures",
+                                      "never null on a rejected row", rejects_only=True),
+            "dup_jaccard": Column(pl.Float64, "exact Jaccard of shingle sets with the kept document",
+                                  "null when verify is off", rejects_only=True),
+        }
+
     # --------------------------------------------------------------------------------- settings
     def settings(self) -> dict:
         """Parameters after the preset and derived (bands, rows, num_perm, verify) are filled in."""
@@ -299,7 +311,8 @@ class MinHashDedup(GlobalStage):
         elif "num_perm" not in p.model_fields_set:
             d["num_perm"] = d["bands"] * d["rows"]
         if d["bands"] * d["rows"] > d["num_perm"]:
-            raise ValueError(f"bands*rows = {d['bands'] * d['rows']} exceeds num_perm = {d['num_perm']}")
+            raise self.error(f"bands*rows = {d['bands'] * d['rows']} exceeds num_perm = {d['num_perm']}",
+                             param="num_perm")
         if d["verify"] is None:
             d["verify"] = d["threshold"] >= 0.7
         return d

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import UID, FitContext
+from curate.core.operator import PATH_INPUT, UID, FitContext
 from curate.core.registry import register
 from curate.core.text import wordpunct_tokens
 from curate.selectors.base import _SELECTED, Selector, SelectParams, select
@@ -175,9 +175,12 @@ class DSIR(Selector):
 
     score_column = "dsir_logw"
     higher_is_better = True
+    score_doc = "log importance weight log p(x)/q(x) over hashed n-grams"
+    score_null = "null for documents shorter than min_example_length (never selected)"
 
     class Params(SelectParams):
-        target: str | list[str] = Field(description="target corpus: file(s), folder or glob (jsonl, parquet, txt)")
+        target: str | list[str] = Field(json_schema_extra=PATH_INPUT, description="target corpus: file(s), folder "
+                                        "or glob (jsonl, parquet, txt); required")
         target_text_field: str = Field("text", description="text field of the target records")
         target_format: Literal["jsonl", "parquet", "text"] | None = Field(None, description="inferred when unset")
         ngrams: int = Field(2, ge=1, le=5, description="n-gram orders 1..n (reference: 2)")
