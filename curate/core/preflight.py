@@ -294,7 +294,17 @@ def preflight(p: Pipeline) -> list[str]:
     problems += path_problems(steps)
     problems += dependency_problems(steps)
     problems += run_path_problems(p)
-    return problems
+    return sorted(problems, key=_step_order)
+
+
+def _step_order(problem: str) -> int:
+    """Input and path problems first, then step problems in step order (a stable sort keeps the rest)."""
+    if problem.startswith("steps["):
+        try:
+            return 1 + int(problem[6:problem.index("]")])
+        except ValueError:
+            return 0
+    return 0
 
 
 def check_pipeline(p: Pipeline) -> None:

@@ -205,7 +205,10 @@ class _Coreset(Selector):
         source = resolve_source(first.columns, p.features, p.embedding_column, self.name)
         cols = [UID, "text"] + ([p.embedding_column] if source == "embedding" else [])
         data = pl.concat(list(ctx.iter_batches(columns=cols)))
-        X, _ = features(data, source, p.embedding_column, p.hash_dim)
+        try:
+            X, _ = features(data, source, p.embedding_column, p.hash_dim)
+        except ValueError as e:  # ragged vectors in a user-provided embedding column
+            raise self.error(str(e), column=p.embedding_column) from e
         n = len(X)
         k = p.top_k if p.top_k is not None else (max(1, int(round(p.fraction * n))) if p.fraction else None)
         tokens = (data["text"].str.count_matches(r"\S+").to_numpy().astype(np.float64)

@@ -164,7 +164,10 @@ class Shapley(Selector):
             raise self.error(f"method {p.method} on {len(train)} points exceeds max_players={p.max_players}; "
                              "use method knn or cluster (or raise max_players)", param="max_players")
 
-        X, (Xv,) = features(train, source, p.embedding_column, p.hash_dim, others=[val])
+        try:
+            X, (Xv,) = features(train, source, p.embedding_column, p.hash_dim, others=[val])
+        except ValueError as e:  # ragged vectors in a user-provided embedding column
+            raise self.error(str(e), column=p.embedding_column) from e
         labels = pl.concat([train[p.label_field].cast(pl.String), val[p.label_field].cast(pl.String)])
         _, codes = np.unique(labels.to_numpy().astype(str), return_inverse=True)
         y, yv = codes[:len(train)], codes[len(train):]
