@@ -92,9 +92,11 @@ def _peek_jsonl(path: str, rows: int) -> tuple[list[str], int] | None:
                     obj = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(obj, dict):
-                    n += 1
-                    seen.update(dict.fromkeys(obj))
+                # a .json file may hold one array of documents on its first line
+                for doc in obj[:rows] if isinstance(obj, list) else [obj]:
+                    if isinstance(doc, dict):
+                        n += 1
+                        seen.update(dict.fromkeys(doc))
     except (OSError, EOFError, ValueError) as e:  # truncated .gz/.zst, unreadable: the reader reports it
         log.debug("preflight: cannot peek %s: %s", path, e)
     return (list(seen), n) if n else None
@@ -220,6 +222,15 @@ def chain_problems(steps: list[Operator], available: set[str], *, known: bool) -
     return problems
 
 
+def output_column_problems(columns: list[str] | None, steps: list[Operator], available: set[str]) -> list[str]:
+    """``output.columns`` entries that neither the input nor any step provides (written as nothing today)."""
+    if not columns:
+        return []
+    have = {"id", "text", *available, *(c for op in steps for c, d in op.adds().items() if not d.rejects_only)}
+    return [f"output.columns: no column '{c}': neither an input field nor a column a step adds"
+            for c in columns if c not in have]
+
+
 def _added_later(steps: list[Operator], i: int, col: str) -> str | None:
     for op in steps[i + 1:]:
         if col in op.adds():
@@ -291,6 +302,8 @@ def preflight(p: Pipeline) -> list[str]:
     fields = set().union(*(user_fields(p.input, fs) for fs in peek.fields.values())) if peek.fields else set()
     problems += clash_problems(p.input, peek, steps)
     problems += chain_problems(steps, fields, known=bool(peek.fields))
+    if peek.fields and p.output is not None:
+        problems += output_column_problems(p.output.columns, steps, fields)
     problems += path_problems(steps)
     problems += dependency_problems(steps)
     problems += run_path_problems(p)

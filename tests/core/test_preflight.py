@@ -66,6 +66,17 @@ def test_text_field_absent_from_the_input_is_caught_by_validate(fmt, tmp_path, c
     assert cli_main(["validate", str(ok)]) == 0
 
 
+def test_a_json_array_file_is_peeked_and_output_columns_are_checked(tmp_path):
+    f = tmp_path / "docs.json"
+    f.write_text(json.dumps([{"id": "a", "body": "some words"}, {"id": "b", "body": "more words"}]))
+    with pytest.raises(PreflightError, match="no field 'text'.*body"):
+        Pipeline(read(str(f)), write(str(tmp_path / "o"))).check()
+    src = _jsonl(tmp_path / "in.jsonl", _rows(5))
+    with pytest.raises(PreflightError, match="output.columns: no column 'gq_n_words'"):
+        Pipeline(read(str(src)), LengthFilter(), write(str(tmp_path / "o"), columns=["n_words", "gq_n_words"])).check()
+    Pipeline(read(str(src)), LengthFilter(), write(str(tmp_path / "o"), columns=["n_words"])).check()
+
+
 def test_text_files_have_no_fields_to_check(tmp_path, capsys):
     d = tmp_path / "txt"
     d.mkdir()
