@@ -308,7 +308,7 @@ def _columns_section(cls: type[Operator]) -> str:
         return "    Columns: see ``curate ops``."
     lines = ["    Columns added (default parameters):", ""]
     lines += [f"    * ``{n}`` ({c.dtype_name()}{', rejected rows only' if c.rejects_only else ''}): {c.doc}; "
-              f"null: {c.null}." for n, c in cols.items()] or ["    * none"]
+              f"{c.null}." for n, c in cols.items()] or ["    * none"]
     if needs:
         lines += ["", "    Columns needed: " + ", ".join(f"``{n}``" for n in needs) + "."]
     return "\n".join(lines)

@@ -260,7 +260,7 @@ class LanguageId(Filter):
 
     def adds(self) -> dict[str, Column]:
         return {"language": Column(pl.String, "top language, ISO code without __label__ (e.g. 'en')",
-                                   "empty string when the model ranks no label"),
+                                   "never null (empty string when the model ranks no label)"),
                 "language_score": Column(pl.Float64, "probability of the top language, in [0, 1]")}
 
     def __init__(self, params: OpParams | None = None, /, **kwargs: Any):

@@ -251,24 +251,25 @@ class MinHashDedup(GlobalStage):
     """
 
     class Params(OpParams):
-        threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of near-duplicates")
-        num_perm: int = Field(128, ge=2, le=4096, description="hash permutations when bands/rows are derived")
+        threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of near-duplicates (curate default 0.8 -> 9 x 13 bands)")
+        num_perm: int = Field(128, ge=2, le=4096, description="hash permutations when bands/rows are derived (datasketch MinHash default: 128)")
         bands: int | None = Field(None, ge=1, description="LSH bands (with rows; default from threshold)")
         rows: int | None = Field(None, ge=1, description="rows per band (with bands)")
-        preset: Literal["datatrove", "nemo"] | None = Field(None, description="peer settings to reproduce")
-        shingle: Literal["word", "char"] = Field("word", description="word or character n-grams")
-        ngram: int = Field(5, ge=1, description="n of the shingles")
-        normalize: bool = Field(True, description="DataTrove simplify_text before shingling")
-        hash: Literal["fast", "datasketch", "datasketch_legacy"] = Field("fast", description="hash scheme")
+        preset: Literal["datatrove", "nemo"] | None = Field(None, description="peer settings to reproduce: datatrove or nemo (default none)")
+        shingle: Literal["word", "char"] = Field("word", description="word or character n-grams (DataTrove: word)")
+        ngram: int = Field(5, ge=1, description="n of the shingles (DataTrove: 5)")
+        normalize: bool = Field(True, description="DataTrove simplify_text before shingling (DataTrove: true)")
+        hash: Literal["fast", "datasketch", "datasketch_legacy"] = Field("fast", description="hash scheme (default fast; datasketch for bit-identical signatures)")
         seed: int = Field(1, ge=0, description="permutation seed (datasketch default 1)")
         verify: bool | None = Field(None, description="exact-Jaccard check of candidates (default: threshold>=0.7)")
-        keep: Literal["earliest", "longest", "score"] = Field("earliest", description="which doc a cluster keeps")
+        keep: Literal["earliest", "longest", "score"] = Field("earliest", description="which doc a cluster keeps (default earliest, as DataTrove keeps the first)")
         score_column: str | None = Field(None, description="column for keep='score' (highest kept)")
-        fp_weight: float = Field(0.5, ge=0.0, description="false-positive weight for derived bands/rows")
-        fn_weight: float = Field(0.5, ge=0.0, description="false-negative weight for derived bands/rows")
-        bucket_memory_mb: int = Field(1024, ge=16, description="memory bound of one bucketing pass")
+        fp_weight: float = Field(0.5, ge=0.0, description="false-positive weight for derived bands/rows (datasketch: 0.5)")
+        fn_weight: float = Field(0.5, ge=0.0, description="false-negative weight for derived bands/rows (datasketch: 0.5)")
+        bucket_memory_mb: int = Field(1024, ge=16, description="memory bound of one bucketing pass (curate default 1024)")
         verify_heads: int = Field(16, ge=1, le=4096,
-                                  description="sub-cluster heads per LSH bucket a doc is verified against")
+                                  description="sub-cluster heads per LSH bucket a doc is verified against "
+                                              "(curate default 16)")
         device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="signature kernel device (torch on cuda)")
 
         @model_validator(mode="after")

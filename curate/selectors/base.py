@@ -26,10 +26,10 @@ class SelectParams(OpParams):
 
     threshold: float | None = Field(None, description="keep documents scoring at least this (at most, "
                                     "when higher_is_better is false)")
-    top_k: int | None = Field(None, gt=0, description="keep the k best documents")
-    fraction: float | None = Field(None, gt=0, le=1, description="keep this fraction of the best documents")
+    top_k: int | None = Field(None, gt=0, description="keep the k best documents (default off)")
+    fraction: float | None = Field(None, gt=0, le=1, description="keep this fraction of the best documents (default off)")
     budget_tokens: int | None = Field(None, gt=0, description="keep the best documents until their "
-                                      "whitespace-token count reaches this budget")
+                                      "whitespace-token count reaches this budget (default off)")
     higher_is_better: bool | None = Field(None, description="score direction; default: the selector's own")
     seed: int = Field(0, description="seed of the selector's random choices (sampling, tie-free noise, "
                       "initial points); curate default 0")

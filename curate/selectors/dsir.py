@@ -181,15 +181,15 @@ class DSIR(Selector):
     class Params(SelectParams):
         target: str | list[str] = Field(json_schema_extra=PATH_INPUT, description="target corpus: file(s), folder "
                                         "or glob (jsonl, parquet, txt); required")
-        target_text_field: str = Field("text", description="text field of the target records")
-        target_format: Literal["jsonl", "parquet", "text"] | None = Field(None, description="inferred when unset")
+        target_text_field: str = Field("text", description="text field of the target records (default text)")
+        target_format: Literal["jsonl", "parquet", "text"] | None = Field(None, description="default: inferred from the file extension")
         ngrams: int = Field(2, ge=1, le=5, description="n-gram orders 1..n (reference: 2)")
         num_buckets: int = Field(10_000, gt=0, lt=2**40, description="hash buckets (reference: 10000)")
         tokenizer: Literal["wordpunct"] = Field("wordpunct", description="reference default tokenizer")
-        min_example_length: int = Field(100, ge=0, description="documents with fewer words are never selected")
+        min_example_length: int = Field(100, ge=0, description="documents with fewer words are never selected (reference default 100)")
         num_tokens_to_fit: int | Literal["auto", "all"] = Field(
             "auto", description="raw-distribution feature budget ('auto' = 100000 x num_buckets)")
-        target_laplace_smoothing: float = Field(0.0, ge=0, description="pseudo-count added to target buckets")
+        target_laplace_smoothing: float = Field(0.0, ge=0, description="pseudo-count added to target buckets (reference default 0)")
         resample: bool = Field(True, description="Gumbel top-k resampling; false: deterministic top-k")
 
     # ----------------------------------------------------------------------------------- fit

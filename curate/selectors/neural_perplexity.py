@@ -90,13 +90,13 @@ class NeuralPerplexity(Filter):
     class Params(OpParams):
         model: str = Field(json_schema_extra=PATH_MODEL, description="model folder / hub id, or a .gguf file "
                            "(required)")
-        gguf_file: str | None = Field(None, description="GGUF file name inside the `model` folder")
-        max_ppl: float | None = Field(None, gt=0, description="drop documents with a higher perplexity")
+        gguf_file: str | None = Field(None, description="GGUF file name inside the `model` folder (default none)")
+        max_ppl: float | None = Field(None, gt=0, description="drop documents with a higher perplexity (default off; Data-Juicer uses 1500 with KenLM)")
         max_length: int = Field(1024, gt=1, description="tokens scored per document (the rest is cut)")
-        batch_size: int = Field(32, gt=0, description="documents per forward pass at most")
+        batch_size: int = Field(32, gt=0, description="documents per forward pass at most (curate default 32)")
         max_batch_tokens: int | None = Field(None, gt=0, description="padded tokens per forward pass "
                                              "(default 4096 on CPU, 32768 on GPU)")
-        add_bos: bool = Field(True, description="prepend the tokenizer's BOS token")
+        add_bos: bool = Field(True, description="prepend the tokenizer's BOS token so the first word is scored (default true)")
         device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs (default auto: "
                                                        "the run's device, CUDA when present)")
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

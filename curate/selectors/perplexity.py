@@ -147,9 +147,9 @@ class PerplexityBucket(GlobalStage):
         percentile_tail: float = Field(60.0, gt=0, lt=100, description="percentile from which a document is "
                                        "tail (CCNet: 60)")
         cutoffs: list[float] | None = Field(None, min_length=2, max_length=2,
-                                            description="fixed [head, tail] cut-offs instead of percentiles")
+                                            description="fixed [head, tail] cut-offs instead of percentiles (default none; CCNet English: [340, 520])")
         keep_buckets: list[Literal["head", "middle", "tail", "all"]] | None = Field(
-            None, description="keep only these buckets")
+            None, description="keep only these buckets (default all; CCNet's example keeps [head, all])")
         bucket_column: str = Field("bucket", description="output column (default bucket, CCNet's field)")
 
         @model_validator(mode="after")

@@ -100,7 +100,7 @@ class Shapley(Selector):
             json_schema_extra={"imports_code": True})
         validation: str | None = Field(None, json_schema_extra=PATH_FILE, description="labelled validation file "
                                        "(jsonl/parquet; default: hold out validation_fraction)")
-        validation_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share when no file")
+        validation_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share when no file (curate default 0.1)")
         features: FeatureSource = Field("auto", description="auto: the embedding column when present, else "
                                         "hashed TF-IDF; embedding: require it; hashed: always TF-IDF (default auto)")
         embedding_column: str = Field("embedding", description="column of document vectors (default 'embedding', "
@@ -109,14 +109,14 @@ class Shapley(Selector):
         truncation: float | None = Field(0.01, ge=0, description="TMC truncation tolerance (None: off)")
         convergence: float = Field(0.1, gt=0, description="TMC convergence error (DataShapley err)")
         max_iterations: int = Field(1000, gt=0, description="cap on permutations (tmc, beta, cluster)")
-        alpha: float = Field(16.0, gt=0, description="Beta Shapley alpha")
-        beta: float = Field(1.0, gt=0, description="Beta Shapley beta")
-        n_samples: int = Field(1000, gt=0, description="Banzhaf MSR subsets")
+        alpha: float = Field(16.0, gt=0, description="Beta Shapley alpha (Kwon & Zou 2022: Beta(16, 1))")
+        beta: float = Field(1.0, gt=0, description="Beta Shapley beta (Kwon & Zou 2022: 1)")
+        n_samples: int = Field(1000, gt=0, description="Banzhaf MSR subsets (OpenDataVal: 1000)")
         n_clusters: int = Field(64, gt=1, description="clusters (players) of method cluster")
         logistic_c: float = Field(1.0, gt=0, description="inverse regularisation of the logistic utility "
                                   "(sklearn default 1.0)")
         empty_score: float = Field(0.0, description="utility of the empty training set (pyDVL default 0.0)")
-        max_players: int = Field(5000, gt=0, description="refuse tmc/beta/banzhaf above this many points")
+        max_players: int = Field(5000, gt=0, description="refuse tmc/beta/banzhaf above this many points (curate default 5000)")
 
         @field_serializer("utility")
         def _ser_utility(self, v: Any) -> str:
