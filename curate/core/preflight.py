@@ -18,7 +18,8 @@ after the config itself validated. It checks, naming the step and key of each pr
 Name clashes. curate never overwrites or drops a user field. A field of the input is refused before work
 when it is named like a column a step of this pipeline adds (``n_words``, ``dup_of``, ``ppl`` ...), like a
 column of the rejects sink (``step``, ``reason``, ``score``, ``threshold``), starts with ``__`` (curate's
-internal columns, never written), or is ``text`` / ``id`` while another field is mapped to them. The
+internal columns, never written), or is ``text`` / ``id`` while another field is mapped to them
+(``id_field: null`` is an explicit choice to ignore the ``id`` field and is allowed). The
 message names the field and suggests ``input.rename: {field: new_name}``. The same rule is checked on
 every batch the run reads (:func:`check_input_batch`), so a clashing field that first appears deep in an
 input file stops the run with an error naming the file and the field; finished shards are kept.
@@ -181,7 +182,7 @@ def clash_problems(spec: InputSpec, peek: InputPeek, steps: list[Operator]) -> l
             msg = None
             if name == "text" and spec.text_field != "text":
                 msg = f"input.text_field is '{spec.text_field}', so curate's text column would replace it"
-            elif name == "id" and spec.id_field != "id":
+            elif name == "id" and spec.id_field not in ("id", None):  # id_field: null says "ignore the ids"
                 msg = f"input.id_field is {spec.id_field!r}, so curate's id column would replace it"
             elif name in (spec.text_field, spec.id_field, "id", "text"):
                 continue

@@ -250,3 +250,14 @@ def test_validate_reports_config_errors_as_before(tmp_path):
     cfg = _yaml(tmp_path, "input: {path: nowhere.jsonl}\nsteps: []\noutput: {path: o}\n")
     with pytest.raises(ConfigError, match="file not found"):
         Pipeline.from_yaml(cfg)
+
+
+def test_validate_reports_output_overlapping_the_input_with_the_other_problems(tmp_path, capsys):
+    d = tmp_path / "data"
+    d.mkdir()
+    _jsonl(d / "part-00000.jsonl", _rows(5))
+    cfg = _yaml(tmp_path, f"input: {{path: {d}}}\nsteps:\n  - perplexity: {{model: nope.arpa}}\n"
+                          f"output: {{path: {d}}}\n")
+    rc, out = _validate(cfg, capsys)
+    assert rc == 2 and "output.path" in out and "input" in out and "file not found: 'nope.arpa'" in out
+    assert sorted(p.name for p in d.iterdir()) == ["part-00000.jsonl"]  # nothing written, nothing removed
