@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from curate.core.operator import Filter, OpParams, Rule, RunContext
+from curate.core.operator import Column, Filter, OpParams, Rule, RunContext
 from curate.core.registry import register
 from curate.core.text import simplify_text_fast
 
@@ -149,6 +149,12 @@ class Decontaminate(Filter):
             pl.Series("decont_task", task, dtype=pl.String),
             pl.Series("contaminated", matches >= p.min_matches, dtype=pl.Boolean),
         )
+
+    def adds(self) -> dict[str, Column]:
+        return {"decont_matches": Column(pl.UInt32, "n-grams of the document found in the benchmark index",
+                                         "never null (0 when clean)"),
+                "decont_task": Column(pl.String, "benchmark of the first matching n-gram", "null when clean"),
+                "contaminated": Column(pl.Boolean, "decont_matches >= min_matches")}
 
     def rules(self) -> list[Rule]:
         if self.params.action == "flag":

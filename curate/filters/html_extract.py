@@ -8,7 +8,7 @@ from typing import Literal
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import Filter, OpParams, Rule, RunContext
+from curate.core.operator import Column, Filter, OpParams, Rule, RunContext
 from curate.core.registry import register
 
 #: ``<html ... lang="en-US">``: the page's declared language (first 2,000 characters are enough: the
@@ -112,6 +112,12 @@ class HtmlExtract(Filter):
             text.str.len_chars().fill_null(0).cast(pl.UInt32).alias("extracted_chars"),
             text,
         )
+
+    def adds(self) -> dict[str, Column]:
+        return {"html_lang": Column(pl.String, "the <html lang=...> attribute, lower-cased",
+                                    "null when the page declares none"),
+                "html_chars": Column(pl.UInt32, "characters of the HTML input"),
+                "extracted_chars": Column(pl.UInt32, "characters extracted", "never null (0 when nothing or an error)")}
 
     def rules(self) -> list[Rule]:
         return [Rule("no_text_extracted", "extracted_chars", "==", 0)]

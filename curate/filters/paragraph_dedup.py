@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
+from curate.core.operator import UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
 
 _SEEDS = (0xB100, 0xB101)
@@ -190,6 +190,11 @@ class ParagraphDedup(GlobalStage):
             pl.col("para_dup_chars").fill_null(0),
             (pl.col("__t").fill_null("").str.strip_chars() == "").alias("__para_empty"),
         ).drop("__row", "__t", "__dup_p")
+
+    def adds(self) -> dict[str, Column]:
+        return {"para_dups": Column(pl.UInt32, "paragraphs removed", "never null (0 when none)"),
+                "para_dup_chars": Column(pl.UInt32, "characters removed with their separators",
+                                         "never null (0 when none)")}
 
     def rules(self) -> list[Rule]:
         return [Rule("all_paragraphs_duplicate", "__para_empty", "is_true", score_column="para_dups")]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import Mapper, OpParams, RunContext
+from curate.core.operator import Column, Mapper, OpParams, RunContext
 from curate.core.registry import register
 
 #: DataTrove ``PIIFormatter`` email regex (``pipeline/formatters/pii.py``, an RFC 5322-style local part),
@@ -163,6 +163,11 @@ class PIIRedact(Mapper):
             text, n = rep.sub(text)
             counts[col] += n
         return text, counts
+
+    def adds(self) -> dict[str, Column]:
+        return {name: Column(pl.UInt32, f"{what} replaced", "never null (0 when none)") for name, what in (
+            ("pii_emails", "email addresses"), ("pii_ips", "IP addresses"), ("pii_phones", "phone numbers"),
+            ("pii_cards", "card numbers"))}
 
     def map(self, batch: pl.DataFrame) -> pl.DataFrame:
         cols = ("pii_emails", "pii_ips", "pii_phones", "pii_cards")

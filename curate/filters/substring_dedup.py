@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule
+from curate.core.operator import UID, Column, FitContext, GlobalStage, OpParams, Rule
 from curate.core.registry import register
 
 #: a token is a run of non-space characters with the whitespace after it (so removing tokens and
@@ -198,6 +198,11 @@ class SubstringDedup(GlobalStage):
             toks.list.len().fill_null(0).cast(pl.UInt32).alias("substr_tokens"),
             (text.str.strip_chars() == "").alias("__sub_empty"),
         )
+
+    def adds(self) -> dict[str, Column]:
+        return {"substr_removed_tokens": Column(pl.UInt32, "tokens removed as parts of repeated substrings",
+                                                "never null (0 when none)"),
+                "substr_tokens": Column(pl.UInt32, "tokens before removal")}
 
     def rules(self) -> list[Rule]:
         return [Rule("all_text_duplicate", "__sub_empty", "is_true", score_column="substr_removed_tokens")]

@@ -92,6 +92,12 @@ def _cheap_cases() -> list[tuple[str, list[Operator], Operator]]:
         ("kcenter_coreset", [], KCenterCoreset(fraction=0.5, features="hashed")),
         ("facility_location", [], FacilityLocation(top_k=30, features="hashed")),
     ]
+    from curate.filters.paragraph_dedup import ParagraphDedup
+    from curate.filters.pii import PIIRedact
+    from curate.filters.substring_dedup import SubstringDedup
+
+    cases += [("pii_redact", [], PIIRedact()), ("paragraph_dedup", [], ParagraphDedup()),
+              ("substring_dedup", [], SubstringDedup())]
     if importlib.util.find_spec("fasttext") is not None:
         from curate.filters.fasttext_ops import LanguageId, find_lid_model
 
