@@ -109,7 +109,8 @@ class TeacherSignalSelector(Selector):
         max_len: int = Field(128, ge=2, description="tokens per document (as data.max_len of curate distill)")
         k: int = Field(16, ge=1, description="top-k ids per position (as teacher_signal.k; 16 by default)")
         batch_size: int = Field(8, ge=1, description="documents per teacher forward")
-        device: Literal["auto", "cpu", "cuda"] = "auto"
+        device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the teacher runs (default auto: "
+                                                       "CUDA when present, else CPU)")
         dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="teacher dtype (bfloat16: "
                                                               "3.3x faster on CPU at KL 0.0012, see distillation.md)")
 
