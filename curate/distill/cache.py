@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import xxhash
 
-from curate.distill.topk import TopK
+from curate.models.topk import TopK
 
 FORMAT = "curate-topk-cache/1"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

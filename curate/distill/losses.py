@@ -51,7 +51,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from curate.distill.topk import TopK
+from curate.models.topk import TopK
 
 __all__ = [
     "LABEL_PREFIX",

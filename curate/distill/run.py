@@ -52,12 +52,13 @@ def prepare(cfg: DistillConfig, need_student: bool = True) -> Prepared:
     import torch
 
     from curate.distill.data import load_data
-    from curate.distill.models import load_model, shared_vocab, vocab_rows
+    from curate.models.causal_lm import load_causal_lm, shared_vocab, vocab_rows
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    teacher, t_tok = load_model(cfg.teacher)
+    # on CPU in float32 for 'auto' (the trainer moves models and autocasts); GGUF goes through the cache
+    teacher, t_tok, _ = load_causal_lm(cfg.teacher, device="cpu")
     log.info("teacher loaded in %.1f s", time.perf_counter() - t0)
     if t_tok is None:
         raise ConfigError("the teacher has no tokenizer: give teacher.tokenizer")
@@ -72,7 +73,8 @@ def prepare(cfg: DistillConfig, need_student: bool = True) -> Prepared:
             student, init = student_from_teacher(cfg, teacher, train, int(pad))
             s_tok = t_tok
         else:
-            student, s_tok = load_model(cfg.student, base_config=teacher.config, tokenizer=t_tok)
+            student, s_tok, _ = load_causal_lm(cfg.student, device="cpu", base_config=teacher.config,
+                                               tokenizer=t_tok)
         s_rows = vocab_rows(student)
     vocab = shared_vocab(t_tok, s_tok if s_tok is not None else t_tok, vocab_rows(teacher), s_rows, cfg.shared_vocab)
     return Prepared(teacher, student, t_tok, train, ev, vocab, int(pad), t_tok.eos_token_id, init)
@@ -104,14 +106,14 @@ def student_from_teacher(cfg: DistillConfig, teacher: Any, train: Any, pad_id: i
 
 
 def teacher_backend(cfg: DistillConfig, p: Prepared) -> Any:
-    """The loaded teacher as a :class:`curate.synth.teacher.LocalHFTeacher` (for caching)."""
-    from curate.distill.trainer import resolve_device
-    from curate.synth.teacher import LocalHFTeacher
+    """The loaded teacher as a :class:`curate.models.teacher.LocalHFTeacher` (for caching)."""
+    from curate.models.device import torch_device
+    from curate.models.teacher import LocalHFTeacher
 
     name = None
     if cfg.teacher.path:
         name = cfg.teacher.path + (f"/{cfg.teacher.gguf_file}" if cfg.teacher.gguf_file else "")
-    return LocalHFTeacher(p.teacher, tokenizer=p.tokenizer, name=name, device=str(resolve_device(cfg.device)))
+    return LocalHFTeacher(p.teacher, tokenizer=p.tokenizer, name=name, device=str(torch_device(cfg.device)))
 
 
 def build_cache(cfg: DistillConfig, p: Prepared | None = None, batch_size: int = 8) -> Any:
@@ -153,7 +155,8 @@ def build_cache(cfg: DistillConfig, p: Prepared | None = None, batch_size: int =
 def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> DistillResult:
     """Run a whole distillation: ``distill("distill.yaml")`` or ``distill(DistillConfig(...))``."""
     from curate.distill.evaluate import evaluate_models, write_report
-    from curate.distill.trainer import DistillTrainer, autocast_dtype, resolve_device
+    from curate.distill.trainer import DistillTrainer, autocast_dtype
+    from curate.models.device import torch_device
 
     cfg = _as_config(cfg)
     out = Path(cfg.output_dir)
@@ -190,7 +193,7 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
         log.warning("could not save the tokenizer next to the student: %s", e)
     report: dict[str, Any] = {}
     if cfg.eval.report and len(p.eval):
-        device = resolve_device(cfg.device)
+        device = torch_device(cfg.device)
         ev = evaluate_models(p.student, p.teacher.to(device), p.eval, device=device, vocab=p.vocab, pad_id=p.pad_id,
                              batch_size=cfg.eval.batch_size, max_batches=cfg.eval.max_batches,
                              amp=autocast_dtype(cfg.precision, device), ece_bins=cfg.eval.ece_bins)

@@ -9,7 +9,7 @@ evaluation.
 * :class:`OnlineTeacher` -- an ``nn.Module`` causal LM (its hidden states are kept, ``[n, H]``, and its
   head is applied per chunk, so no ``[n, V]`` block is alive; models whose logits are not ``head(hidden)``
   give full logits), or a backend with ``logits(input_ids, attention_mask)``
-  (:class:`curate.synth.teacher.TeacherBackend`).
+  (:class:`curate.models.teacher.TeacherBackend`).
 * :class:`CachedTopK` -- top-k teacher log-probs from a :class:`curate.distill.cache.TeacherCache`, rows
   looked up by training-example index; batches with no index (on-policy samples, held-out data) go to
   its ``fallback`` signal.
@@ -30,8 +30,8 @@ import torch
 from curate.distill.config import OnPolicy as OnPolicySpec
 from curate.distill.data import IGNORE, TokenData, collate
 from curate.distill.fused import Scratch, plain_head_weight
-from curate.distill.models import hidden_states
-from curate.distill.topk import TopK
+from curate.models.causal_lm import hidden_states
+from curate.models.topk import TopK
 
 Autocast = Callable[[], contextlib.AbstractContextManager]
 

@@ -56,21 +56,17 @@ from curate.distill.config import DistillConfig
 from curate.distill.data import IGNORE, TokenData, collate
 from curate.distill.evaluate import held_out_loss
 from curate.distill.fused import HeadInto, Scratch, plain_head_weight
-from curate.distill.models import hidden_states, lm_parts
 from curate.distill.objective import SpecLoss, TokenLoss
 from curate.distill.progress import plot_losses, progress_bar, truncate_metrics
 from curate.distill.signals import CachedTopK, MicroBatch, OnlineTeacher, OnPolicy, TeacherSignal
 from curate.metrics.perf import peak_memory_mb, reset_peak_memory
+from curate.models.causal_lm import hidden_states, lm_parts
+from curate.models.device import torch_device as resolve_device
+from curate.models.topk import TopK
 
 __all__ = ["DistillTrainer", "autocast_dtype", "lr_lambda", "plot_losses", "resolve_device"]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -110,10 +106,10 @@ class DistillTrainer:
     """Trains ``student`` towards a teacher signal on token data (see the module docstring for the seam).
 
     ``teacher``: an ``nn.Module`` causal LM or an object with ``logits(input_ids, attention_mask)``
-    (a :class:`curate.synth.teacher.TeacherBackend`); ``cache``: an object whose ``[i]`` gives the
+    (a :class:`curate.models.teacher.TeacherBackend`); ``cache``: an object whose ``[i]`` gives the
     :class:`TopK` ``[len(seq_i), k]`` of training example ``i`` (position t = prediction of token t+1).
     From them and ``cfg.loss`` the default mode is built; ``loss=`` / ``signal=`` replace either half.
-    ``vocab``: logits are sliced to this many ids (see :func:`curate.distill.models.shared_vocab`).
+    ``vocab``: logits are sliced to this many ids (see :func:`curate.models.causal_lm.shared_vocab`).
     """
 
     def __init__(self, cfg: DistillConfig, student: torch.nn.Module, train_data: TokenData, *,

@@ -29,6 +29,7 @@ from curate.core.preflight import reserved_columns
 from curate.core.progress import Progress
 from curate.core.runner import Marker, ShardTask, clear_setup_cache, read_marker, write_json_atomic, writing
 from curate.core.stats import StepStats, merge_stats
+from curate.models.device import resolve_device
 
 if TYPE_CHECKING:
     from curate.core.run import RunSpec
@@ -89,12 +90,7 @@ def detect_device(steps) -> str:
     """'cuda' when an operator needs torch and CUDA is present; torch is imported only then."""
     if not any("torch" in op.requires for op in steps):
         return "cpu"
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+    return resolve_device("auto")
 
 
 class Executor:

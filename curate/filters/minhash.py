@@ -20,6 +20,7 @@ from curate.core.registry import register
 from curate.core.text import simplify_text_fast
 from curate.filters import _minhash_kernels as K
 from curate.filters._minhash_params import PRESETS, optimal_param, permutations
+from curate.models.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -321,12 +322,7 @@ class MinHashDedup(GlobalStage):
     def _cfg(self, s: dict) -> _Cfg:
         device = s["device"]
         if device == "auto":
-            try:
-                import torch
-
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            except ImportError:
-                device = "cpu"
+            device = resolve_device("auto")
         return _Cfg(s["shingle"], s["ngram"], s["normalize"], s["hash"], s["num_perm"], s["seed"], s["bands"],
                     s["rows"], s["score_column"], device)
 

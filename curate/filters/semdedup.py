@@ -20,12 +20,12 @@ from pydantic import Field, field_validator
 
 from curate.core.operator import PATH_MODEL, UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
-from curate.filters._st_model import DEFAULT_MODEL
-from curate.filters.embed import (
+from curate.filters.embed import cache_root
+from curate.models.sentence import (
+    DEFAULT_MODEL,
     EMBEDDING_COLUMN,
     Embedder,
     EmbedSpec,
-    cache_root,
     embeddings_to_numpy,
     l2_normalize,
 )

@@ -17,6 +17,7 @@ import polars as pl
 
 from curate.core.errors import StepError
 from curate.core.text import words
+from curate.models.sentence import embeddings_to_numpy
 
 log = logging.getLogger("curate.selectors")
 
@@ -73,17 +74,6 @@ class HashedFeatures:
         return self.fit(texts).transform(texts)
 
 
-def embedding_matrix(col: pl.Series) -> np.ndarray:
-    """A Float list/array column as a float32 (n, d) matrix (rows must share one length)."""
-    if isinstance(col.dtype, pl.List):
-        lens = col.list.len()
-        d = int(lens.max() or 0)
-        if lens.min() != d:
-            raise ValueError(f"column '{col.name}': embeddings of different lengths")
-        col = col.list.to_array(d)
-    return np.asarray(col.to_numpy(), dtype=np.float32).reshape(len(col), -1)
-
-
 def resolve_source(columns: list[str], source: FeatureSource, column: str, who: str) -> str:
     """'embedding' or 'hashed'; ``auto`` uses the embedding column when present and says so otherwise."""
     if source == "embedding" and column not in columns:
@@ -103,6 +93,6 @@ def features(df: pl.DataFrame, source: str, column: str = "embedding", hash_dim:
     """Feature matrices for ``df`` and for each frame of ``others`` (same featuriser; idf fitted on ``df``)."""
     others = others or []
     if source == "embedding":
-        return embedding_matrix(df[column]), [embedding_matrix(o[column]) for o in others]
+        return embeddings_to_numpy(df[column]), [embeddings_to_numpy(o[column]) for o in others]
     hf = HashedFeatures(hash_dim).fit(df["text"])
     return hf.transform(df["text"]), [hf.transform(o["text"]) for o in others]

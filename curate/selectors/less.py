@@ -71,34 +71,25 @@ def read_targets(path: str | Path, text_field: str | None = None, task_field: st
     return texts, prompts, tasks
 
 
-def load_causal_lm(model: str | None, gguf_file: str | None, from_config: dict | None, tokenizer: str | None,
-                   device: str, dtype: str, seed: int):
-    """(model, tokenizer): a local folder or hub name, or a GGUF file in that folder (both through
-    :mod:`curate.selectors._hf_model`, which caches dequantised GGUF models on disk), or a randomly
-    initialised model from a transformers config dict (tests). The returned model is a private copy
-    (LoRA injection edits modules in place; the shared loader memoises its models)."""
-    import copy
-
+def load_lm(model: str | None, *, gguf_file: str | None, from_config: dict | None, tokenizer: str | None,
+            device: str, dtype: str, seed: int) -> tuple[Any, Any]:
+    """(model, tokenizer) through :func:`curate.models.causal_lm.load_causal_lm`: a local folder or hub name,
+    or a GGUF file in that folder (dequantised once, cached on disk), or a randomly initialised model from a
+    transformers config dict (``model_type`` defaults to llama; tests). The model is a private copy in eval
+    mode (LoRA injection edits modules in place; the shared loader memoises its models)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from curate.selectors._hf_model import load_causal_lm as hf_load
-    from curate.selectors._hf_model import resolve_dtype
+    from curate.models.causal_lm import LMSpec, load_causal_lm
 
-    tdtype = resolve_dtype(dtype, device)
     if from_config is not None:
         if tokenizer is None:
             raise ValueError("from_config needs a tokenizer path")
-        cfg = dict(from_config)
-        conf = AutoConfig.for_model(cfg.pop("model_type", "llama"), **cfg)
         torch.manual_seed(seed)
-        lm = AutoModelForCausalLM.from_config(conf).to(device=device, dtype=tdtype)
-        tok = AutoTokenizer.from_pretrained(tokenizer)
+        spec = LMSpec(from_config={"model_type": "llama", **from_config}, tokenizer=tokenizer)
+        lm, tok, _ = load_causal_lm(spec, device=device, dtype=dtype)
     else:
-        shared, tok, _ = hf_load(model, gguf_file=gguf_file, device=device, dtype=dtype)
-        lm = copy.deepcopy(shared)
-        if tokenizer is not None:
-            tok = AutoTokenizer.from_pretrained(tokenizer)
+        lm, tok, _ = load_causal_lm(model, gguf_file=gguf_file, device=device, dtype=dtype, tokenizer=tokenizer,
+                                    private=True)
     return lm.eval(), tok
 
 
@@ -199,7 +190,8 @@ class Less(Selector):
         n = len(uids)
         if n == 0:
             return pl.DataFrame({UID: [], "score": []}, schema={UID: pl.UInt64, "score": pl.Float64})
-        lm, tok = load_causal_lm(p.model, p.gguf_file, p.from_config, p.tokenizer, ctx.device, p.dtype, p.seed)
+        lm, tok = load_lm(p.model, gguf_file=p.gguf_file, from_config=p.from_config, tokenizer=p.tokenizer,
+                          device=ctx.device, dtype=p.dtype, seed=p.seed)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         model = lg.add_lora(lm, p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_targets, p.seed)
 

@@ -14,8 +14,8 @@ from pydantic import Field
 from curate.core.errors import ConfigError
 from curate.core.operator import PATH_FILE, UID, FitContext
 from curate.core.registry import register
+from curate.models.kenlm import LMScorer, LMTokenizer
 from curate.selectors.base import Selector, SelectParams
-from curate.selectors.kn_lm import LMTokenizer
 
 _BITS_PER_LOG10 = math.log2(10.0)
 
@@ -28,7 +28,6 @@ def cross_entropy_difference(in_lp: np.ndarray, gen_lp: np.ndarray, tokens: np.n
 def _score_shard(in_model: str, gen_model: str, normalize: bool | None, sp_model: str | None,
                  shard: Path, out: Path) -> None:
     from curate.io.spill import read_spill
-    from curate.selectors.perplexity import LMScorer
 
     lm_in = LMScorer(in_model, normalize=normalize, sp_model=sp_model)
     lm_gen = LMScorer(gen_model, normalize=normalize, sp_model=sp_model)

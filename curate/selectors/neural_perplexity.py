@@ -80,7 +80,7 @@ class NeuralPerplexity(Filter):
     truncated to ``max_length`` tokens. Batched longest-first under a token budget with right padding and an
     attention mask; on a GPU (when present, ``device: auto``) the model runs in bfloat16 (float16 where
     bf16 is unsupported), on CPU in float32. ``model`` is a folder / hub id or a ``.gguf`` file (or folder
-    + ``gguf_file``); GGUF models are dequantized once and cached as safetensors (see ``_hf_model``).
+    + ``gguf_file``); GGUF models are dequantized once and cached as safetensors (see :mod:`curate.models.causal_lm`).
     Data-Juicer's ``perplexity_filter`` does the same with KenLM (``max_ppl`` 1500).
     """
 
@@ -115,22 +115,23 @@ class NeuralPerplexity(Filter):
 
         import torch
 
-        from curate.selectors._hf_model import load_causal_lm
+        from curate.models.causal_lm import load_causal_lm
 
         p = self.params
         device = ctx.device if p.device == "auto" else p.device
         if device == "cpu" and (p.threads or ctx.workers > 1):
             torch.set_num_threads(p.threads or max(1, (os.cpu_count() or 1) // ctx.workers))
-        self._model, self._tok, self._device = load_causal_lm(p.model, p.gguf_file, device, p.dtype, p.cache_dir)
+        self._model, self._tok, self._device = load_causal_lm(p.model, gguf_file=p.gguf_file, device=device,
+                                                              dtype=p.dtype, cache_dir=p.cache_dir)
 
     def _ensure_loaded(self) -> None:
         """Direct use (``op.score(df)`` without a pipeline): load on the op's own device choice."""
         if not hasattr(self, "_model"):
-            from curate.selectors._hf_model import load_causal_lm
+            from curate.models.causal_lm import load_causal_lm
 
             p = self.params
-            self._model, self._tok, self._device = load_causal_lm(p.model, p.gguf_file, p.device, p.dtype,
-                                                                  p.cache_dir)
+            self._model, self._tok, self._device = load_causal_lm(p.model, gguf_file=p.gguf_file, device=p.device,
+                                                                  dtype=p.dtype, cache_dir=p.cache_dir)
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         self._ensure_loaded()

@@ -1,7 +1,6 @@
 """curate.synth: synthetic-data generation.
 
-``curate.synth.teacher`` defines the :class:`~curate.synth.teacher.TeacherBackend` protocol shared with the
-knowledge-distillation trainer (``curate.distill``) and its local transformers implementation
-:class:`~curate.synth.teacher.LocalHFTeacher`. Modules here are scanned for operators, so they import torch
-and transformers lazily.
+Teachers (the :class:`~curate.models.teacher.TeacherBackend` protocol shared with the knowledge-distillation
+trainer, and :class:`~curate.models.teacher.LocalHFTeacher`) live in :mod:`curate.models.teacher`. Modules
+here are scanned for operators, so they import torch and transformers lazily.
 """

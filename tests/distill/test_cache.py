@@ -18,7 +18,7 @@ from curate.distill.cache import (  # noqa: E402
     dataset_fingerprint,
 )
 from curate.distill.losses import forward_kl, select_valid  # noqa: E402
-from curate.synth.teacher import LocalHFTeacher  # noqa: E402
+from curate.models.teacher import LocalHFTeacher  # noqa: E402
 
 VOCAB = 256
 

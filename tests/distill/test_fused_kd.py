@@ -8,7 +8,7 @@ import torch
 
 from curate.distill import losses as L
 from curate.distill.fused import fused_kd as _fused_kd
-from curate.distill.topk import TopK
+from curate.models.topk import TopK
 
 EXTRA = {"generalized_jsd": {"beta": 0.5}, "skew_kl": {"alpha": 0.1}, "skew_reverse_kl": {"alpha": 0.1}}
 

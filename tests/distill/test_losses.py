@@ -31,7 +31,7 @@ from curate.distill.losses import (  # noqa: E402
     skew_reverse_kl,
     token_ce,
 )
-from curate.distill.topk import TopK  # noqa: E402
+from curate.models.topk import TopK  # noqa: E402
 
 Teacher = torch.Tensor | TopK
 

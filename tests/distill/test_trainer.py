@@ -171,7 +171,7 @@ def test_padded_vocab_is_sliced(tmp_path):
 def test_cache_mode_with_full_k_equals_online(tmp_path):
     """A top-k cache with k = V carries the whole teacher distribution: same step as online."""
     from curate.distill.cache import build_teacher_cache
-    from curate.synth.teacher import LocalHFTeacher
+    from curate.models.teacher import LocalHFTeacher
 
     teacher = gpt2(2, 32, seed=1)
     d = data(8)
@@ -194,7 +194,7 @@ def test_cache_mode_with_full_k_equals_online(tmp_path):
 def test_cache_top_k_subset_gives_a_lower_bound_kl(tmp_path):
     """k < V: the bucketed KL (k ids + rest) is <= the full KL (data-processing inequality)."""
     from curate.distill.cache import build_teacher_cache
-    from curate.synth.teacher import LocalHFTeacher
+    from curate.models.teacher import LocalHFTeacher
 
     teacher, d = gpt2(2, 32, seed=1), data(4)
     cache = build_teacher_cache(LocalHFTeacher(teacher, device="cpu", name="t"), [d.seqs], tmp_path / "c", k=4)

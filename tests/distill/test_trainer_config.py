@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from curate.core.errors import ConfigError
-from curate.distill.config import DistillConfig, resolve_path
+from curate.distill.config import DistillConfig
+from curate.models.packaged import resolve_model_path as resolve_path
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "distill"
 
@@ -89,14 +90,14 @@ def test_student_from_teacher_config_keeps_vocab_and_rederives_head_dim():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from curate.distill.config import ModelSpec
-    from curate.distill.models import lm_parts, load_model
+    from curate.models.causal_lm import lm_parts, load_causal_lm
 
     tcfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)
     teacher = LlamaForCausalLM(tcfg)
     spec = ModelSpec(from_config={"base": "teacher", "num_hidden_layers": 1, "hidden_size": 32,
                                   "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 64})
-    student, _ = load_model(spec, base_config=teacher.config)
+    student, _, _ = load_causal_lm(spec, device="cpu", base_config=teacher.config)
     assert student.config.vocab_size == 100 and student.config.num_hidden_layers == 1
     assert student.config.head_dim == 16 and student.config.tie_word_embeddings
     out = student(input_ids=torch.tensor([[1, 2, 3]])).logits
@@ -107,7 +108,7 @@ def test_student_from_teacher_config_keeps_vocab_and_rederives_head_dim():
 
 
 def test_vocab_contract():
-    from curate.distill.models import shared_vocab
+    from curate.models.causal_lm import shared_vocab
 
     a = _tok(["<unk>", "</s>", "the", "cat", "sat"])
     b = _tok(["<unk>", "</s>", "the", "dog", "sat", "on"])

@@ -11,8 +11,8 @@ import pytest
 
 from curate import Pipeline, read, read_output, write
 from curate.core.errors import ConfigError
-from curate.filters._st_model import load_sentence_model, resolve_model
-from curate.filters.embed import Embed, embeddings_to_numpy
+from curate.filters.embed import Embed
+from curate.models.sentence import embeddings_to_numpy, load_sentence_model, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_unnormalised_and_default_cache_under_work_dir(texts, tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_fp16_matches_cpu(texts):
-    from curate.filters.embed import Embedder, EmbedSpec, l2_normalize
+    from curate.models.sentence import Embedder, EmbedSpec, l2_normalize
 
     batch = pl.DataFrame({"id": [f"t{i}" for i in range(len(texts))], "text": texts})
     gpu = l2_normalize(Embedder(EmbedSpec(), "cuda", None).embed(batch))

@@ -13,13 +13,8 @@ import pytest
 
 from curate import Pipeline, read, read_output, write
 from curate.core.errors import ConfigError
-from curate.filters.fasttext_ops import (
-    FastTextQuality,
-    LanguageId,
-    auc_score,
-    find_lid_model,
-    train_fasttext_classifier,
-)
+from curate.filters.fasttext_ops import FastTextQuality, LanguageId
+from curate.models.fasttext import auc_score, find_lid_model, train_fasttext_classifier
 
 SMALL = {"bucket": 100_000, "dim": 50, "epoch": 20, "threads": 1}  # 20 MB model (not 800 MB), reproducible
 

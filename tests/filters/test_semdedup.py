@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from curate import Pipeline, read, read_output, write
-from curate.filters.embed import Embed, embeddings_to_numpy
+from curate.filters.embed import Embed
 from curate.filters.semdedup import SemDeDup, kept_fraction, semdedup_vectors
+from curate.models.sentence import embeddings_to_numpy
 
 
 def brute_force(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, which: str = "hard"):

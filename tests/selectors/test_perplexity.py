@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from curate import Pipeline, read, read_output, write
-from curate.selectors.kn_lm import LMTokenizer, train_lm
+from curate.models.kenlm import LMTokenizer, train_lm
 from curate.selectors.perplexity import Perplexity, PerplexityBucket, bucket_expr
 
 kenlm = pytest.importorskip("kenlm")

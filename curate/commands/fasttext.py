@@ -7,7 +7,7 @@ import json
 
 
 def _cmd_train_fasttext(args: argparse.Namespace) -> int:
-    from curate.filters.fasttext_ops import train_fasttext_classifier
+    from curate.models.fasttext import train_fasttext_classifier
 
     report = train_fasttext_classifier(
         args.pos, args.neg, args.out, text_field=args.text_field, pos_label=args.pos_label,

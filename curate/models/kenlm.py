@@ -1,4 +1,5 @@
-"""Interpolated modified Kneser-Ney n-gram estimation that writes an ARPA file kenlm loads.
+"""KenLM n-gram models: train (interpolated modified Kneser-Ney, written as an ARPA file kenlm loads) and load
+(:class:`LMScorer`, a kenlm model with the tokeniser it was trained with).
 
 The pip ``kenlm`` package queries models but cannot build them (no ``lmplz``), so this module estimates
 them itself, vectorised: every n-gram gets a dense integer id per order (an order-n id is the dense rank
@@ -409,3 +410,40 @@ def _arpa_counts(path: Path) -> list[int]:
             elif line.startswith("\\1-grams"):
                 break
     return counts
+
+
+# --------------------------------------------------------------------------------------------- loading
+class LMScorer:
+    """A kenlm model and the tokeniser it was trained with; scores documents line by line.
+
+    ``score_docs`` returns, per document, the sum of ``model.score(line)`` (log10, ``<s>``/``</s>`` per
+    line) and the token count sum(len(line.split()) + 1), as CCNet's ``DocLM`` (``cc_net/perplexity.py``).
+    The only per-line Python work is the kenlm call itself (``map`` over a list); splitting, normalising,
+    counting and per-document sums are polars/numpy.
+    """
+
+    def __init__(self, model: str | Path, normalize: bool | None = None, sp_model: str | None = None):
+        import kenlm
+
+        if not Path(model).exists():
+            raise ConfigError(f"language model {model} not found (train one with `curate train-lm`)")
+        self.path = str(model)
+        self.tokenizer = LMTokenizer.for_model(model, normalize=normalize, sp_model=sp_model)
+        self.model = kenlm.Model(self.path)
+
+    def lines(self, texts: pl.Series) -> pl.DataFrame:
+        return self.tokenizer.lines(texts)
+
+    def score_lines(self, lines: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Per line: log10 p(line </s> | <s>) and its token count + 1."""
+        text = lines["line"]
+        lp = np.fromiter(map(self.model.score, text.to_list()), dtype=np.float64, count=text.len())
+        ntok = text.str.count_matches(r"\S+").to_numpy().astype(np.float64) + 1.0
+        return lp, ntok
+
+    def score_docs(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        lines = self.lines(texts)
+        lp, ntok = self.score_lines(lines)
+        doc = lines["doc"].to_numpy()
+        n = texts.len()
+        return np.bincount(doc, weights=lp, minlength=n), np.bincount(doc, weights=ntok, minlength=n)

@@ -8,7 +8,7 @@ import time
 
 def _cmd_train_lm(args: argparse.Namespace) -> int:
     from curate.io.readers import read_texts
-    from curate.selectors.kn_lm import train_lm
+    from curate.models.kenlm import train_lm
 
     t0 = time.perf_counter()
     texts = read_texts(args.inputs, args.text_field, args.max_docs)

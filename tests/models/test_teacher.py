@@ -7,14 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from curate.distill.topk import TopK  # noqa: E402
-from curate.synth.teacher import (  # noqa: E402
-    LocalHFTeacher,
-    TeacherBackend,
-    config_hash,
-    smollm2_gguf_path,
-    tokenizer_hash,
-)
+from curate.models.packaged import smollm2_gguf_path  # noqa: E402
+from curate.models.teacher import LocalHFTeacher, TeacherBackend, config_hash, tokenizer_hash  # noqa: E402
+from curate.models.topk import TopK  # noqa: E402
 
 MODEL_VOCAB = 260  # > tokenizer length (258): a padded embedding, as real checkpoints often have
 

