@@ -134,7 +134,8 @@ def bench_score(model: Path, docs: list[str], repeats: int = 3) -> list[str]:
     t_raw_lines = best(lambda: [raw_model.score(s) for s in lines])
     t_raw_docs = best(lambda: [raw_model.score(s) for s in docs])
     t_norm = best(lambda: op._scorer.lines(batch["text"]))
-    from curate.core.text import ccnet_normalize_line  # CCNet's own per-line Python normaliser
+    sys.path.insert(0, str(REPO / "tests"))
+    from core.text_reference import ccnet_normalize_line  # CCNet's own per-line Python normaliser
 
     t_ccnet = best(lambda: [raw_model.score(ccnet_normalize_line(ln)) for d in docs for ln in d.split("\n")])
     n = len(docs)

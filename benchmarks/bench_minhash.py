@@ -270,11 +270,11 @@ def child_cluster_stage(res: Path, verify: bool) -> None:
 def child_datasketch(corpus: Path, res: Path) -> None:
     from datasketch import MinHash, MinHashLSH
 
-    from curate.core.text import simplify_text_fast
+    from curate.core.text import simplify_text
 
     df = pl.read_parquet(corpus / "parquet").sort("order")
     t = time.perf_counter()
-    simple = df.select(simplify_text_fast(pl.col("text"))).to_series().to_list()  # same normaliser as curate
+    simple = df.select(simplify_text(pl.col("text"))).to_series().to_list()  # same normaliser as curate
     sigs = []
     for s in simple:
         w = s.split(" ")
@@ -404,7 +404,7 @@ def signature_race(texts: pl.Series, rounds: int = 3) -> None:
     ``MinHash.update_batch`` on the simplified word 5-grams vs curate's batch kernel (1 core)."""
     from datasketch import MinHash
 
-    from curate.core.text import simplify_text_fast
+    from curate.core.text import simplify_text
     from curate.filters.minhash import _Cfg, compute_signatures
 
     cfg = _Cfg("word", 5, True, "fast", BANDS * ROWS, 1, BANDS, ROWS, None, "cpu")
@@ -412,7 +412,7 @@ def signature_race(texts: pl.Series, rounds: int = 3) -> None:
     best_ds = best_cu = float("inf")
     for _ in range(rounds):
         t = time.perf_counter()
-        for s in texts.to_frame("t").select(simplify_text_fast(pl.col("t"))).to_series().to_list():
+        for s in texts.to_frame("t").select(simplify_text(pl.col("t"))).to_series().to_list():
             w = s.split(" ")
             MinHash(num_perm=BANDS * ROWS, seed=1).update_batch([" ".join(w[i:i + 5]).encode() for i in range(len(w) - 4)])
         best_ds = min(best_ds, time.perf_counter() - t)

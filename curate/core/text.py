@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
-
 import polars as pl
 
 #: Punctuation characters: the same set as DataTrove's ``utils/text.py`` ``PUNCTUATION_SET`` (ASCII and
@@ -64,9 +62,27 @@ def words(text: pl.Expr) -> pl.Expr:
     return t.str.extract_all(WORD_TOKEN)
 
 
+def split_lines(text: pl.Expr) -> pl.Expr:
+    """List of lines with Python's ``str.splitlines()`` rules: every line break (``\\r\\n``, ``\\r``,
+    ``\\x0b``, ``\\x0c``, ``\\x1c``-``\\x1e``, ``\\x85``, U+2028/2029) ends a line, no trailing empty line,
+    ``[]`` for empty text (DataTrove's Gopher and C4 filters split this way). FineWeb's filter splits on
+    ``"\\n"`` alone, as its reference does, and does not use this."""
+    t = text.str.replace_all(r"\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]", "\n")
+    return pl.when(t == "").then(pl.lit([], dtype=pl.List(pl.String))).otherwise(
+        t.str.replace(r"\n$", "").str.split("\n"))
+
+
 def normalize_for_dedup(text: pl.Expr) -> pl.Expr:
-    """Lowercase, digits to 0, punctuation removed, whitespace collapsed, trimmed (DataTrove's
-    ``simplify_text`` for exact/MinHash dedup, without its unicode NFD step, done by :func:`strip_accents`)."""
+    """Exact-dedup normaliser: lowercase, every digit to 0, punctuation and symbols to a space, whitespace
+    collapsed, trimmed. Accents are kept.
+
+    It differs from :func:`simplify_text` (MinHash's normaliser) on purpose: exact dedup finds copies, so
+    it keeps what distinguishes two texts beyond formatting (accents: "resume" and "résumé" stay apart;
+    each digit maps to one 0, so "1,000" and "10,000" stay apart), while MinHash follows DataTrove's
+    ``simplify_text`` exactly (numbers collapsed to one "0", accents stripped) so that its near-duplicate
+    clusters match DataTrove's. Changing either would change which documents a pipeline drops, hence
+    two functions.
+    """
     return (
         text.str.to_lowercase()
         .str.replace_all(r"\d", "0")
@@ -76,16 +92,16 @@ def normalize_for_dedup(text: pl.Expr) -> pl.Expr:
     )
 
 
-def strip_accents_py(s: str) -> str:
-    """Remove combining marks after NFD decomposition ("café" -> "cafe")."""
-    return "".join(ch for ch in unicodedata.normalize("NFD", s) if unicodedata.category(ch) != "Mn")
-
-
 def strip_accents(text: pl.Expr) -> pl.Expr:
-    """Vectorised accent stripping; ASCII-only rows skip the Python path entirely."""
-    return pl.when(text.str.contains(r"[^\x00-\x7f]")).then(
-        text.map_elements(strip_accents_py, return_dtype=pl.String)
-    ).otherwise(text)
+    """Accents removed: NFD decomposition (polars' Rust Unicode tables), then combining marks (``\\p{Mn}``)
+    deleted ("café" -> "cafe"). The output stays NFD, as CCNet's and DataTrove's normalisers leave it.
+
+    Notes: the same output as the per-character Python reference (``unicodedata`` NFD, drop category Mn,
+    kept in ``tests/core/text_reference.py``) on the 38k non-ASCII documents of the shared corpora, about
+    8x faster; the two could differ only on code points whose Unicode data differs between Python's and
+    Rust's table versions.
+    """
+    return text.str.normalize("NFD").str.replace_all(r"\p{Mn}", "")
 
 
 #: DataTrove ``simplify_text`` number pattern: a run of digits, optionally with one decimal/thousands
@@ -95,41 +111,20 @@ NUMBER = r"\p{Nd}+(?:[.,\u060c\u066b\u2396\u2397\u2398]\p{Nd}+)?"
 
 def simplify_text(text: pl.Expr) -> pl.Expr:
     """DataTrove's ``simplify_text`` (``utils/text.py``, used by ``MinhashConfig``): lowercase, numbers to
-    "0", punctuation and symbols to a space, diacritics stripped (NFD, drop Mn), whitespace collapsed to
-    single spaces, trimmed. Words are then the single-space-separated tokens, so a word n-gram is a
-    contiguous substring of the result (what :mod:`curate.filters.minhash` hashes)."""
+    "0", punctuation and symbols to a space, diacritics stripped (:func:`strip_accents`), whitespace
+    collapsed to single spaces, trimmed. Words are then the single-space-separated tokens, so a word
+    n-gram is a contiguous substring of the result (what :mod:`curate.filters.minhash` hashes).
+
+    Notes: one regex pass handles punctuation, symbols and whitespace (a run of them becomes one space:
+    the same result as replacing each punctuation/symbol by a space and then collapsing whitespace runs,
+    checked against the step-by-step reference in ``tests/core/text_reference.py``).
+    """
     return (
         strip_accents(text.str.to_lowercase())
-        .str.replace_all(NUMBER, "0")
-        .str.replace_all(r"[\p{P}\p{S}]", " ")
-        .str.replace_all(r"\s+", " ")
-        .str.strip_chars()
-    )
-
-
-def strip_accents_fast(text: pl.Expr) -> pl.Expr:
-    """:func:`strip_accents` without the per-character Python loop: NFD (polars/Rust Unicode tables), then
-    combining marks (``\\p{Mn}``) removed. Same output as :func:`strip_accents_py` on the 38k non-ASCII
-    documents of the shared corpora (checked), about 8x faster; the two could differ only on code points
-    whose Unicode data differs between Python's and Rust's table versions."""
-    return text.str.normalize("NFD").str.replace_all(r"\p{Mn}", "")
-
-
-def simplify_text_fast(text: pl.Expr) -> pl.Expr:
-    """:func:`simplify_text` with :func:`strip_accents_fast` (no Python per document) and one regex pass
-    for punctuation, symbols and whitespace (a run of them becomes one space: the same result as
-    replacing each punctuation/symbol by a space and then collapsing whitespace runs)."""
-    return (
-        strip_accents_fast(text.str.to_lowercase())
         .str.replace_all(NUMBER, "0")
         .str.replace_all(r"[\p{P}\p{S}\s]+", " ")
         .str.strip_chars()
     )
-
-
-def simplify_text_py(s: str) -> str:
-    """Reference (pure Python) of :func:`simplify_text` for tests and small inputs."""
-    return pl.select(simplify_text(pl.lit(s, dtype=pl.String))).item()
 
 
 #: CCNet's unicode punctuation map (``cc_net/text_normalizer.py::UNICODE_PUNCT``, facebookresearch/cc_net).
@@ -157,7 +152,7 @@ def ccnet_normalize(text: pl.Expr, accent: bool = True, case: bool = True, numbe
     if case:
         out = out.str.to_lowercase()
     if accent:
-        out = out.str.normalize("NFD").str.replace_all(r"\p{Mn}", "")
+        out = strip_accents(out)
     if numbers:
         out = out.str.replace_all(r"\d", "0")
     if punct:
@@ -175,25 +170,8 @@ def wordpunct_tokens(text: pl.Expr, lowercase: bool = True) -> pl.Expr:
     return (text.str.to_lowercase() if lowercase else text).str.extract_all(WORDPUNCT_TOKEN)
 
 
-def ccnet_normalize_line(line: str) -> str:
-    """CCNet's own per-line normaliser, kept as the reference for :func:`ccnet_normalize` (a copy of
-    ``cc_net/text_normalizer.py::normalize`` with ``punct=1``, facebookresearch/cc_net, MIT). Slow: one
-    Python pass per character; use the expression for batches."""
-    import re as _re
-    import unicodedata as _ud
-
-    line = line.strip()
-    if not line:
-        return line
-    line = line.lower()
-    line = "".join(c for c in _ud.normalize("NFD", line) if _ud.category(c) != "Mn")
-    line = _re.sub(r"\d", "0", line)
-    line = "".join(CCNET_UNICODE_PUNCT.get(c, c) for c in line)
-    return _re.sub(_NON_PRINTING, "", line)
-
-
 def ccnet_normalize_series(s: pl.Series) -> pl.Series:
-    """:func:`ccnet_normalize` of a Series, faster: ASCII-only rows (most of English text) skip the NFD,
+    """:func:`ccnet_normalize` of a Series (the form the KenLM trainer and scorer use), faster: ASCII-only rows (most of English text) skip the NFD,
     combining-mark and unicode-punctuation steps, which cannot change them; the rest get the full expression."""
     s = s.cast(pl.String)
     x = pl.lit(s)

@@ -20,13 +20,13 @@ import polars as pl
 import xxhash
 
 from curate.core.errors import ConfigError, InputError
+from curate.models.causal_lm import IGNORE
 
 if TYPE_CHECKING:
     import torch
 
     from curate.distill.config import DataSpec
 
-IGNORE = -100
 TASK_LABEL, TASK_RATIONALE = 0, 1
 
 

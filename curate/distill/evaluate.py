@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from curate.distill.data import IGNORE, TokenData, collate
-from curate.metrics.lm import LMEvalAccumulator
-from curate.metrics.perf import param_count, peak_memory_mb, reset_peak_memory, tokens_per_second
-from curate.metrics.retention import performance_retention
+from curate.distill.data import TokenData, collate
+from curate.models.lm_metrics import LMEvalAccumulator
+from curate.models.perf import param_count, peak_memory_mb, reset_peak_memory, tokens_per_second
+from curate.models.retention import performance_retention
 
 if TYPE_CHECKING:
     from curate.distill.trainer import DistillTrainer

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from curate.models.causal_lm import IGNORE
 from curate.models.topk import TopK
 
 __all__ = [
@@ -77,18 +78,17 @@ __all__ = [
 Teacher = torch.Tensor | TopK
 LABEL_PREFIX = "[label] "
 RATIONALE_PREFIX = "[rationale] "
-IGNORE_INDEX = -100
 
 
 # ----------------------------------------------------------------------------------------------- masking
-def valid_mask(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, shift: bool = True) -> torch.Tensor:
+def valid_mask(labels: torch.Tensor, ignore_index: int = IGNORE, shift: bool = True) -> torch.Tensor:
     """Bool ``[B, T-1]`` (``[B, T]`` if not ``shift``): which positions carry a loss."""
     lab = labels[:, 1:] if shift else labels
     return lab != ignore_index
 
 
 def select_valid(
-    x: torch.Tensor | TopK, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, shift: bool = True
+    x: torch.Tensor | TopK, labels: torch.Tensor, ignore_index: int = IGNORE, shift: bool = True
 ) -> tuple[torch.Tensor | TopK, torch.Tensor]:
     """Flatten the valid positions of ``x`` (``[B, T, ...]`` logits / hidden states, or a ``[B, T, k]`` TopK).
 
@@ -294,7 +294,7 @@ def bild_loss(
 
 
 # ----------------------------------------------------------------------------------------------- supervised
-def token_ce(student_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def token_ce(student_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
     """Cross-entropy per row ``[N]`` at T=1 (0 where ``labels == ignore_index``)."""
     return F.cross_entropy(_upcast(student_logits), labels.to(student_logits.device).long(), reduction="none",
                            ignore_index=ignore_index)

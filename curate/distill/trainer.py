@@ -53,15 +53,15 @@ import torch
 
 from curate.distill.checkpoint import load_checkpoint, save_checkpoint
 from curate.distill.config import DistillConfig
-from curate.distill.data import IGNORE, TokenData, collate
+from curate.distill.data import TokenData, collate
 from curate.distill.evaluate import held_out_loss
 from curate.distill.fused import HeadInto, Scratch, plain_head_weight
 from curate.distill.objective import SpecLoss, TokenLoss
 from curate.distill.progress import plot_losses, progress_bar, truncate_metrics
 from curate.distill.signals import CachedTopK, MicroBatch, OnlineTeacher, OnPolicy, TeacherSignal
-from curate.metrics.perf import peak_memory_mb, reset_peak_memory
-from curate.models.causal_lm import hidden_states, lm_parts
+from curate.models.causal_lm import IGNORE, hidden_states, lm_parts
 from curate.models.device import torch_device as resolve_device
+from curate.models.perf import peak_memory_mb, reset_peak_memory
 from curate.models.topk import TopK
 
 __all__ = ["DistillTrainer", "autocast_dtype", "lr_lambda", "plot_losses", "resolve_device"]

@@ -9,8 +9,7 @@ from pydantic import Field
 
 from curate.core.operator import UID, Column, Filter, OpParams, Rule, RunContext
 from curate.core.registry import register
-from curate.core.text import TERMINAL_PUNCTUATION
-from curate.filters.gopher import split_lines
+from curate.core.text import TERMINAL_PUNCTUATION, split_lines
 
 CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
 END_PUNCTUATION = (".", "?", "!", '"', "'")

@@ -11,17 +11,10 @@ from pydantic import Field
 
 from curate.core.operator import Column, Filter, OpParams, Rule
 from curate.core.registry import register
-from curate.core.text import PUNCTUATION, words
+from curate.core.text import PUNCTUATION, split_lines, words
 
 STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
 _PUNCT_ONLY = "^[" + re.escape(PUNCTUATION) + "]+$"
-
-
-def split_lines(text: pl.Expr) -> pl.Expr:
-    """Python's ``str.splitlines()`` as an expression (no trailing empty line, all line breaks)."""
-    t = text.str.replace_all(r"\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]", "\n")
-    return pl.when(t == "").then(pl.lit([], dtype=pl.List(pl.String))).otherwise(
-        t.str.replace(r"\n$", "").str.split("\n"))
 
 
 def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -17,7 +16,7 @@ from pydantic import Field, model_validator
 
 from curate.core.operator import UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
-from curate.core.text import simplify_text_fast
+from curate.core.text import simplify_text
 from curate.filters import _minhash_kernels as K
 from curate.filters._minhash_params import PRESETS, optimal_param, permutations
 from curate.models.device import resolve_device
@@ -63,27 +62,15 @@ def shingle_hashes(texts: pl.Series, shingle: str, ngram: int, normalize: bool, 
             texts = texts.fill_null("")
             idx = (texts.str.len_bytes() != texts.str.len_chars()).arg_true()  # non-ASCII (12x a regex)
             if len(idx):
-                sub = texts.gather(idx).to_frame("t").select(simplify_text_fast(pl.col("t"))).to_series()
+                sub = texts.gather(idx).to_frame("t").select(simplify_text(pl.col("t"))).to_series()
                 texts = texts.scatter(idx, sub)
         data, offsets = _utf8_buffers(texts)
         return K.word_shingle_hashes(data, offsets, ngram, np.uint64(seed), normalize)
     if normalize:
-        texts = texts.to_frame("t").select(simplify_text_fast(pl.col("t"))).to_series()
+        texts = texts.to_frame("t").select(simplify_text(pl.col("t"))).to_series()
     data, offsets = _utf8_buffers(texts)
     starts, ends, counts = K.shingle_ranges(data, offsets, ngram, shingle == "char")
     return K.hash_ranges(data, starts, ends, kind, np.uint64(seed)), counts
-
-
-def shingles_py(text: str, shingle: str = "word", ngram: int = 5, normalize: bool = True) -> list[str]:
-    """The shingle strings of one text (reference for tests and for feeding datasketch)."""
-    if normalize:
-        from curate.core.text import simplify_text_py
-
-        text = simplify_text_py(text)
-    if shingle == "char":
-        return [text[i:i + ngram] for i in range(len(text) - ngram + 1)]
-    w = [x for x in re.split(r"[ \t\n\v\f\r]+", text) if x]
-    return [" ".join(w[i:i + ngram]) for i in range(len(w) - ngram + 1)]
 
 
 # ------------------------------------------------------------------------------------------------ config

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from curate.models.causal_lm import IGNORE
+
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
-IGNORE = -100
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pytest
 
 from curate.core.operator import UID
 from curate.core.step import run_step
-from curate.filters.gopher import GopherQuality, GopherRepetition, split_lines
+from curate.filters.gopher import GopherQuality, GopherRepetition
 
 
 def _df(*texts: str) -> pl.DataFrame:
@@ -82,9 +82,3 @@ def test_quality_scores_and_disabled_rule():
     _, rej, _ = run_step(GopherQuality(min_doc_words=None, max_ellipsis_lines_ratio=None,
                                        max_symbol_word_ratio=None), _df(text))
     assert rej is None or "gopher_short_doc" not in rej["reason"].to_list()
-
-
-def test_split_lines_matches_python_splitlines():
-    texts = ["a\nb\n", "a\r\nb\rc", "", "x\u2028y", "\n\nz"]
-    got = pl.DataFrame({"t": texts}).select(split_lines(pl.col("t"))).to_series().to_list()
-    assert got == [t.splitlines() for t in texts]

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from core.text_reference import shingles_py
+from core.text_reference import simplify_text_reference as simplify_text
 
 from curate import Pipeline, read, read_output, write
 from curate.core.operator import UID, FitContext
-from curate.core.text import simplify_text, simplify_text_fast, simplify_text_py
+from curate.core.text import simplify_text as simplify_text_fast
 from curate.filters import _minhash_kernels as K
 from curate.filters._minhash_params import optimal_param, permutations, s_curve
-from curate.filters.minhash import MinHashDedup, _Cfg, compute_signatures, shingle_hashes, shingles_py
+from curate.filters.minhash import MinHashDedup, _Cfg, compute_signatures, shingle_hashes
 from curate.io.spill import SpillWriter
 
 
@@ -70,11 +72,6 @@ def test_fast_word_kernel_normalises_like_simplify_text(shared_data):
     np.testing.assert_array_equal(c1, c2)
     np.testing.assert_array_equal(h1, h2)
     np.testing.assert_array_equal(c1[-600:], [len(shingles_py(t)) for t in texts[-600:]])  # incl. EDGE
-
-
-def test_simplify_text_datatrove_rules():
-    assert simplify_text_py("Héllo, World!  It costs $3.14 or 1,000 in 2024.\nNew\tline") == \
-        "hello world it costs 0 or 0 in 0 new line"
 
 
 def test_torch_fast_kernel_matches_numba():

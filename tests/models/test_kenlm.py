@@ -6,13 +6,13 @@ import gzip
 import importlib.util
 import json
 import re
-import unicodedata
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from core.text_reference import ccnet_normalize_line
 
 from curate.core.text import ccnet_normalize, ccnet_normalize_series
 from curate.models.kenlm import LMTokenizer, estimate, read_meta, train_lm, write_arpa
@@ -57,25 +57,6 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(max(abs(a[k][0] - b[k][0]), abs(a[k][1] - b[k][1])) for k in a)
 
 
-# ---- CCNet normalisation: a copy of cc_net/text_normalizer.py::normalize (facebookresearch/cc_net, MIT)
-_UNICODE_PUNCT = {"，": ",", "。": ".", "、": ",", "„": '"', "”": '"', "“": '"', "«": '"', "»": '"', "１": '"',
-                  "」": '"', "「": '"', "《": '"', "》": '"', "´": "'", "∶": ":", "：": ":", "？": "?", "！": "!",
-                  "（": "(", "）": ")", "；": ";", "–": "-", "—": " - ", "．": ". ", "～": "~", "’": "'",
-                  "…": "...", "━": "-", "〈": "<", "〉": ">", "【": "[", "】": "]", "％": "%", "►": "-"}
-_NON_PRINTING = re.compile(f"[{''.join(map(chr, list(range(0, 32)) + list(range(127, 160))))}]")
-
-
-def _ccnet_normalize_ref(line: str) -> str:
-    line = line.strip()
-    if not line:
-        return line
-    line = line.lower()
-    line = "".join(c for c in unicodedata.normalize("NFD", line) if unicodedata.category(c) != "Mn")
-    line = re.sub(r"\d", "0", line)
-    line = "".join(_UNICODE_PUNCT.get(c, c) for c in line)
-    return _NON_PRINTING.sub("", line)
-
-
 def test_ccnet_normalize_matches_ccnet_on_real_text(shared_data):
     lines = []
     with gzip.open(shared_data / "books" / "gutenberg_slice.jsonl.gz", "rt") as f:
@@ -83,7 +64,7 @@ def test_ccnet_normalize_matches_ccnet_on_real_text(shared_data):
             lines += json.loads(row)["text"].split("\n")[:3000]
     lines += ["  Café ÉTÉ naïve 123 ١٢ “q” — x…\tY\x85 ", "", "（全角）：１２３！", "Ĳssel ﬁne Ångström", "\x00a\x9fb"]
     got = pl.select(ccnet_normalize(pl.lit(pl.Series(lines)))).to_series().to_list()
-    want = [_ccnet_normalize_ref(s) for s in lines]
+    want = [ccnet_normalize_line(s) for s in lines]
     assert sum(any(ord(c) > 127 for c in s) for s in lines) > 20  # the sample does exercise non-ASCII
     bad = [(s, g, w) for s, g, w in zip(lines, got, want) if g != w]
     assert not bad, bad[:5]

@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curate.metrics.calibration import ece_bins, ece_from_bins
+from curate.models.calibration import ece_bins, ece_from_bins
+from curate.models.causal_lm import IGNORE
 
 if TYPE_CHECKING:
     import torch
-
-IGNORE = -100
 
 
 def _flat(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -87,7 +86,7 @@ def top1_agreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor, m
 
 def calibration_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15,
                      ignore_index: int = IGNORE) -> np.ndarray:
-    """ECE bins (see :func:`curate.metrics.calibration.ece_bins`) of top-1 confidence vs label hit."""
+    """ECE bins (see :func:`curate.models.calibration.ece_bins`) of top-1 confidence vs label hit."""
     lab = labels.reshape(-1)
     keep = lab != ignore_index
     p = logits.reshape(-1, logits.shape[-1])[keep].float().softmax(-1)

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from curate.metrics.calibration import ece_bins, ece_from_bins, expected_calibration_error
-from curate.metrics.retention import gap_closed, performance_retention
+from curate.models.calibration import ece_bins, ece_from_bins, expected_calibration_error
+from curate.models.retention import gap_closed, performance_retention
 
 torch = pytest.importorskip("torch")
 
-from curate.metrics.lm import (  # noqa: E402
+from curate.models.lm_metrics import (  # noqa: E402
     LMEvalAccumulator,
     perplexity,
     token_js,
@@ -20,7 +20,7 @@ from curate.metrics.lm import (  # noqa: E402
     token_nll,
     top1_agreement,
 )
-from curate.metrics.perf import param_count  # noqa: E402
+from curate.models.perf import param_count  # noqa: E402
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
