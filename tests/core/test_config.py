@@ -1,5 +1,6 @@
 """Pipeline YAML hardening (alias bombs, duplicate keys, unknown keys, code imports), the distribution
-name, and the CLI's --version / --limit / --dry-run / piped output (issue 11 items 12, 14, 17, 18, 20)."""
+name, and the CLI's --version / --limit / --dry-run / piped output (issue 11 items 12, 14, 17, 18, 20);
+YAML runs equal Python runs, and config errors name the key and line."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from pipeline_corpus import pipeline, tree_digest
 
 from curate import ConfigError, GlobalStage, Pipeline, read, register, write
+from curate.cli import main as cli_main
 from curate.core.config import MAX_EXPANDED_NODES, load_yaml
 from curate.core.progress import QUIET_ENV, Progress, report
 
@@ -256,3 +259,47 @@ def test_fit_progress_reaches_the_log(tmp_path: Path, capfd):
         work_dir=str(tmp_path / "w"), workers=1)
     err = capfd.readouterr().err
     assert "progress: fitting progress_reporting_stage_for_test | 519 of 519 docs (done)" in err, err
+
+
+def test_yaml_equals_python_and_cli(corpus, tmp_path):
+    pipeline(corpus, tmp_path / "py").run(work_dir=str(tmp_path / "w1"), workers=1, progress=False)
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"""
+input: {{path: "{corpus}/*.jsonl", batch_size: 50}}
+steps:
+  - length_filter: {{min_words: 20}}
+  - gopher_repetition: {{}}
+  - gopher_quality: {{}}
+  - exact_dedup: {{}}
+  - c4_quality: {{filter_no_terminal_punct: false}}
+output: {{path: "{tmp_path / 'yaml'}"}}
+work_dir: "{tmp_path / 'w2'}"
+executor: {{workers: 1}}
+""")
+    assert cli_main(["validate", str(cfg)]) == 0
+    assert cli_main(["run", str(cfg), "--no-progress"]) == 0
+    assert tree_digest(tmp_path / "py") == tree_digest(tmp_path / "yaml")
+    assert (tmp_path / "w2" / "pipeline.yaml").exists() and (tmp_path / "w2" / "manifest.json").exists()
+
+
+def test_config_errors_name_key_and_line(tmp_path):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("""input:
+  path: does/not/exist.jsonl
+steps:
+  - gopher_qualty: {}
+  - c4_quality:
+      min_num_sentences: many
+  - length_filter: {max_chars: 10, colour: red}
+output: {path: out}
+extra_key: 1
+""")
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml(cfg)
+    msg = str(e.value)
+    assert "line 4" in msg and "unknown operator 'gopher_qualty'" in msg and "did you mean gopher_quality" in msg
+    assert "line 6" in msg and "min_num_sentences" in msg and "integer" in msg
+    assert "line 7" in msg and "colour" in msg
+    assert "line 9" in msg and "extra_key" in msg
+    assert "line 2" in msg and "file not found" in msg
+    assert cli_main(["validate", str(cfg)]) == 2

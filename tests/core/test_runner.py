@@ -1,57 +1,26 @@
-"""End-to-end behaviour of the core: Python and YAML runs, rejects with reasons, stats, worker-count
-invariance, resume after a killed run, and every bad-input and bad-config case."""
+"""The runner end to end: output, rejects and stats; worker-count independence; kill and resume; bad rows."""
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
+from pipeline_corpus import EXAMPLE, REPO, pipeline, tree_digest
 
-from curate import ConfigError, InputError, Pipeline, read, read_output, write
+from curate import InputError, Pipeline, read, read_output, write
 from curate.cli import main as cli_main
-from curate.filters.c4 import C4Quality
-from curate.filters.exact_dedup import ExactDedup
-from curate.filters.gopher import GopherQuality, GopherRepetition
 from curate.filters.length import LengthFilter
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "data" / "web_sample.jsonl.gz"
-
-
-def _tree_digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """Four input files of real text (the bundled sample, with planted exact duplicates across files)."""
-    d = tmp_path_factory.mktemp("corpus")
-    rows = [json.loads(line) for line in gzip.open(EXAMPLE, "rt")]
-    for k in range(4):
-        part = rows[k::4] + [dict(rows[j], id=f"copy-{k}-{j}") for j in range(0, 40, 4)]
-        with open(d / f"part{k}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in part)
-    return d
-
-
-def _pipeline(corpus: Path, out: Path, fmt: str = "jsonl") -> Pipeline:
-    return Pipeline(read(str(corpus / "*.jsonl"), batch_size=50), LengthFilter(min_words=20), GopherRepetition(),
-                    GopherQuality(), ExactDedup(), C4Quality(filter_no_terminal_punct=False),
-                    write(str(out), format=fmt))
 
 
 def test_python_run_writes_output_rejects_and_stats(corpus, tmp_path):
-    res = _pipeline(corpus, tmp_path / "out").run(work_dir=str(tmp_path / "work"), workers=1, progress=False)
+    res = pipeline(corpus, tmp_path / "out").run(work_dir=str(tmp_path / "work"), workers=1, progress=False)
     out = read_output(tmp_path / "out")
     assert out.height == res.docs_out > 0
     assert not any(c.startswith("__") for c in out.columns)
@@ -81,46 +50,12 @@ def test_python_run_writes_output_rejects_and_stats(corpus, tmp_path):
     assert row["score"] is not None and row["threshold"] is not None
 
 
-def test_yaml_equals_python_and_cli(corpus, tmp_path):
-    _pipeline(corpus, tmp_path / "py").run(work_dir=str(tmp_path / "w1"), workers=1, progress=False)
-    cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"""
-input: {{path: "{corpus}/*.jsonl", batch_size: 50}}
-steps:
-  - length_filter: {{min_words: 20}}
-  - gopher_repetition: {{}}
-  - gopher_quality: {{}}
-  - exact_dedup: {{}}
-  - c4_quality: {{filter_no_terminal_punct: false}}
-output: {{path: "{tmp_path / 'yaml'}"}}
-work_dir: "{tmp_path / 'w2'}"
-executor: {{workers: 1}}
-""")
-    assert cli_main(["validate", str(cfg)]) == 0
-    assert cli_main(["run", str(cfg), "--no-progress"]) == 0
-    assert _tree_digest(tmp_path / "py") == _tree_digest(tmp_path / "yaml")
-    assert (tmp_path / "w2" / "pipeline.yaml").exists() and (tmp_path / "w2" / "manifest.json").exists()
-
-
 def test_output_does_not_depend_on_worker_count(corpus, tmp_path):
     for w in (1, 2):
-        _pipeline(corpus, tmp_path / f"out{w}", "parquet").run(work_dir=str(tmp_path / f"w{w}"), workers=w,
+        pipeline(corpus, tmp_path / f"out{w}", "parquet").run(work_dir=str(tmp_path / f"w{w}"), workers=w,
                                                                progress=False)
-    assert _tree_digest(tmp_path / "out1") == _tree_digest(tmp_path / "out2")
-    assert _tree_digest(tmp_path / "w1" / "rejects") == _tree_digest(tmp_path / "w2" / "rejects")
-
-
-def test_rerun_resumes_and_config_change_reruns(corpus, tmp_path):
-    p = _pipeline(corpus, tmp_path / "out")
-    first = p.run(work_dir=str(tmp_path / "w"), workers=1, progress=False)
-    again = _pipeline(corpus, tmp_path / "out").run(work_dir=str(tmp_path / "w"), workers=1, progress=False)
-    assert again.resumed_shards == 2 * 4  # both segments, every shard
-    assert [s.to_dict() for s in first.steps] == [s.to_dict() for s in again.steps]
-    changed = Pipeline(read(str(corpus / "*.jsonl"), batch_size=50), LengthFilter(min_words=20), GopherRepetition(),
-                       GopherQuality(), ExactDedup(), C4Quality(), write(str(tmp_path / "out")))
-    res = changed.run(work_dir=str(tmp_path / "w"), workers=1, progress=False)
-    assert res.resumed_shards == 4  # segment 0 and the dedup fit are reused; the last segment reran
-    assert res.docs_out < first.docs_out  # the terminal-punctuation rule is on again
+    assert tree_digest(tmp_path / "out1") == tree_digest(tmp_path / "out2")
+    assert tree_digest(tmp_path / "w1" / "rejects") == tree_digest(tmp_path / "w2" / "rejects")
 
 
 def test_killed_run_resumes_to_identical_output(tmp_path):
@@ -157,7 +92,7 @@ executor: {{workers: 1}}
     assert cli_main(["run", str(cfg), "--no-progress"]) == 0
     stats = json.loads((tmp_path / "work" / "stats.json").read_text())
     assert stats["resumed_shards"] == finished
-    assert _tree_digest(tmp_path / "out") == _tree_digest(tmp_path / "ref_out")
+    assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "ref_out")
     assert not list((tmp_path / "out").glob(".tmp-*"))
 
 
@@ -199,62 +134,3 @@ def test_on_error_raise_and_missing_text_column(tmp_path):
     res = Pipeline(read(str(g), text_field="content"), write(str(tmp_path / "o3"))).run(
         work_dir=str(tmp_path / "w3"), workers=1, progress=False)
     assert res.docs_out == 1
-
-
-def test_config_errors_name_key_and_line(tmp_path):
-    cfg = tmp_path / "p.yaml"
-    cfg.write_text("""input:
-  path: does/not/exist.jsonl
-steps:
-  - gopher_qualty: {}
-  - c4_quality:
-      min_num_sentences: many
-  - length_filter: {max_chars: 10, colour: red}
-output: {path: out}
-extra_key: 1
-""")
-    with pytest.raises(ConfigError) as e:
-        Pipeline.from_yaml(cfg)
-    msg = str(e.value)
-    assert "line 4" in msg and "unknown operator 'gopher_qualty'" in msg and "did you mean gopher_quality" in msg
-    assert "line 6" in msg and "min_num_sentences" in msg and "integer" in msg
-    assert "line 7" in msg and "colour" in msg
-    assert "line 9" in msg and "extra_key" in msg
-    assert "line 2" in msg and "file not found" in msg
-    assert cli_main(["validate", str(cfg)]) == 2
-
-
-def test_missing_extra_names_pip_command():
-    from curate.core.operator import Filter
-    from curate.core.registry import register
-
-    @register("needs_missing_module_for_test")
-    class NeedsMissing(Filter):
-        requires = ("a_module_that_is_not_installed",)
-        extra = "embed"
-
-    with pytest.raises(Exception, match=r"pip install 'curate-llm\[embed\]'"):
-        Pipeline(read(str(EXAMPLE)), NeedsMissing(), write("unused"))
-
-
-def test_cli_ops_lists_parameters(capsys):
-    assert cli_main(["ops", "gopher_quality"]) == 0
-    out = capsys.readouterr().out
-    assert "min_doc_words" in out and "50" in out
-
-
-def test_editing_a_file_named_by_a_parameter_reruns_the_step(tmp_path):
-    blocklist = tmp_path / "block.txt"
-    blocklist.write_text("nothing-blocked.example\n")
-    f = tmp_path / "in.jsonl"
-    f.write_text(json.dumps({"text": "some words here", "url": "https://spam.example/x"}) + "\n")
-    from curate.filters.url import URLFilter
-
-    def run() -> int:
-        return Pipeline(read(str(f)), URLFilter(blocked_domains_file=str(blocklist)), write(str(tmp_path / "o"))).run(
-            work_dir=str(tmp_path / "w"), workers=1, progress=False).docs_out
-
-    assert run() == 1
-    blocklist.write_text("spam.example\n")
-    os.utime(blocklist, (time.time() + 5, time.time() + 5))
-    assert run() == 0  # same parameters, new file contents: not resumed from the stale result
