@@ -66,7 +66,8 @@ class ModelSpec(_Strict):
     overrides the given fields, e.g. fewer layers / a smaller hidden size, keeping its vocabulary)."""
 
     path: str | None = Field(None, description="local folder or 'pkg:<package>' (a model shipped in a wheel)")
-    gguf_file: str | None = Field(None, description="GGUF file name inside `path` (transformers dequantizes it)")
+    gguf_file: str | None = Field(None, description="GGUF file name inside `path` (dequantised once, cached "
+                                     "as safetensors by curate.models.causal_lm)")
     from_config: dict[str, Any] | None = Field(None, description="build randomly initialised from a config")
     from_teacher: FromTeacher | None = Field(None, description="student only: a pruned copy of the teacher")
     tokenizer: str | None = Field(None, description="tokenizer folder; default: the model's own")
