@@ -184,7 +184,7 @@ def bench_nppl(n: int, threads: int) -> list[str]:
     t0 = time.perf_counter()
     ours = perplexities(model, tok, texts, max_length=256)
     t_ours = time.perf_counter() - t0
-    ids = encode(tok, texts, 256, True)
+    ids = encode(tok, texts, max_length=256, add_bos=True)
     t0 = time.perf_counter()
     loop = []
     with torch.inference_mode():

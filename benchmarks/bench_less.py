@@ -112,22 +112,23 @@ def reference_features(model, examples, pad_id, m, v, proj_dim, adam: bool = Tru
 
 
 def bench(name, model, tok, n, n_target, r, proj_dim, max_len, batch_size, reference: bool):
-    model = lg.add_lora(model, r, 4 * r, 0.1, ["q_proj", "k_proj", "v_proj", "o_proj"], seed=0)
+    model = lg.add_lora(model, r=r, alpha=4 * r, dropout=0.1, targets=["q_proj", "k_proj", "v_proj",
+                                                                       "o_proj"], seed=0)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    pool = lg.tokenize(tok, gsm("train", n), max_len)
-    tgt = lg.tokenize(tok, gsm("test", n_target), max_len)
+    pool = lg.tokenize(tok, gsm("train", n), max_len=max_len)
+    tgt = lg.tokenize(tok, gsm("test", n_target), max_len=max_len)
     m, v = fake_moments(model)
     pg = lg.PerExampleGrads(model)
     dim = sum(p.numel() for _, p in pg.params)
     proj = RademacherProjector(dim, proj_dim, seed=0)
     tokens = sum(len(e.input_ids) for e in pool)
     t = time.perf_counter()
-    ours = features(pg, proj, pool, batch_size, pad, "cpu", "adam", m, v)
+    ours = features(pg, proj, pool, batch_size=batch_size, pad_id=pad, device="cpu", kind="adam", m=m, v=v)
     t_ours = time.perf_counter() - t
     row = {"model": name, "lora_r": r, "d_lora": dim, "proj_dim": proj_dim, "n": n, "max_len": max_len,
            "tokens": tokens, "ours_ex_per_s": n / t_ours, "ours_s": t_ours,
            "cached_matrix": proj._cache is not None}
-    tf = features(pg, proj, tgt, batch_size, pad, "cpu", "sgd")
+    tf = features(pg, proj, tgt, batch_size=batch_size, pad_id=pad, device="cpu", kind="sgd")
     s_ours = (ours @ tf.T).numpy()
     if reference:
         t = time.perf_counter()

@@ -146,7 +146,7 @@ def truth_pairs(texts: pl.Series) -> pl.DataFrame:
     from curate.filters import _minhash_kernels as K
     from curate.filters.minhash import shingle_hashes
 
-    hv, counts = shingle_hashes(texts, "word", 5, True, 0, 99)
+    hv, counts = shingle_hashes(texts, shingle="word", ngram=5, normalize=True, kind=0, seed=99)
     vals, uc = K.sorted_unique_per_doc(hv, counts)
     inv = pl.DataFrame({"d": np.repeat(np.arange(len(texts)), uc), "h": vals})
     common = inv.group_by("h").len().filter(pl.col("len") <= 200)  # very common shingles: boilerplate
@@ -162,7 +162,7 @@ def shingle_sets(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     from curate.filters import _minhash_kernels as K
     from curate.filters.minhash import shingle_hashes
 
-    hv, counts = shingle_hashes(texts, "word", 5, True, 0, 99)
+    hv, counts = shingle_hashes(texts, shingle="word", ngram=5, normalize=True, kind=0, seed=99)
     vals, uc = K.sorted_unique_per_doc(hv, counts)
     return vals, np.concatenate([[0], np.cumsum(uc)]).astype(np.int64)
 
@@ -407,7 +407,8 @@ def signature_race(texts: pl.Series, rounds: int = 3) -> None:
     from curate.core.text import simplify_text
     from curate.filters.minhash import _Cfg, compute_signatures
 
-    cfg = _Cfg("word", 5, True, "fast", BANDS * ROWS, 1, BANDS, ROWS, None, "cpu")
+    cfg = _Cfg(shingle="word", ngram=5, normalize=True, hash="fast", num_perm=BANDS * ROWS, seed=1,
+               bands=BANDS, rows=ROWS, score_column=None, device="cpu")
     compute_signatures(texts[:100], cfg)
     best_ds = best_cu = float("inf")
     for _ in range(rounds):
@@ -510,7 +511,8 @@ def main() -> None:
     if "curate" in only and not args.rescore:
         from curate.filters.minhash import _Cfg, compute_signatures
 
-        cfg = _Cfg("word", 5, True, "fast", BANDS * ROWS, 1, BANDS, ROWS, None, "cpu")
+        cfg = _Cfg(shingle="word", ngram=5, normalize=True, hash="fast", num_perm=BANDS * ROWS, seed=1,
+                   bands=BANDS, rows=ROWS, score_column=None, device="cpu")
         compute_signatures(texts[:100], cfg)
         m = min(n, 100_000)
         t = time.perf_counter()

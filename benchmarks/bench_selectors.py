@@ -162,10 +162,10 @@ def main() -> None:
     n_tr, n_val = (1500, 300) if args.small else (4500, 1000)
     npz = make_data(n_tr, n_val)
     d = np.load(npz)
-    V.knn_shapley(d["X"][:50], d["y"][:50], d["Xv"][:5], d["yv"][:5], k)  # warm-up
+    V.knn_shapley(d["X"][:50], d["y"][:50], d["Xv"][:5], d["yv"][:5], k=k)  # warm-up
     t = time.perf_counter()
     with single_threaded():
-        ours = V.knn_shapley(d["X"], d["y"], d["Xv"], d["yv"], k)
+        ours = V.knn_shapley(d["X"], d["y"], d["Xv"], d["yv"], k=k)
     t_ours = time.perf_counter() - t
     peer = run_peer(npz, "knn", k, 0)
     pv = np.asarray(peer["values"])
@@ -180,12 +180,12 @@ def main() -> None:
     n_tr, n_val, perms = (200, 100, 100) if args.small else (400, 200, 200)
     npz = make_data(n_tr, n_val, seed=1)
     d = np.load(npz)
-    exact = V.knn_shapley(d["X"], d["y"], d["Xv"], d["yv"], k)
-    util = V.KNNUtility(d["X"][:20], d["y"][:20], d["Xv"], d["yv"], k)
+    exact = V.knn_shapley(d["X"], d["y"], d["Xv"], d["yv"], k=k)
+    util = V.KNNUtility(d["X"][:20], d["y"][:20], d["Xv"], d["yv"], k=k)
     util.prefix_scores(np.arange(20))  # numba compile outside the timing
     t = time.perf_counter()
     with single_threaded():
-        util = V.KNNUtility(d["X"], d["y"], d["Xv"], d["yv"], k)
+        util = V.KNNUtility(d["X"], d["y"], d["Xv"], d["yv"], k=k)
         res = V.tmc_shapley(util, n_tr, max_iterations=perms, convergence=1e-12, seed=0)
     t_ours = time.perf_counter() - t
     peer = run_peer(npz, "tmc", k, perms)

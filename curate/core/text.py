@@ -139,7 +139,7 @@ CCNET_UNICODE_PUNCT: dict[str, str] = {
 _NON_PRINTING = r"[\x00-\x1f\x7f-\x9f]"
 
 
-def ccnet_normalize(text: pl.Expr, accent: bool = True, case: bool = True, numbers: bool = True,
+def ccnet_normalize(text: pl.Expr, *, accent: bool = True, case: bool = True, numbers: bool = True,
                     punct: bool = True) -> pl.Expr:
     """CCNet's text normalisation (``cc_net/text_normalizer.py::normalize`` with ``punct=1``) as one
     polars expression: strip, lowercase, NFD + drop combining marks (Mn), every unicode digit to "0",

@@ -123,7 +123,7 @@ def _pad(seqs: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Ten
 
 
 # ----------------------------------------------------------------------------------------------- build
-def capture_settings(teacher: Any, k: int, max_len: int | None = None, logprob_dtype: str = "float32",
+def capture_settings(teacher: Any, k: int, *, max_len: int | None = None, logprob_dtype: str = "float32",
                      dataset_fingerprint: str | None = None) -> dict[str, Any]:
     """The settings a cache built from ``teacher`` records (and that training should expect)."""
     fp = teacher.fingerprint() if hasattr(teacher, "fingerprint") else {"teacher": teacher.name,
@@ -178,7 +178,8 @@ def build_teacher_cache(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = capture_settings(teacher, k, max_len, logprob_dtype, dataset_fingerprint)
+    settings = capture_settings(teacher, k, max_len=max_len, logprob_dtype=logprob_dtype,
+                                dataset_fingerprint=dataset_fingerprint)
     if int(k) > int(settings["vocab_size"]):
         raise ValueError(f"k={k} exceeds the teacher vocabulary ({settings['vocab_size']})")
     meta_path = out / "meta.json"

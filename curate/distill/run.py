@@ -76,7 +76,8 @@ def prepare(cfg: DistillConfig, need_student: bool = True) -> Prepared:
             student, s_tok, _ = load_causal_lm(cfg.student, device="cpu", base_config=teacher.config,
                                                tokenizer=t_tok)
         s_rows = vocab_rows(student)
-    vocab = shared_vocab(t_tok, s_tok if s_tok is not None else t_tok, vocab_rows(teacher), s_rows, cfg.shared_vocab)
+    vocab = shared_vocab(t_tok, s_tok if s_tok is not None else t_tok, vocab_rows(teacher), s_rows,
+                         override=cfg.shared_vocab)
     return Prepared(teacher, student, t_tok, train, ev, vocab, int(pad), t_tok.eos_token_id, init)
 
 
@@ -135,7 +136,8 @@ def build_cache(cfg: DistillConfig, p: Prepared | None = None, batch_size: int =
         backend.model = copy.deepcopy(p.teacher).to(backend.device, getattr(torch, cfg.teacher_signal.dtype)).eval()
     fp = p.train.fingerprint()
     k = cfg.teacher_signal.k
-    expected = capture_settings(backend, k, cfg.data.max_len, "float32", fp)
+    expected = capture_settings(backend, k, max_len=cfg.data.max_len, logprob_dtype="float32",
+                                dataset_fingerprint=fp)
     d = Path(cfg.teacher_signal.dir)
     if (d / "meta.json").exists():
         cache = TeacherCache(d)

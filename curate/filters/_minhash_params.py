@@ -52,7 +52,7 @@ def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=64)
-def optimal_param(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5
+def optimal_param(threshold: float, num_perm: int, *, fp_weight: float = 0.5, fn_weight: float = 0.5
                   ) -> tuple[int, int]:
     """(bands, rows) minimising fp_weight * FP + fn_weight * FN, as ``datasketch.lsh._optimal_param``:
     FP = integral_0^t S(s) ds, FN = integral_t^1 (1 - S(s)) ds over b in [1, num_perm], r in [1, num_perm // b],

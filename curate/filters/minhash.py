@@ -48,7 +48,7 @@ def _utf8_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets
 
 
-def shingle_hashes(texts: pl.Series, shingle: str, ngram: int, normalize: bool, kind: int,
+def shingle_hashes(texts: pl.Series, *, shingle: str, ngram: int, normalize: bool, kind: int,
                    seed: int | np.uint64 = 0) -> tuple[np.ndarray, np.ndarray]:
     """Hashes of every shingle of every text (concatenated) and the count per text.
 
@@ -77,7 +77,7 @@ def shingle_hashes(texts: pl.Series, shingle: str, ngram: int, normalize: bool, 
 class _Cfg:
     """The resolved, picklable settings the per-shard functions need."""
 
-    def __init__(self, shingle: str, ngram: int, normalize: bool, hash: str, num_perm: int, seed: int,
+    def __init__(self, *, shingle: str, ngram: int, normalize: bool, hash: str, num_perm: int, seed: int,
                  bands: int, rows: int, score_column: str | None, device: str):
         self.shingle, self.ngram, self.normalize, self.hash = shingle, ngram, normalize, hash
         self.num_perm, self.seed, self.bands, self.rows = num_perm, seed, bands, rows
@@ -94,7 +94,8 @@ def compute_signatures(texts: pl.Series, cfg: _Cfg) -> tuple[np.ndarray, np.ndar
     """MinHash signatures (docs x num_perm, uint32) and shingle counts for a batch of texts."""
     scheme, kind = _SCHEMES[cfg.hash]
     a, b = permutations(scheme, cfg.num_perm, cfg.seed)
-    hv, counts = shingle_hashes(texts, cfg.shingle, cfg.ngram, cfg.normalize, kind, cfg.seed)
+    hv, counts = shingle_hashes(texts, shingle=cfg.shingle, ngram=cfg.ngram, normalize=cfg.normalize,
+                                kind=kind, seed=cfg.seed)
     if cfg.device == "cuda" and scheme == "fast":
         from curate.filters._minhash_torch import signatures_fast_torch
 
@@ -178,7 +179,8 @@ def _cand_shard(cfg: _Cfg, sig_dir: Path, cand_path: Path, verify: bool, shard: 
         if not batch.height:
             continue
         if verify:
-            hv, counts = shingle_hashes(batch["text"], cfg.shingle, cfg.ngram, cfg.normalize, 0, _SET_SEED)
+            hv, counts = shingle_hashes(batch["text"], shingle=cfg.shingle, ngram=cfg.ngram,
+                                        normalize=cfg.normalize, kind=0, seed=_SET_SEED)
             vals, ucounts = K.sorted_unique_per_doc(hv, counts)
             import pyarrow as pa
 
@@ -296,7 +298,8 @@ class MinHashDedup(GlobalStage):
                 if k not in p.model_fields_set:
                     d[k] = v
         if d["bands"] is None:
-            d["bands"], d["rows"] = optimal_param(d["threshold"], d["num_perm"], d["fp_weight"], d["fn_weight"])
+            d["bands"], d["rows"] = optimal_param(d["threshold"], d["num_perm"], fp_weight=d["fp_weight"],
+                                                  fn_weight=d["fn_weight"])
         elif "num_perm" not in p.model_fields_set:
             d["num_perm"] = d["bands"] * d["rows"]
         if d["bands"] * d["rows"] > d["num_perm"]:
@@ -310,8 +313,9 @@ class MinHashDedup(GlobalStage):
         device = s["device"]
         if device == "auto":
             device = resolve_device("auto")
-        return _Cfg(s["shingle"], s["ngram"], s["normalize"], s["hash"], s["num_perm"], s["seed"], s["bands"],
-                    s["rows"], s["score_column"], device)
+        return _Cfg(shingle=s["shingle"], ngram=s["ngram"], normalize=s["normalize"], hash=s["hash"],
+                    num_perm=s["num_perm"], seed=s["seed"], bands=s["bands"],
+                    rows=s["rows"], score_column=s["score_column"], device=device)
 
     # --------------------------------------------------------------------------------------- fit
     def fit(self, ctx: FitContext) -> None:

@@ -53,7 +53,8 @@ def _faiss_gpu(device: str) -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def kmeans_assign(x: np.ndarray, n_clusters: int, niter: int = 100, seed: int = 1234, spherical: bool = True,
+def kmeans_assign(x: np.ndarray, n_clusters: int, *, niter: int = 100, seed: int = 1234,
+                  spherical: bool = True,
                   device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """faiss k-means on the (L2-normalised) rows of ``x``.
 
@@ -79,7 +80,8 @@ def kmeans_assign(x: np.ndarray, n_clusters: int, niter: int = 100, seed: int = 
     return labels, dist.astype(np.float32), c
 
 
-def cluster_order(labels: np.ndarray, dist: np.ndarray, which: Keep = "hard", seed: int = 1234) -> np.ndarray:
+def cluster_order(labels: np.ndarray, dist: np.ndarray, *, which: Keep = "hard",
+                  seed: int = 1234) -> np.ndarray:
     """Row indices grouped by cluster and, within a cluster, in SemDeDup's keep order.
 
     ``hard``: descending distance to the centroid (least prototypical first, so kept); ``easy``: ascending;
@@ -106,7 +108,7 @@ def _block_max(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return best, arg
 
 
-def earlier_max_sim(x: np.ndarray, batch_size: int = 1024, faiss_min: int = 4096,
+def earlier_max_sim(x: np.ndarray, *, batch_size: int = 1024, faiss_min: int = 4096,
                     device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """M_j = max_{i<j} x_i·x_j and its argmax i, for rows of ``x`` in keep order (one cluster).
 
@@ -159,7 +161,7 @@ class SemDedupResult:
             return np.nan_to_num(self.max_sim.astype(np.float64), nan=-np.inf) > 1.0 - eps
 
 
-def semdedup_vectors(x: np.ndarray, n_clusters: int | None = None, which: Keep = "hard", niter: int = 100,
+def semdedup_vectors(x: np.ndarray, *, n_clusters: int | None = None, which: Keep = "hard", niter: int = 100,
                      seed: int = 1234, spherical: bool = True, batch_size: int = 1024, faiss_min: int = 4096,
                      device: str = "cpu", normalize: bool = True) -> SemDedupResult:
     """SemDeDup on raw vectors: normalise, cluster, order each cluster, within-cluster max similarity."""
@@ -168,8 +170,8 @@ def semdedup_vectors(x: np.ndarray, n_clusters: int | None = None, which: Keep =
         x = l2_normalize(x)
     n = len(x)
     k = default_n_clusters(n) if n_clusters is None else n_clusters
-    labels, dist, cents = kmeans_assign(x, k, niter, seed, spherical, device)
-    order = cluster_order(labels, dist, which, seed)
+    labels, dist, cents = kmeans_assign(x, k, niter=niter, seed=seed, spherical=spherical, device=device)
+    order = cluster_order(labels, dist, which=which, seed=seed)
     max_sim = np.full(n, np.nan, np.float32)
     nearest = np.full(n, -1, np.int64)
     sorted_labels = labels[order]
@@ -177,7 +179,7 @@ def semdedup_vectors(x: np.ndarray, n_clusters: int | None = None, which: Keep =
     for members in np.split(order, bounds):
         if len(members) < 2:
             continue
-        best, arg = earlier_max_sim(x[members], batch_size, faiss_min, device)
+        best, arg = earlier_max_sim(x[members], batch_size=batch_size, faiss_min=faiss_min, device=device)
         ok = arg >= 0
         max_sim[members[ok]] = best[ok]
         nearest[members[ok]] = members[arg[ok]]
@@ -315,8 +317,9 @@ class SemDeDup(GlobalStage):
         removed_n = 0
         if n:
             with ctx.timer("semdedup"):
-                res = semdedup_vectors(x, p.n_clusters, p.which_to_keep, p.niter, p.seed, p.spherical,
-                                       p.batch_size, p.faiss_min_cluster, ctx.device)
+                res = semdedup_vectors(x, n_clusters=p.n_clusters, which=p.which_to_keep, niter=p.niter,
+                                       seed=p.seed, spherical=p.spherical, batch_size=p.batch_size,
+                                       faiss_min=p.faiss_min_cluster, device=ctx.device)
             ids = keys.get_column("id")
             removed = res.removed(p.eps)
             of = pl.Series("semdup_of", ids.to_numpy()[np.maximum(res.nearest, 0)], dtype=pl.String)

@@ -224,7 +224,7 @@ def vocab_rows(model: Any) -> int:
 
 
 def shared_vocab(teacher_tok: Any, student_tok: Any, teacher_rows: int, student_rows: int,
-                 override: int | None = None) -> int:
+                 *, override: int | None = None) -> int:
     """The number of logit ids both models share; raises when the tokenizers differ.
 
     Same tokenizer (identical token->id maps) with different logit widths -> slice to the smaller

@@ -325,7 +325,7 @@ def _as_series(texts: Iterable[str] | pl.Series) -> pl.Series:
     return texts if isinstance(texts, pl.Series) else pl.Series("text", list(texts), dtype=pl.String)
 
 
-def train_sentencepiece(lines: pl.Series, prefix: Path, vocab_size: int, max_lines: int = 2_000_000,
+def train_sentencepiece(lines: pl.Series, prefix: Path, vocab_size: int, *, max_lines: int = 2_000_000,
                         seed: int = 0) -> Path:
     """A unigram SentencePiece model on normalised lines (CCNet: ``--character_coverage=0.9995
     --model_type=unigram``); the vocabulary is a soft limit so small corpora do not fail."""
@@ -349,7 +349,7 @@ def _run_lmplz(lines: pl.Series, out: Path, order: int) -> None:
                         "--text", str(txt), "--arpa", str(out)], check=True, capture_output=True)
 
 
-def train_lm(texts: Iterable[str] | pl.Series, out: str | Path, order: int = 5,
+def train_lm(texts: Iterable[str] | pl.Series, out: str | Path, *, order: int = 5,
              tokenizer: Literal["whitespace", "sentencepiece"] = "whitespace", vocab_size: int = 32_000,
              sp_model: str | Path | None = None, normalize: bool = True,
              use_lmplz: Literal["auto", "never", "always"] = "auto", lmplz_discounts: bool = True) -> TrainReport:

@@ -84,7 +84,7 @@ def top1_agreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor, m
     return int((a == b).sum()), int(m.sum())
 
 
-def calibration_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15,
+def calibration_bins(logits: torch.Tensor, labels: torch.Tensor, *, n_bins: int = 15,
                      ignore_index: int = IGNORE) -> np.ndarray:
     """ECE bins (see :func:`curate.models.calibration.ece_bins`) of top-1 confidence vs label hit."""
     lab = labels.reshape(-1)
@@ -104,7 +104,7 @@ class _ModelSums:
         s, n = token_nll(logits, labels)
         self.nll += s
         self.n += n
-        b = calibration_bins(logits, labels, n_bins)
+        b = calibration_bins(logits, labels, n_bins=n_bins)
         self.bins = b if self.bins is None else self.bins + b
 
     def result(self) -> dict[str, float]:

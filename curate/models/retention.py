@@ -17,7 +17,7 @@ def performance_retention(student: float, teacher: float, higher_is_better: bool
     return num / den if den else float("nan")
 
 
-def gap_closed(student: float, baseline: float, teacher: float, higher_is_better: bool = False) -> float:
+def gap_closed(student: float, baseline: float, teacher: float, *, higher_is_better: bool = False) -> float:
     """Fraction of the baseline->teacher gap the student closed (1 = reaches the teacher)."""
     gap = (teacher - baseline) if higher_is_better else (baseline - teacher)
     got = (student - baseline) if higher_is_better else (baseline - student)

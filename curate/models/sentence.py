@@ -71,7 +71,7 @@ def model_key(name_or_path: str | None, max_seq_length: int | None = None) -> st
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
-def load_sentence_model(name_or_path: str | None = DEFAULT_MODEL, device: str = "cpu", fp16: bool = True,
+def load_sentence_model(name_or_path: str | None = DEFAULT_MODEL, device: str = "cpu", *, fp16: bool = True,
                         max_seq_length: int | None = None):
     """A ``SentenceTransformer`` in eval mode on ``device`` (fp16 on CUDA unless ``fp16=False``)."""
     ref = resolve_model(name_or_path)
@@ -140,7 +140,7 @@ class EmbedSpec:
     max_seq_length: int | None = None
 
     def load(self, device: str):
-        return load_sentence_model(self.model, device, self.fp16, self.max_seq_length)
+        return load_sentence_model(self.model, device, fp16=self.fp16, max_seq_length=self.max_seq_length)
 
     def key(self) -> str:
         return model_key(self.model, self.max_seq_length)

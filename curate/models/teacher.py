@@ -9,7 +9,7 @@ A teacher is anything with:
 * ``topk_logprobs(input_ids, attention_mask, k) -> TopK`` with ``ids/logprobs [B,T,k]`` and
   ``tail_logmass [B,T]`` -- log-probs at T=1 over the full vocabulary, sorted descending, and
   log(1 - sum of the top-k probabilities) (see :class:`curate.models.topk.TopK`);
-* ``generate(prompts: list[str], max_new_tokens, temperature, top_p, seed) -> list[str]`` -- the
+* ``generate(prompts: list[str], *, max_new_tokens, temperature, top_p, seed) -> list[str]`` -- the
   continuations only (prompt not repeated); temperature 0 means greedy decoding;
 * ``fingerprint() -> dict`` -- what identifies the teacher's signal: name, config hash, weights hash,
   tokenizer vocabulary hash, vocab size (used by the top-k cache's capture settings).
@@ -66,6 +66,7 @@ class TeacherBackend(Protocol):
     def generate(
         self,
         prompts: list[str],
+        *,
         max_new_tokens: int = 128,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -118,10 +119,10 @@ class LocalHFTeacher:
     def __init__(
         self,
         path_or_model: Any,
+        *,
         gguf_file: str | None = None,
         device: str | None = None,
         dtype: Any = None,
-        *,
         tokenizer: Any = None,
         name: str | None = None,
     ) -> None:
@@ -214,11 +215,11 @@ class LocalHFTeacher:
     def generate(
         self,
         prompts: list[str],
+        *,
         max_new_tokens: int = 128,
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
-        *,
         chat: bool = False,
     ) -> list[str]:
         """Sampled (greedy when ``temperature == 0``) continuations of ``prompts``, decoded without special

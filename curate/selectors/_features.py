@@ -74,7 +74,7 @@ class HashedFeatures:
         return self.fit(texts).transform(texts)
 
 
-def resolve_source(columns: list[str], source: FeatureSource, column: str, who: str) -> str:
+def resolve_source(columns: list[str], source: FeatureSource, *, column: str, who: str) -> str:
     """'embedding' or 'hashed'; ``auto`` uses the embedding column when present and says so otherwise."""
     if source == "embedding" and column not in columns:
         raise StepError(who, f"features='embedding' but the data has no '{column}' column "
@@ -88,7 +88,7 @@ def resolve_source(columns: list[str], source: FeatureSource, column: str, who: 
     return source
 
 
-def features(df: pl.DataFrame, source: str, column: str = "embedding", hash_dim: int = 1024,
+def features(df: pl.DataFrame, source: str, *, column: str = "embedding", hash_dim: int = 1024,
              others: list[pl.DataFrame] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Feature matrices for ``df`` and for each frame of ``others`` (same featuriser; idf fitted on ``df``)."""
     others = others or []

@@ -41,7 +41,7 @@ class Example:
     labels: list[int]
 
 
-def tokenize(tokenizer, texts: Sequence[str], max_len: int, prompts: Sequence[str | None] | None = None
+def tokenize(tokenizer, texts: Sequence[str], *, max_len: int, prompts: Sequence[str | None] | None = None
              ) -> list[Example]:
     """Tokenise ``texts`` (truncated to ``max_len`` tokens). Where ``prompts[i]`` is given, ``texts[i]``
     starts with it and its tokens are masked from the loss (the reference's prompt masking)."""
@@ -83,7 +83,7 @@ def per_example_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.
     return tok.sum(1) / count.clamp(min=1)
 
 
-def add_lora(model: nn.Module, r: int, alpha: float, dropout: float, targets: Sequence[str], seed: int):
+def add_lora(model: nn.Module, *, r: int, alpha: float, dropout: float, targets: Sequence[str], seed: int):
     """peft LoRA on ``targets``; asserts only LoRA weights require gradients (as the reference does)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -112,7 +112,8 @@ def lr_schedule(total_steps: int, warmup_ratio: float) -> np.ndarray:
     return np.where(s < warm, up, down)
 
 
-def epoch_mean_lrs(n_examples: int, grad_accum: int, epochs: int, lr: float, warmup_ratio: float) -> list[float]:
+def epoch_mean_lrs(n_examples: int, *, grad_accum: int, epochs: int, lr: float,
+                   warmup_ratio: float) -> list[float]:
     """Mean learning rate of each epoch's optimizer steps: LESS's checkpoint weights (README)."""
     per_epoch = math.ceil(n_examples / grad_accum)
     mult = lr_schedule(per_epoch * epochs, warmup_ratio) * lr

@@ -36,7 +36,7 @@ def _tile_seed(seed: int, index: int) -> int:
 class RademacherProjector:
     """Project ``(batch, dim)`` vectors to ``(batch, proj_dim)`` with a seeded +-1 matrix, tile by tile."""
 
-    def __init__(self, dim: int, proj_dim: int = 8192, seed: int = 0, device: str | torch.device = "cpu",
+    def __init__(self, dim: int, proj_dim: int = 8192, *, seed: int = 0, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, cache_bytes: int = 1 << 28,
                  row_block: int | None = None):
         if dim <= 0 or proj_dim <= 0:

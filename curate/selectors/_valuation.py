@@ -66,7 +66,7 @@ def _distances(X: np.ndarray, Xv: np.ndarray, metric: str) -> np.ndarray:
     raise ValueError(f"unknown metric {metric!r} (euclidean, cosine)")
 
 
-def neighbour_orders(X: np.ndarray, Xv: np.ndarray, metric: str = "euclidean",
+def neighbour_orders(X: np.ndarray, Xv: np.ndarray, *, metric: str = "euclidean",
                      max_cells: int = 1 << 24) -> Iterator[tuple[int, np.ndarray]]:
     """For chunks of validation points: (first index, training indices sorted by distance, stable)."""
     n = len(X)
@@ -80,7 +80,7 @@ def neighbour_orders(X: np.ndarray, Xv: np.ndarray, metric: str = "euclidean",
 # exact KNN-Shapley (Jia et al. 2019, Theorem 1)
 
 
-def knn_shapley(X: np.ndarray, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray, k: int = 10,
+def knn_shapley(X: np.ndarray, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray, *, k: int = 10,
                 metric: str = "euclidean") -> np.ndarray:
     """Exact Shapley values of the KNN utility, averaged over the validation points.
 
@@ -95,7 +95,7 @@ def knn_shapley(X: np.ndarray, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray, k:
     i1 = np.arange(1, n, dtype=np.float64)  # i = 1..n-1 (1-based rank of the nearer point of each pair)
     coef = np.minimum(k, i1) / (i1 * k)
     total = np.zeros(n)
-    for a, order in neighbour_orders(X, Xv, metric):
+    for a, order in neighbour_orders(X, Xv, metric=metric):
         m = (y[order] == yv[a:a + len(order), None]).astype(np.float64)
         s = np.empty_like(m)
         last = m[:, -1:] / max(n, k)  # = 1/N when N >= K (the paper's case); exact for N < K too
@@ -114,13 +114,13 @@ def knn_shapley(X: np.ndarray, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray, k:
 class KNNUtility:
     """The KNN utility of :func:`knn_shapley` for any subset, with an exact incremental prefix path."""
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray, k: int = 10,
+    def __init__(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray, *, k: int = 10,
                  metric: str = "euclidean"):
         self.n, self.k = len(X), int(k)
         T = len(Xv)
         # rank of training point i for validation point t, stored (n, T) so a point's column is contiguous
         ranks = np.empty((self.n, T), dtype=np.int32)
-        for a, order in neighbour_orders(np.asarray(X), np.asarray(Xv), metric):
+        for a, order in neighbour_orders(np.asarray(X), np.asarray(Xv), metric=metric):
             b = a + len(order)
             r = np.empty_like(order, dtype=np.int32)
             np.put_along_axis(r, order, np.arange(self.n, dtype=np.int32)[None, :].repeat(len(order), 0), axis=1)
@@ -189,7 +189,7 @@ class ClassifierUtility:
     limit_threads = True
 
     def __init__(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray,
-                 model: str | Callable[[], object] = "logistic", C: float = 1.0, empty_score: float = 0.0):
+                 *, model: str | Callable[[], object] = "logistic", C: float = 1.0, empty_score: float = 0.0):
         self.X, self.y, self.Xv, self.yv = X, np.asarray(y), Xv, np.asarray(yv)
         self.n = len(X)
         self.empty_score = float(empty_score)
@@ -274,7 +274,7 @@ def beta_weights(n: int, alpha: float, beta: float) -> np.ndarray:
     return np.exp(logw)
 
 
-def subset_weights(n: int, kind: str = "shapley", alpha: float = 1.0, beta: float = 1.0) -> np.ndarray:
+def subset_weights(n: int, kind: str = "shapley", *, alpha: float = 1.0, beta: float = 1.0) -> np.ndarray:
     """p(s), s = 0..n−1: weight of one subset S ∌ i of size s in φ_i = Σ_S p(|S|)·[U(S∪i) − U(S)]."""
     s = np.arange(n)
     binom = np.array([math.comb(n - 1, int(x)) for x in s], dtype=np.float64)
@@ -287,7 +287,7 @@ def subset_weights(n: int, kind: str = "shapley", alpha: float = 1.0, beta: floa
     raise ValueError(f"unknown semivalue {kind!r}")
 
 
-def exact_semivalue(utility: UtilityFn, n: int, kind: str = "shapley", alpha: float = 1.0,
+def exact_semivalue(utility: UtilityFn, n: int, *, kind: str = "shapley", alpha: float = 1.0,
                     beta: float = 1.0) -> np.ndarray:
     """Exact semivalues by enumerating all 2^n subsets (each utility evaluated once); n <= ~16."""
     if n > 20:
@@ -296,7 +296,7 @@ def exact_semivalue(utility: UtilityFn, n: int, kind: str = "shapley", alpha: fl
     bits = (masks[:, None] >> np.arange(n)) & 1
     U = np.array([utility(np.flatnonzero(b)) for b in bits])
     size = bits.sum(1)
-    p = subset_weights(n, kind, alpha, beta)
+    p = subset_weights(n, kind, alpha=alpha, beta=beta)
     phi = np.zeros(n)
     for i in range(n):
         without = masks[bits[:, i] == 0]
@@ -340,11 +340,13 @@ def permutation_semivalue(utility: UtilityFn, n: int, *, weights: np.ndarray | N
     ``truncation=None`` disables truncation (plain permutation sampling).
     """
     with _threads_for(utility):
-        return _permutation_semivalue(utility, n, weights, truncation, convergence, check_every,
-                                      min_iterations, max_iterations, seed, method)
+        return _permutation_semivalue(utility, n, weights=weights, truncation=truncation,
+                                      convergence=convergence, check_every=check_every,
+                                      min_iterations=min_iterations, max_iterations=max_iterations,
+                                      seed=seed, method=method)
 
 
-def _permutation_semivalue(utility, n, weights, truncation, convergence, check_every, min_iterations,
+def _permutation_semivalue(utility, n, *, weights, truncation, convergence, check_every, min_iterations,
                            max_iterations, seed, method) -> ValuationResult:
     rng = np.random.default_rng(seed)
     full = np.arange(n)
@@ -402,7 +404,8 @@ def tmc_shapley(utility: UtilityFn, n: int, **kw) -> ValuationResult:
     return permutation_semivalue(utility, n, method="tmc", **kw)
 
 
-def beta_shapley(utility: UtilityFn, n: int, alpha: float = 16.0, beta: float = 1.0, **kw) -> ValuationResult:
+def beta_shapley(utility: UtilityFn, n: int, *, alpha: float = 16.0, beta: float = 1.0,
+                 **kw) -> ValuationResult:
     """Beta(α,β)-Shapley by permutation sampling reweighted by position (default Beta(16,1), the paper's
     recommendation; OpenDataVal uses Beta(4,1))."""
     return permutation_semivalue(utility, n, weights=beta_weights(n, alpha, beta), method="beta", **kw)
@@ -412,7 +415,7 @@ def beta_shapley(utility: UtilityFn, n: int, alpha: float = 16.0, beta: float = 
 # Data Banzhaf: maximum sample reuse (Wang & Jia 2023)
 
 
-def msr_banzhaf(utility: UtilityFn, n: int, n_samples: int = 1000, seed: int = 0) -> ValuationResult:
+def msr_banzhaf(utility: UtilityFn, n: int, *, n_samples: int = 1000, seed: int = 0) -> ValuationResult:
     """MSR estimator: subsets with each point in w.p. ½; φ̂_i = mean{U(S): i∈S} − mean{U(S): i∉S}.
     Default 1000 subsets (OpenDataVal ``DataBanzhaf(num_models=1000)``)."""
     rng = np.random.default_rng(seed)
@@ -437,7 +440,7 @@ def msr_banzhaf(utility: UtilityFn, n: int, n_samples: int = 1000, seed: int = 0
 # cluster-level Shapley
 
 
-def kmeans(X: np.ndarray, k: int, seed: int = 0, iters: int = 50, sample: int = 20000) -> np.ndarray:
+def kmeans(X: np.ndarray, k: int, *, seed: int = 0, iters: int = 50, sample: int = 20000) -> np.ndarray:
     """Cluster assignment by k-means (k-means++ seeding on at most ``sample`` points, then Lloyd
     iterations over all points until assignments stop changing). Deterministic under ``seed``."""
     X = np.asarray(X, dtype=np.float64)
@@ -474,7 +477,7 @@ def spread_to_members(cluster_values: np.ndarray, assign: np.ndarray) -> np.ndar
     return (cluster_values / np.maximum(sizes, 1))[assign]
 
 
-def cluster_shapley(utility: UtilityFn, assign: np.ndarray, n_clusters: int, exact_below: int = 12,
+def cluster_shapley(utility: UtilityFn, assign: np.ndarray, n_clusters: int, *, exact_below: int = 12,
                     **kw) -> ValuationResult:
     """Shapley values of clusters as players (exact when there are at most ``exact_below`` clusters,
     TMC otherwise), spread equally to the members."""

@@ -29,7 +29,7 @@ def _sqdist(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
-def kcenter_greedy(X: np.ndarray, k: int | None = None, radius: float | None = None, first: int = 0,
+def kcenter_greedy(X: np.ndarray, k: int | None = None, *, radius: float | None = None, first: int = 0,
                    tokens: np.ndarray | None = None, budget: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy k-center (Gonzalez 1985; Sener & Savarese 2018 "core-set"): start at ``first``, repeatedly
     add the point farthest from the chosen set. Its radius is at most twice the optimum.
@@ -79,7 +79,7 @@ def _normalise(X: np.ndarray) -> np.ndarray:
     return np.divide(X, nrm, out=np.zeros_like(X), where=nrm > 0)
 
 
-def facility_location_greedy(X: np.ndarray, k: int | None = None, min_gain: float | None = None,
+def facility_location_greedy(X: np.ndarray, k: int | None = None, *, min_gain: float | None = None,
                              ground: np.ndarray | None = None, tokens: np.ndarray | None = None,
                              budget: float | None = None, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lazy greedy (Minoux 1978) maximisation of f(S) = Σ_{v∈V} max_{s∈S} sim(v, s), sim = (1+cos)/2,
@@ -143,7 +143,8 @@ def facility_value(X: np.ndarray, S: np.ndarray, ground: np.ndarray | None = Non
     return float(_sim(Xn[np.asarray(S)], V).max(0).sum())
 
 
-def diversity(X: np.ndarray, S: np.ndarray, max_pairs_points: int = 2000, seed: int = 0) -> dict[str, float]:
+def diversity(X: np.ndarray, S: np.ndarray, *, max_pairs_points: int = 2000, seed: int = 0) -> dict[str,
+                                                                                                    float]:
     """Mean / min pairwise Euclidean distance inside S (on at most ``max_pairs_points`` of its points),
     coverage radius (max distance of any point to its nearest member of S) and mean coverage distance."""
     X = np.asarray(X, dtype=np.float64)
@@ -202,11 +203,11 @@ class _Coreset(Selector):
         if first is None:
             return pl.DataFrame({UID: [], "score": [], _SELECTED: []},
                                 schema={UID: pl.UInt64, "score": pl.Float64, _SELECTED: pl.Boolean})
-        source = resolve_source(first.columns, p.features, p.embedding_column, self.name)
+        source = resolve_source(first.columns, p.features, column=p.embedding_column, who=self.name)
         cols = [UID, "text"] + ([p.embedding_column] if source == "embedding" else [])
         data = pl.concat(list(ctx.iter_batches(columns=cols)))
         try:
-            X, _ = features(data, source, p.embedding_column, p.hash_dim)
+            X, _ = features(data, source, column=p.embedding_column, hash_dim=p.hash_dim)
         except ValueError as e:  # ragged vectors in a user-provided embedding column
             raise self.error(str(e), column=p.embedding_column) from e
         n = len(X)

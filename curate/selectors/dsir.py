@@ -136,7 +136,7 @@ def _score_shard(shard: Path, out: Path, *, ngrams: int, num_buckets: int, log_d
     df.write_parquet(out)
 
 
-def target_counts(path: str | list[str], text_field: str, ngrams: int, num_buckets: int,
+def target_counts(path: str | list[str], *, text_field: str, ngrams: int, num_buckets: int,
                   fmt: str | None = None) -> np.ndarray:
     """Bucket counts over ALL documents of the target corpus (jsonl / parquet / txt, read with curate.io)."""
     from curate.io.readers import InputSpec
@@ -196,7 +196,8 @@ class DSIR(Selector):
     def fit(self, ctx: FitContext) -> None:
         p = self.params
         state = Path(ctx.state_dir)
-        tp = normalised(target_counts(p.target, p.target_text_field, p.ngrams, p.num_buckets, p.target_format),
+        tp = normalised(target_counts(p.target, text_field=p.target_text_field, ngrams=p.ngrams,
+                                      num_buckets=p.num_buckets, fmt=p.target_format),
                         p.target_laplace_smoothing)
         budget = {"auto": 100_000 * p.num_buckets, "all": None}.get(p.num_tokens_to_fit, p.num_tokens_to_fit)
         per_shard = None if budget is None else int(budget) // max(1, len(ctx.shards))

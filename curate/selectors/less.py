@@ -193,7 +193,8 @@ class Less(Selector):
         lm, tok = load_lm(p.model, gguf_file=p.gguf_file, from_config=p.from_config, tokenizer=p.tokenizer,
                           device=ctx.device, dtype=p.dtype, seed=p.seed)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        model = lg.add_lora(lm, p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_targets, p.seed)
+        model = lg.add_lora(lm, r=p.lora_r, alpha=p.lora_alpha, dropout=p.lora_dropout,
+                            targets=p.lora_targets, seed=p.seed)
 
         # 1. warm-up on a seeded random sample of the pool
         rng = np.random.default_rng(p.seed)
@@ -202,7 +203,7 @@ class Less(Selector):
         sample_uids = pl.Series(UID, uids[sample])
         warm_texts = pl.concat([b.filter(pl.col(UID).is_in(sample_uids.implode()))
                                 for b in ctx.iter_batches(columns=[UID, "text"])])["text"].fill_null("").to_list()
-        warm = lg.tokenize(tok, warm_texts, p.max_len)
+        warm = lg.tokenize(tok, warm_texts, max_len=p.max_len)
         ck_dir = ctx.scratch_dir / "less_checkpoints"
         metas = lg.warmup_train(model, warm, ck_dir, epochs=p.warmup_epochs, lr=p.lr,
                                 warmup_ratio=p.warmup_ratio, grad_accum=p.grad_accum, batch_size=p.batch_size,
@@ -215,7 +216,7 @@ class Less(Selector):
         task_names = sorted(set(tasks))
         task_idx = torch.tensor([task_names.index(t) for t in tasks], device=device)
         counts = torch.bincount(task_idx, minlength=len(task_names)).float()
-        target_ex = lg.tokenize(tok, texts, p.max_len, prompts if p.mask_prompt else None)
+        target_ex = lg.tokenize(tok, texts, max_len=p.max_len, prompts=prompts if p.mask_prompt else None)
         grads = lg.PerExampleGrads(model)
         from curate.selectors._projection import RademacherProjector
 
@@ -224,11 +225,13 @@ class Less(Selector):
         per_task = np.zeros((n, len(task_names)), dtype=np.float64)
         for wi, epoch in zip(w, chosen):
             m, v = lg.load_checkpoint(model, ck_dir / f"epoch-{epoch}", device)
-            tfeat = features(grads, proj, target_ex, p.batch_size, pad_id, device, "sgd", m, v)
+            tfeat = features(grads, proj, target_ex, batch_size=p.batch_size, pad_id=pad_id, device=device,
+                             kind="sgd", m=m, v=v)
             row = 0
             for b in ctx.iter_batches(columns=[UID, "text"]):
-                ex = lg.tokenize(tok, b["text"].fill_null("").to_list(), p.max_len)
-                f = features(grads, proj, ex, p.batch_size, pad_id, device, p.train_gradient, m, v)
+                ex = lg.tokenize(tok, b["text"].fill_null("").to_list(), max_len=p.max_len)
+                f = features(grads, proj, ex, batch_size=p.batch_size, pad_id=pad_id, device=device,
+                             kind=p.train_gradient, m=m, v=v)
                 cos = f @ tfeat.T  # (docs, targets)
                 mean = torch.zeros(cos.shape[0], len(task_names), device=device).index_add_(1, task_idx, cos)
                 per_task[row:row + len(ex)] += wi * (mean / counts).double().cpu().numpy()
@@ -237,7 +240,7 @@ class Less(Selector):
         return pl.DataFrame({UID: uids, "score": score}, schema={UID: pl.UInt64, "score": pl.Float64})
 
 
-def features(grads, proj, examples, batch_size: int, pad_id: int, device, kind: str, m=None, v=None,
+def features(grads, proj, examples, *, batch_size: int, pad_id: int, device, kind: str, m=None, v=None,
              buffer_bytes: int = 1 << 28):
     """L2-normalised projected gradient features of ``examples`` (in their order), float32.
 

@@ -12,7 +12,7 @@ from curate.core.operator import PATH_MODEL, Column, Filter, OpParams, Rule, Run
 from curate.core.registry import register
 
 
-def encode(tokenizer: Any, texts: list[str], max_length: int, add_bos: bool) -> list[list[int]]:
+def encode(tokenizer: Any, texts: list[str], *, max_length: int, add_bos: bool) -> list[list[int]]:
     """Token ids per text, truncated to ``max_length`` (BOS included), BOS prepended when asked for and
     the tokenizer does not add one itself."""
     bos = tokenizer.bos_token_id if add_bos else None
@@ -44,7 +44,7 @@ def perplexities(model: Any, tokenizer: Any, texts: list[str], *, device: str = 
     """
     import torch
 
-    ids = encode(tokenizer, texts, max_length, add_bos)
+    ids = encode(tokenizer, texts, max_length=max_length, add_bos=add_bos)
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     out = np.full(len(ids), np.nan)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

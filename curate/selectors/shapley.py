@@ -138,7 +138,7 @@ class Shapley(Selector):
             return pl.DataFrame({UID: [], "score": []}, schema={UID: pl.UInt64, "score": pl.Float64})
         if p.label_field not in first.columns:
             raise self.error(f"no label column '{p.label_field}' (set label_field)", column=p.label_field)
-        source = resolve_source(first.columns, p.features, p.embedding_column, "shapley")
+        source = resolve_source(first.columns, p.features, column=p.embedding_column, who="shapley")
         cols = [UID, "text", p.label_field] + ([p.embedding_column] if source == "embedding" else [])
         data = pl.concat(list(ctx.iter_batches(columns=cols)))
         labelled = data[p.label_field].is_not_null().to_numpy()
@@ -165,7 +165,7 @@ class Shapley(Selector):
                              "use method knn or cluster (or raise max_players)", param="max_players")
 
         try:
-            X, (Xv,) = features(train, source, p.embedding_column, p.hash_dim, others=[val])
+            X, (Xv,) = features(train, source, column=p.embedding_column, hash_dim=p.hash_dim, others=[val])
         except ValueError as e:  # ragged vectors in a user-provided embedding column
             raise self.error(str(e), column=p.embedding_column) from e
         labels = pl.concat([train[p.label_field].cast(pl.String), val[p.label_field].cast(pl.String)])
@@ -190,9 +190,9 @@ class Shapley(Selector):
 
         p = self.params
         if p.utility == "knn":
-            return V.KNNUtility(X, y, Xv, yv, p.k, p.metric)
+            return V.KNNUtility(X, y, Xv, yv, k=p.k, metric=p.metric)
         if p.utility == "logistic":
-            return V.ClassifierUtility(X, y, Xv, yv, "logistic", C=p.logistic_c, empty_score=p.empty_score)
+            return V.ClassifierUtility(X, y, Xv, yv, model="logistic", C=p.logistic_c, empty_score=p.empty_score)
         try:
             fn = _load_callable(p.utility)
         except (ImportError, AttributeError, ValueError) as e:
@@ -205,7 +205,7 @@ class Shapley(Selector):
         p = self.params
         n = len(X)
         if p.method == "knn":
-            return V.ValuationResult(V.knn_shapley(X, y, Xv, yv, p.k, p.metric), method="knn")
+            return V.ValuationResult(V.knn_shapley(X, y, Xv, yv, k=p.k, metric=p.metric), method="knn")
         tmc_kw = dict(truncation=p.truncation, convergence=p.convergence, max_iterations=p.max_iterations,
                       seed=p.seed)
         if p.method == "cluster":
@@ -215,5 +215,5 @@ class Shapley(Selector):
         if p.method == "tmc":
             return V.tmc_shapley(u, n, **tmc_kw)
         if p.method == "beta":
-            return V.beta_shapley(u, n, p.alpha, p.beta, **tmc_kw)
-        return V.msr_banzhaf(u, n, p.n_samples, seed=p.seed)
+            return V.beta_shapley(u, n, alpha=p.alpha, beta=p.beta, **tmc_kw)
+        return V.msr_banzhaf(u, n, n_samples=p.n_samples, seed=p.seed)

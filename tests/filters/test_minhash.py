@@ -51,7 +51,8 @@ def test_xxh64_and_sha1_match_reference():
 def test_signatures_bit_identical_to_datasketch(shared_data, hash_name, scheme, shingle, n):
     datasketch = pytest.importorskip("datasketch")
     texts = _news(shared_data, 120) + EDGE
-    cfg = _Cfg(shingle, n, True, hash_name, 128, 1, 16, 8, None, "cpu")
+    cfg = _Cfg(shingle=shingle, ngram=n, normalize=True, hash=hash_name, num_perm=128, seed=1, bands=16,
+               rows=8, score_column=None, device="cpu")
     sig, counts = compute_signatures(pl.Series(texts), cfg)
     for i, t in enumerate(texts):
         sh = shingles_py(t, shingle, n)
@@ -64,11 +65,11 @@ def test_signatures_bit_identical_to_datasketch(shared_data, hash_name, scheme, 
 def test_fast_word_kernel_normalises_like_simplify_text(shared_data):
     texts = _news(shared_data, 1500) + EDGE
     s = pl.Series(texts)
-    h1, c1 = shingle_hashes(s, "word", 5, True, 0, 7)
+    h1, c1 = shingle_hashes(s, shingle="word", ngram=5, normalize=True, kind=0, seed=7)
     simplified = s.to_frame("t").select(simplify_text(pl.col("t"))).to_series()
     fast = s.to_frame("t").select(simplify_text_fast(pl.col("t"))).to_series()
     assert fast.to_list() == simplified.to_list()  # vectorised accent stripping == the Python reference
-    h2, c2 = shingle_hashes(simplified, "word", 5, False, 0, 7)
+    h2, c2 = shingle_hashes(simplified, shingle="word", ngram=5, normalize=False, kind=0, seed=7)
     np.testing.assert_array_equal(c1, c2)
     np.testing.assert_array_equal(h1, h2)
     np.testing.assert_array_equal(c1[-600:], [len(shingles_py(t)) for t in texts[-600:]])  # incl. EDGE
@@ -103,7 +104,7 @@ def test_optimal_param_matches_datasketch():
     for num_perm in (64, 128, 256):
         for t in (0.3, 0.5, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
             assert optimal_param(t, num_perm) == lsh._optimal_param(t, num_perm, 0.5, 0.5), (t, num_perm)
-    assert optimal_param(0.8, 128, 0.3, 0.7) == lsh._optimal_param(0.8, 128, 0.3, 0.7)
+    assert optimal_param(0.8, 128, fp_weight=0.3, fn_weight=0.7) == lsh._optimal_param(0.8, 128, 0.3, 0.7)
     assert optimal_param(0.8, 128) == (9, 13)  # algorithms.md §3.3 reference values
 
 
@@ -199,7 +200,7 @@ def _planted_corpus(shared_data: Path, n_base: int, n_dup: int, seed: int = 0) -
 
 def _exact_pairs(texts: pl.Series) -> pl.DataFrame:
     """Exact word-5-gram Jaccard of every pair sharing a shingle (inverted index), same normalisation."""
-    hv, counts = shingle_hashes(texts, "word", 5, True, 0, 99)
+    hv, counts = shingle_hashes(texts, shingle="word", ngram=5, normalize=True, kind=0, seed=99)
     vals, ucounts = K.sorted_unique_per_doc(hv, counts)
     doc = np.repeat(np.arange(len(texts)), ucounts)
     inv = pl.DataFrame({"d": doc, "h": vals})

@@ -167,14 +167,14 @@ def test_per_example_grads_equal_single_example_backward(tiny_lm, shared_data):
     vocab = json.loads((tiny_lm / "config.json").read_text())["vocab_size"]
     lm, tok = load_lm(None, gguf_file=None, from_config={**TINY, "vocab_size": vocab}, tokenizer=str(tiny_lm),
                       device="cpu", dtype="float32", seed=0)
-    model = add_lora(lm, 4, 16, 0.1, ["q_proj", "k_proj", "v_proj", "o_proj"], seed=0)
+    model = add_lora(lm, r=4, alpha=16, dropout=0.1, targets=["q_proj", "k_proj", "v_proj", "o_proj"], seed=0)
     with torch.no_grad():  # non-zero B so the A gradients are non-zero too
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     texts = _gsm(shared_data, 0, 3) + _news(shared_data, 0, 2)
     prompts = [texts[0].split("\n")[0] + "\n", None, None, None, None]
-    ex = tokenize(tok, texts, 200, prompts)
+    ex = tokenize(tok, texts, max_len=200, prompts=prompts)
     assert ex[0].labels[0] == -100 and len({len(e.input_ids) for e in ex}) > 1  # masked prompt, ragged
     pg = PerExampleGrads(model)
     batched, _ = pg.compute(collate(ex, tok.pad_token_id, torch.device("cpu")))

@@ -97,7 +97,7 @@ def test_knn_symmetry_for_cloned_point():
     y = np.append(y, y[2])
     closed = V.knn_shapley(X, y, Xv, yv, k=3)
     assert closed[2] == pytest.approx(closed[7], abs=1e-15)
-    exact = V.exact_semivalue(V.KNNUtility(X, y, Xv, yv, 3), len(X))
+    exact = V.exact_semivalue(V.KNNUtility(X, y, Xv, yv, k=3), len(X))
     assert exact[2] == pytest.approx(exact[7], abs=1e-12)
     assert np.abs(exact - closed).max() < 1e-12
 
@@ -113,11 +113,11 @@ def test_additive_game_every_semivalue_returns_the_weights():
         return float(w[np.asarray(S, dtype=np.int64)].sum())
 
     for kind in ("shapley", "banzhaf", "beta"):
-        assert np.abs(V.exact_semivalue(U, 6, kind, alpha=16, beta=1) - w).max() < 1e-12
+        assert np.abs(V.exact_semivalue(U, 6, kind=kind, alpha=16, beta=1) - w).max() < 1e-12
     assert np.abs(brute_shapley(6, lambda S: float(sum(w[j] for j in S))) - w).max() < 1e-12
     tmc = V.tmc_shapley(U, 6, truncation=None, max_iterations=20, convergence=1e-9)
     assert np.abs(tmc.values - w).max() < 1e-12  # every permutation's marginal of j is exactly w_j
-    beta = V.beta_shapley(U, 6, 16, 1, truncation=None, max_iterations=4000, convergence=1e-9)
+    beta = V.beta_shapley(U, 6, alpha=16, beta=1, truncation=None, max_iterations=4000, convergence=1e-9)
     assert np.abs(beta.values - w).max() < 0.1  # unbiased, weighted permutation sampling
     msr = V.msr_banzhaf(U, 6, n_samples=20000, seed=1)
     assert np.abs(msr.values - w).max() < 4 * msr.stderr.max() + 1e-9
@@ -125,7 +125,7 @@ def test_additive_game_every_semivalue_returns_the_weights():
 
 def test_null_player_gets_zero():
     X, y, Xv, yv = _toy(5, n=7, T=3)
-    base = V.KNNUtility(X, y, Xv, yv, 2)
+    base = V.KNNUtility(X, y, Xv, yv, k=2)
     null = 3
 
     def U(S):
@@ -133,14 +133,14 @@ def test_null_player_gets_zero():
         return base(S[S != null])
 
     for kind in ("shapley", "banzhaf", "beta"):
-        assert V.exact_semivalue(U, 7, kind, 16, 1)[null] == 0.0
+        assert V.exact_semivalue(U, 7, kind=kind, alpha=16, beta=1)[null] == 0.0
     assert V.tmc_shapley(U, 7, max_iterations=50).values[null] == 0.0
 
 
 def test_efficiency_and_linearity():
     X, y, Xv, yv = _toy(9, n=8, T=3)
-    U1 = V.KNNUtility(X, y, Xv, yv, 2)
-    U2 = V.KNNUtility(X, y, Xv, yv, 4)
+    U1 = V.KNNUtility(X, y, Xv, yv, k=2)
+    U2 = V.KNNUtility(X, y, Xv, yv, k=4)
     full, empty = np.arange(8), np.zeros(0, np.int64)
     e1 = V.exact_semivalue(U1, 8)
     assert e1.sum() == pytest.approx(U1(full) - U1(empty), abs=1e-12)
@@ -160,22 +160,23 @@ def test_beta_weights():
     w = V.beta_weights(9, 16, 1)
     assert w.mean() == pytest.approx(1.0, abs=1e-12) and np.all(np.diff(w) < 0)  # emphasises small sets
     X, y, Xv, yv = _toy(3, n=7)
-    u = V.KNNUtility(X, y, Xv, yv, 3)
-    assert np.allclose(V.exact_semivalue(u, 7, "beta", 1, 1), V.exact_semivalue(u, 7, "shapley"), atol=1e-14)
+    u = V.KNNUtility(X, y, Xv, yv, k=3)
+    assert np.allclose(V.exact_semivalue(u, 7, kind="beta", alpha=1, beta=1),
+                       V.exact_semivalue(u, 7, kind="shapley"), atol=1e-14)
 
 
 def test_samplers_converge_to_exact_values():
     X, y, Xv, yv = _toy(21, n=9, T=5)
-    u = V.KNNUtility(X, y, Xv, yv, 3)
+    u = V.KNNUtility(X, y, Xv, yv, k=3)
     exact = V.exact_semivalue(u, 9)
     errs = [np.abs(V.tmc_shapley(u, 9, truncation=None, max_iterations=T, convergence=1e-9, seed=3).values
                    - exact).mean() for T in (100, 6400)]
     assert errs[1] < errs[0] / 3  # error ~ 1/sqrt(T): 8x expected
     assert errs[1] < 5e-3
-    bex = V.exact_semivalue(u, 9, "beta", 4, 1)
-    best = V.beta_shapley(u, 9, 4, 1, truncation=None, max_iterations=6400, convergence=1e-9)
+    bex = V.exact_semivalue(u, 9, kind="beta", alpha=4, beta=1)
+    best = V.beta_shapley(u, 9, alpha=4, beta=1, truncation=None, max_iterations=6400, convergence=1e-9)
     assert np.abs(best.values - bex).max() < 0.02
-    banz = V.exact_semivalue(u, 9, "banzhaf")
+    banz = V.exact_semivalue(u, 9, kind="banzhaf")
     msr = V.msr_banzhaf(u, 9, n_samples=20000, seed=2)
     assert np.abs(msr.values - banz).max() < 4 * msr.stderr.max()
     assign = np.array([0, 0, 1, 1, 2, 2, 3, 4, 4])
@@ -186,10 +187,10 @@ def test_samplers_converge_to_exact_values():
 
 def test_tmc_truncation_and_ghorbani_convergence():
     X, y, Xv, yv = _toy(4, n=40, T=20, d=3)
-    u = V.KNNUtility(X, y, Xv, yv, 5)
+    u = V.KNNUtility(X, y, Xv, yv, k=5)
     res = V.tmc_shapley(u, 40, max_iterations=5000, seed=0)
     assert res.converged and res.iterations % 100 == 0 and res.iterations < 5000
-    exact = V.knn_shapley(X, y, Xv, yv, 5)
+    exact = V.knn_shapley(X, y, Xv, yv, k=5)
     assert np.corrcoef(res.values, exact)[0, 1] > 0.95
     # generic (non-incremental) path gives the same numbers as the incremental one
     g = V.tmc_shapley(lambda S: u(S), 40, max_iterations=100, convergence=1e-9, seed=0)
@@ -230,7 +231,7 @@ def test_mislabelled_points_get_lowest_values(shared_data):
     f = flip[tr]
     knn = V.knn_shapley(X, y[tr], Xv, yv, k=10)
     auc_knn = auc(-knn[f], -knn[~f])
-    tmc = V.tmc_shapley(V.KNNUtility(X, y[tr], Xv, yv, 10), 2000, max_iterations=300, seed=0)
+    tmc = V.tmc_shapley(V.KNNUtility(X, y[tr], Xv, yv, k=10), 2000, max_iterations=300, seed=0)
     auc_tmc = auc(-tmc.values[f], -tmc.values[~f])
     print(f"mislabel detection AUC on SMS spam (10% flipped, n=2000): knn {auc_knn:.3f}, tmc {auc_tmc:.3f}")
     assert auc_knn > 0.9
@@ -248,7 +249,7 @@ def test_logistic_utility_flags_flipped_labels():
     flip = np.zeros(20, bool)
     flip[np.argsort(-np.abs(X.sum(1)))[:3]] = True
     y = np.where(flip, 1 - y, y)
-    lr = V.ClassifierUtility(X, y, Xv, yv, "logistic")
+    lr = V.ClassifierUtility(X, y, Xv, yv, model="logistic")
     banz = V.msr_banzhaf(lr, 20, n_samples=256, seed=0)
     tmc = V.tmc_shapley(lr, 20, max_iterations=15, seed=0)
     for vals in (banz.values, tmc.values):
