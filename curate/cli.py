@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from curate import __version__
+from curate._version import __version__
 from curate.core.errors import DISTRIBUTION, CurateError
 
 #: modules that add subcommands, each with ``add_commands(subparsers)``; every one must import.

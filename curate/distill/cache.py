@@ -37,10 +37,10 @@ from typing import Any
 import torch
 import xxhash
 
+from curate.models.device import DTYPE_NAMES, torch_dtype
 from curate.models.topk import TopK
 
 FORMAT = "curate-topk-cache/1"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # settings that describe *what* was captured (compared on resume); dataset_fingerprint may be filled at the end
 _CAPTURE_KEYS = ("teacher", "teacher_config_hash", "teacher_weights_hash", "tokenizer_vocab_hash", "vocab_size",
                  "k", "temperature", "max_len", "logprob_dtype")
@@ -172,8 +172,8 @@ def build_teacher_cache(
     existing ``meta.json`` with different capture settings raises :class:`CacheMismatchError`.
     Returns the opened :class:`TeacherCache`.
     """
-    if logprob_dtype not in _DTYPES:
-        raise ValueError(f"logprob_dtype must be one of {sorted(_DTYPES)}, got {logprob_dtype!r}")
+    if logprob_dtype not in DTYPE_NAMES:
+        raise ValueError(f"logprob_dtype must be one of {sorted(DTYPE_NAMES)}, got {logprob_dtype!r}")
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -215,7 +215,7 @@ def build_teacher_cache(
             tensors = {
                 "input_ids": torch.cat(seqs),
                 "ids": tk.ids[keep].to("cpu", torch.int32).contiguous(),
-                "logprobs": tk.logprobs[keep].to("cpu", _DTYPES[logprob_dtype]).contiguous(),
+                "logprobs": tk.logprobs[keep].to("cpu", torch_dtype(logprob_dtype)).contiguous(),
                 "tail_logmass": tk.tail_logmass[keep].to("cpu", torch.float32).contiguous(),
                 "offsets": torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.long),
             }

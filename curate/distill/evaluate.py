@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from curate.distill.data import TokenData, collate
+from curate.models.causal_lm import IGNORE
 from curate.models.lm_metrics import LMEvalAccumulator
 from curate.models.perf import param_count, peak_memory_mb, reset_peak_memory, tokens_per_second
 from curate.models.retention import performance_retention

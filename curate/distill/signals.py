@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import torch
 
 from curate.distill.config import OnPolicy as OnPolicySpec
-from curate.distill.data import IGNORE, TokenData, collate
+from curate.distill.data import TokenData, collate
 from curate.distill.fused import Scratch, plain_head_weight
-from curate.models.causal_lm import hidden_states
+from curate.models.causal_lm import IGNORE, hidden_states
 from curate.models.topk import TopK
 
 Autocast = Callable[[], contextlib.AbstractContextManager]

@@ -62,7 +62,6 @@ from curate.distill.signals import CachedTopK, MicroBatch, OnlineTeacher, OnPoli
 from curate.models.causal_lm import IGNORE, hidden_states, lm_parts
 from curate.models.device import torch_device as resolve_device
 from curate.models.perf import peak_memory_mb, reset_peak_memory
-from curate.models.topk import TopK
 
 __all__ = ["DistillTrainer", "autocast_dtype", "lr_lambda", "plot_losses", "resolve_device"]
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from curate._version import __version__
 from curate.core.errors import ConfigError
 from curate.core.lock import LOCK_NAME, RunLock
 from curate.core.operator import FitContext, GlobalStage, RunContext
@@ -113,11 +114,9 @@ class Executor:
     def _manifest(self, started: str) -> dict:
         import importlib.metadata as md
 
-        import curate
-
         # curate's own version from the package: the distribution is curate-llm, and md.version("curate")
         # would report the unrelated PyPI project of that name where it is installed
-        versions: dict[str, str | None] = {"curate": curate.__version__}
+        versions: dict[str, str | None] = {"curate": __version__}
         for pkg in ("polars", "pyarrow", "numpy", "pydantic"):
             try:
                 versions[pkg] = md.version(pkg)

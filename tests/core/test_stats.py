@@ -14,9 +14,9 @@ from rich.console import Console
 
 from curate import Pipeline, read, write
 from curate.core.stats import StepNumbers, StepStats, merge_stats
+from curate.core.text import split_lines
 from curate.filters.c4 import C4Quality
 from curate.filters.exact_dedup import ExactDedup
-from curate.filters.gopher import split_lines
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "data" / "web_sample.jsonl.gz"

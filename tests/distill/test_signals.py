@@ -18,8 +18,8 @@ from curate.distill.config import DistillConfig  # noqa: E402
 from curate.distill.data import TokenData  # noqa: E402
 from curate.distill.losses import forward_kl  # noqa: E402
 from curate.distill.signals import CachedTopK, LogitTargets, MicroBatch, TopKTargets  # noqa: E402
-from curate.models.topk import TopK  # noqa: E402
 from curate.distill.trainer import DistillTrainer  # noqa: E402
+from curate.models.topk import TopK  # noqa: E402
 
 V = 30
 
