@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curate.core.operator import Column, Filter, OpParams, Rule, RunContext
 from curate.core.registry import register
-from curate.core.text import simplify_text_fast
+from curate.core.text import simplify_text
 
 _SEED = 0xDEC0
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio): the rolling-hash base
@@ -31,7 +31,7 @@ def normalise(text: pl.Expr, mode: str) -> pl.Expr:
     numbers to 0, punctuation/symbols dropped, accents stripped), ``lower`` only lowercases and splits on
     whitespace, ``none`` splits on whitespace."""
     if mode == "simplify":
-        return simplify_text_fast(text)
+        return simplify_text(text)
     t = text.str.to_lowercase() if mode == "lower" else text
     return t.str.replace_all(r"\s+", " ").str.strip_chars()
 

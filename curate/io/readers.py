@@ -232,9 +232,7 @@ def read_shard(spec: InputSpec, shard: Shard, rep: ReadReport | None = None) -> 
         if rows:
             yield _text_batch(rows, spec, rep, uid)
     elif shard.format == "warc":
-        from curate.io.warc import read_warc_shard
-
-        yield from read_warc_shard(spec, shard, rep, uid)
+        yield from _read_warc_shard(spec, shard, rep, uid)
     else:  # pragma: no cover - validated by the config model
         raise InputError(f"unknown input format {shard.format}")
 
@@ -274,3 +272,28 @@ def read_parquet(path: str | list[str], **kwargs) -> InputSpec:
 
 def read_text(path: str | list[str], **kwargs) -> InputSpec:
     return InputSpec(path=path, format="text", **kwargs)
+
+
+def _read_warc_shard(spec: InputSpec, shard: Shard, rep: ReadReport, uid: int) -> Iterator[pl.DataFrame]:
+    """Batches of ``spec.batch_size`` rows of one WARC file (the ``warc`` input format)."""
+    from curate.io.warc import SCHEMA, iter_warc_rows
+
+    rows: list[dict] = []
+
+    def flush() -> pl.DataFrame:
+        df = pl.DataFrame(rows, schema=SCHEMA)
+        fixed = spec.model_copy(update={"text_field": "text", "id_field": "id"})
+        return _normalise(df, fixed, df.get_column("id"), shard.path, rep, uid)
+
+    for row in iter_warc_rows(shard.path, rep, spec.on_error):
+        rows.append(row)
+        if len(rows) >= spec.batch_size:
+            out = flush()
+            uid += len(rows)
+            rows = []
+            if out.height:
+                yield out
+    if rows:
+        out = flush()
+        if out.height:
+            yield out

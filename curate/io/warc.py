@@ -33,11 +33,10 @@ import polars as pl
 from curate.core.errors import MissingDependencyError
 
 if TYPE_CHECKING:
-    from curate.io.readers import InputSpec, ReadReport
-    from curate.io.shards import Shard
+    from curate.io.readers import ReadReport
 
 _TEXT_TYPES = ("text/", "application/xhtml+xml", "application/xml")
-_SCHEMA = {"id": pl.String, "text": pl.String, "url": pl.String, "date": pl.String,
+SCHEMA = {"id": pl.String, "text": pl.String, "url": pl.String, "date": pl.String,
            "content_type": pl.String, "http_status": pl.Int32}
 
 
@@ -75,28 +74,3 @@ def _records(f, path: str, rep: ReadReport, on_error: str, archive_iterator, rec
         status = rec.http_headers.status_code if rec.http_headers is not None else None
         yield {"id": rid, "text": _decode(body, rec.http_charset), "url": url, "date": h.get("WARC-Date"),
                "content_type": ctype, "http_status": status}
-
-
-def read_warc_shard(spec: InputSpec, shard: Shard, rep: ReadReport, uid: int) -> Iterator[pl.DataFrame]:
-    """Batches of ``spec.batch_size`` rows of one WARC file (the ``warc`` input format)."""
-    from curate.io.readers import _normalise
-
-    rows: list[dict] = []
-
-    def flush() -> pl.DataFrame:
-        df = pl.DataFrame(rows, schema=_SCHEMA)
-        fixed = spec.model_copy(update={"text_field": "text", "id_field": "id"})
-        return _normalise(df, fixed, df.get_column("id"), shard.path, rep, uid)
-
-    for row in iter_warc_rows(shard.path, rep, spec.on_error):
-        rows.append(row)
-        if len(rows) >= spec.batch_size:
-            out = flush()
-            uid += len(rows)
-            rows = []
-            if out.height:
-                yield out
-    if rows:
-        out = flush()
-        if out.height:
-            yield out
