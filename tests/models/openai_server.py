@@ -75,8 +75,8 @@ def build_app(model_dir: str, api_key: str | None, *, max_batch: int = 16, windo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from curate.models.teacher import LocalHFTeacher
     from curate.models.teachers import GenerationRequest, LocalTeacher, SampleTask
-    from curate.synth.teacher import LocalHFTeacher
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
