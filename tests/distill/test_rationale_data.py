@@ -29,7 +29,7 @@ def _gsm_rows(n: int) -> pl.DataFrame:
 
 
 def test_rationale_mode_two_tasks_with_prefixes():
-    from tests.synth.test_teacher import byte_tokenizer
+    from tests.models.test_teacher import byte_tokenizer
 
     tok = byte_tokenizer()
     df = _gsm_rows(5).with_columns(pl.when(pl.int_range(pl.len()) == 4).then(None)

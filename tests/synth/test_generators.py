@@ -25,7 +25,7 @@ PROV = ("generator", "teacher", "prompt_id", "gen_params")
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory) -> str:
     """A 2-layer Llama with a byte tokenizer, saved as a model folder (no hub, loads in a second)."""
-    from tests.synth.test_teacher import byte_tokenizer, tiny_llama
+    from tests.models.test_teacher import byte_tokenizer, tiny_llama
 
     d = tmp_path_factory.mktemp("tiny_teacher")
     tiny_llama().save_pretrained(d)
