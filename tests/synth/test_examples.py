@@ -81,9 +81,8 @@ def test_rationale_example_tiny_feeds_distill(at_repo, tmp_path, tiny_teacher): 
     y.write_text(yaml.safe_dump(d))
     dc = DistillConfig.from_yaml(y)
     assert dc.data.mode == "rationale"
-    from tests.models.test_teacher import byte_tokenizer
-
     from curate.distill.data import read_records, tokenize_records
+    from tests.models.test_teacher import byte_tokenizer
 
     data = tokenize_records(read_records(dc.data.train), byte_tokenizer(), dc.data)
     assert sorted(set(data.task)) == [0, 1]
