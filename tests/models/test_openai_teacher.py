@@ -223,7 +223,7 @@ def test_server_killed_mid_run_then_resume(tiny_dir: Path, tmp_path: Path) -> No
 
 # ----------------------------------------------------------------------------------------------- top-k (KD)
 def test_topk_logprobs_from_server_match_local(srv: Server, local: LocalTeacher) -> None:
-    from curate.distill.topk import TopK  # TODO(models): curate.models.topk
+    from curate.models.topk import TopK
 
     t = OpenAITeacher(spec(srv, vocab_size=local.vocab_size, max_concurrency=2))
     ids = torch.tensor([[1, 520, 2372, 314, 253, 1345], [1, 42, 43, 44, 0, 0]])
@@ -245,7 +245,7 @@ def test_topk_logprobs_from_server_match_local(srv: Server, local: LocalTeacher)
 def test_distill_topk_cache_from_served_teacher(srv: Server, local: LocalTeacher, tmp_path: Path) -> None:
     """`curate distill`'s top-k cache builds from a served teacher and holds what the local model gives."""
     from curate.distill.cache import build_teacher_cache
-    from curate.synth.teacher import TeacherBackend  # TODO(models): curate.models.teacher
+    from curate.models.teacher import TeacherBackend
 
     t = OpenAITeacher(spec(srv, vocab_size=local.vocab_size))
     assert isinstance(t, TeacherBackend) and isinstance(local, TeacherBackend)

@@ -151,7 +151,7 @@ def test_local_chat_needs_template(local: LocalTeacher) -> None:
 
     tok = AutoTokenizer.from_pretrained(local.hf.model.name_or_path)
     tok.chat_template = None
-    from curate.synth.teacher import LocalHFTeacher
+    from curate.models.teacher import LocalHFTeacher
 
     t = LocalTeacher(LocalHFTeacher(local.hf.model, device="cpu", tokenizer=tok))
     with pytest.raises(CurateError, match="no chat template"):
@@ -186,7 +186,7 @@ def test_cache_key_changes_with_every_input() -> None:
 def test_fingerprint_tracks_weights(tiny_dir: Path, local: LocalTeacher) -> None:
     from transformers import AutoModelForCausalLM
 
-    from curate.synth.teacher import LocalHFTeacher
+    from curate.models.teacher import LocalHFTeacher
 
     other = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
     with torch.no_grad():

@@ -11,8 +11,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 from curate.distill.cache import build_teacher_cache  # noqa: E402
+from curate.models.teacher import LocalHFTeacher  # noqa: E402
 from curate.models.topk_cache import cache_signals, curriculum, read_meta  # noqa: E402
-from curate.synth.teacher import LocalHFTeacher  # noqa: E402
 
 VOCAB = 64
 

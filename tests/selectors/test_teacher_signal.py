@@ -59,7 +59,7 @@ def test_selector_matches_direct_entropy_and_cache(teacher_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from curate.distill.cache import build_teacher_cache
-    from curate.synth.teacher import LocalHFTeacher
+    from curate.models.teacher import LocalHFTeacher
 
     model = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
     tok = AutoTokenizer.from_pretrained(teacher_dir)
