@@ -219,7 +219,7 @@ def test_operators_raise_curate_errors_naming_step_and_column(tmp_path):
     from curate.selectors._features import resolve_source
 
     with pytest.raises(StepError, match="step 'kcenter_coreset' \\(column 'embedding'\\)") as e:
-        resolve_source(["id", "text"], "embedding", "embedding", "kcenter_coreset")
+        resolve_source(["id", "text"], "embedding", column="embedding", who="kcenter_coreset")
     assert e.value.column == "embedding" and isinstance(e.value, ValueError)
     with pytest.raises(StepError, match="parameter 'num_perm'"):
         MinHashDedup(preset="nemo", num_perm=64).settings()
