@@ -25,7 +25,15 @@ from pydantic import Field
 
 from curate.core.operator import PATH_MODEL, Column, Mapper, OpParams, RunContext
 from curate.core.registry import register
-from curate.models.sentence import DEFAULT_MODEL, EMBEDDING_COLUMN, Embedder, EmbedSpec, l2_normalize
+from curate.models.sentence import (
+    DEFAULT_MODEL,
+    DEFAULT_PCA_DIMS,
+    EMBEDDING_COLUMN,
+    Backend,
+    Embedder,
+    EmbedSpec,
+    l2_normalize,
+)
 
 
 def cache_root(cache: bool, cache_dir: str | None, ctx: RunContext) -> Path | None:
@@ -44,6 +52,10 @@ class Embed(Mapper):
     Batched ``SentenceTransformer.encode`` (``batch_size`` 64), fp16 on CUDA. Vectors are L2-normalised
     by default. Embeddings are cached on disk keyed by (``id``, xxh3 of the text) under
     ``<work_dir>/cache/embeddings`` (see the module docstring), so reruns and later stages reuse them.
+
+    ``backend: model2vec`` embeds with a static model distilled from the same model by ``model2vec``
+    (cached per source-model fingerprint, see :mod:`curate.models.sentence`): 256 dimensions, orders of
+    magnitude faster on a CPU, with most SemDeDup decisions unchanged (``benchmarks/RESULTS.md``).
     """
 
     requires = ("torch", "sentence_transformers")
@@ -61,14 +73,18 @@ class Embed(Mapper):
         cache_dir: str | None = Field(None, description="cache folder (default <work_dir>/cache/embeddings)")
         column: str = Field(EMBEDDING_COLUMN, description="output column name (default 'embedding', which "
                             "semdedup, coresets and shapley read)")
+        backend: Backend = Field("torch", description="torch: the sentence-transformers model; model2vec: a "
+                                 "static model distilled from it once and cached (~200x faster on CPU; default torch)")
+        pca_dims: int = Field(DEFAULT_PCA_DIMS, ge=2, description="model2vec: PCA size of the distilled "
+                              "vectors (model2vec.distill's default 256)")
 
     def adds(self) -> dict[str, Column]:
         return {self.params.column: Column(pl.Array, "sentence embedding, Array(Float32, model dimension: 384 for "
-                                                     "MiniLM), L2-normalised when normalize")}
+                                                     "MiniLM, 256 for backend model2vec), L2-normalised when normalize")}
 
     def spec(self) -> EmbedSpec:
         p = self.params
-        return EmbedSpec(p.model, p.batch_size, p.fp16, p.max_seq_length)
+        return EmbedSpec(p.model, p.batch_size, p.fp16, p.max_seq_length, p.backend, p.pca_dims)
 
     def setup(self, ctx: RunContext) -> None:
         self._embedder = Embedder(self.spec(), ctx.device, cache_root(self.params.cache, self.params.cache_dir, ctx))

@@ -23,7 +23,9 @@ from curate.core.registry import register
 from curate.filters.embed import cache_root
 from curate.models.sentence import (
     DEFAULT_MODEL,
+    DEFAULT_PCA_DIMS,
     EMBEDDING_COLUMN,
+    Backend,
     Embedder,
     EmbedSpec,
     embeddings_to_numpy,
@@ -194,14 +196,21 @@ def kept_fraction(max_sim: np.ndarray, eps_list) -> list[tuple[float, float]]:
 
 
 def _embed_shard(shard: Path, out: Path, spec: EmbedSpec, device: str, cache: Path | None) -> None:
-    """map_shards worker: (uid, id, raw embedding) of one spilled shard, using the shared cache."""
+    """map_shards worker: (uid, id, raw embedding) of one spilled shard, using the shared cache.
+
+    Reports documents embedded so far as the fit's progress (shown when it runs in the main process,
+    i.e. one worker; with several, map_shards reports finished shards)."""
+    from curate.core.progress import report
     from curate.io.spill import read_spill
 
     emb = Embedder(spec, device, cache)
     frames = []
+    done = 0
     for b in read_spill(shard, [UID, "id", "text"]):
         if b.height:
             frames.append(b.select(UID, "id").with_columns(pl.Series(EMBEDDING_COLUMN, emb.embed(b))))
+            done += b.height
+            report(done, None, f"docs embedded ({shard.name})")
     if frames:
         pl.concat(frames).write_parquet(out)
     else:
@@ -264,6 +273,9 @@ class SemDeDup(GlobalStage):
                                            "(default: the model's)")
         cache: bool = Field(True, description="use the shared embedding cache when embedding in fit (default true)")
         cache_dir: str | None = Field(None, description="embedding cache folder (default <work_dir>/cache/embeddings)")
+        backend: Backend = Field("torch", description="embedding in fit: torch (the model) or model2vec (a "
+                                 "static model distilled from it, cached; fast on CPU)")
+        pca_dims: int = Field(DEFAULT_PCA_DIMS, ge=2, description="model2vec: PCA size (model2vec's default)")
 
         @field_validator("report_eps")
         @classmethod
@@ -298,7 +310,7 @@ class SemDeDup(GlobalStage):
             x = embeddings_to_numpy(df.get_column(col)) if df.height else np.zeros((0, 1), np.float32)
             return df.select(UID, "id"), x
         p = self.params
-        spec = EmbedSpec(p.model, p.embed_batch_size, p.fp16, p.max_seq_length)
+        spec = EmbedSpec(p.model, p.embed_batch_size, p.fp16, p.max_seq_length, p.backend, p.pca_dims)
         fn = partial(_embed_shard, spec=spec, device=ctx.device, cache=cache_root(p.cache, p.cache_dir, ctx))
         outs = ctx.map_shards(fn, "embeddings")
         frames = [pl.read_parquet(o) for o in outs]

@@ -17,16 +17,27 @@ part-*.parquet`` with columns ``id``, ``text_hash`` (xxh3-64 of the text) and ``
 un-normalised output). A row is reused only when both the id and the text hash match, so editing a
 document's text invalidates its entry. The shard folder comes from the row key (``__uid >> 40`` is the
 input shard), so each worker loads only the cache of the shard it is working on.
+
+Backends (``EmbedSpec.backend``): ``torch`` (the sentence-transformers model itself) or ``model2vec``: a
+static embedding model distilled from it with ``model2vec.distill`` (Tulkens & van Dongen 2024: every
+vocabulary token is embedded once by the transformer, PCA to ``pca_dims``, Zipf-weighted; a sentence is
+then the mean of its tokens' vectors, no transformer pass). Distilling MiniLM takes minutes on a CPU, so the
+result is cached, keyed by the source model's fingerprint (:func:`model_key`) and the PCA size, under
+``$CURATE_MODEL_CACHE`` or ``~/.cache/curate/model2vec`` (:func:`static_model_dir`); later runs load it
+in well under a second. The vectors differ from the transformer's, so the embedding cache key includes
+the backend.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -97,6 +108,68 @@ def load_sentence_model(name_or_path: str | None = DEFAULT_MODEL, device: str = 
     return model
 
 
+Backend = Literal["torch", "model2vec"]
+DEFAULT_PCA_DIMS = 256  # model2vec.distill's default
+_STATIC: dict[str, Any] = {}
+log = logging.getLogger("curate.models")
+
+
+def static_cache_root() -> Path:
+    """Where distilled static models live: ``$CURATE_MODEL_CACHE`` or ``~/.cache/curate/model2vec``."""
+    env = os.environ.get("CURATE_MODEL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "curate" / "model2vec"
+
+
+def static_model_dir(name_or_path: str | None, pca_dims: int = DEFAULT_PCA_DIMS, root: Path | None = None) -> Path:
+    """The cache folder of the model2vec distillation of a sentence-transformers model (source fingerprint +
+    PCA size in the name, so a changed source model is distilled again)."""
+    return (root or static_cache_root()) / f"{model_key(name_or_path)}-pca{pca_dims}"
+
+
+def load_static_model(name_or_path: str | None = DEFAULT_MODEL, *, pca_dims: int = DEFAULT_PCA_DIMS,
+                      root: Path | None = None, device: str = "cpu"):
+    """A ``model2vec.StaticModel`` distilled from ``name_or_path``: loaded from the cache, else distilled
+    (``model2vec.distill.distill``, offline from the local folder) and saved there atomically first."""
+    folder = static_model_dir(name_or_path, pca_dims, root)
+    key = str(folder)
+    if key in _STATIC:
+        return _STATIC[key]
+    try:
+        from model2vec import StaticModel
+    except ImportError as e:
+        raise ConfigError("backend 'model2vec' needs the model2vec package: pip install model2vec skeletoken") from e
+    if not (folder / "config.json").exists():
+        ref = resolve_model(name_or_path)
+        if Path(ref).is_dir():
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from model2vec.distill import distill
+
+        log.info("distilling a model2vec static model from %s (once; cached in %s)", ref, folder)
+        model = distill(model_name=ref, pca_dims=pca_dims, device=device)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        model.save_pretrained(str(tmp))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+    model = StaticModel.from_pretrained(str(folder))
+    _STATIC[key] = model
+    return model
+
+
+class _StaticEncoder:
+    """``SentenceTransformer.encode``'s calling convention over a model2vec ``StaticModel`` (float32 out)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def encode(self, texts: list[str], *, batch_size: int = 1024, **_: Any) -> np.ndarray:
+        out = self.model.encode(texts, batch_size=max(batch_size, 1024), show_progress_bar=False,
+                                use_multiprocessing=False)
+        return np.asarray(out, dtype=np.float32)
+
+
 EMBEDDING_COLUMN = "embedding"
 _SHARD_SHIFT = 40  # __uid = shard index << 40 | row in shard (curate.core.operator.UID)
 _KEYS = ["id", "text_hash"]
@@ -138,12 +211,20 @@ class EmbedSpec:
     batch_size: int = 64
     fp16: bool = True
     max_seq_length: int | None = None
+    backend: Backend = "torch"
+    pca_dims: int = DEFAULT_PCA_DIMS
 
     def load(self, device: str):
+        if self.backend == "model2vec":
+            return _StaticEncoder(load_static_model(self.model, pca_dims=self.pca_dims, device=device))
+        if self.backend != "torch":
+            raise ConfigError(f"embedding backend must be 'torch' or 'model2vec', not {self.backend!r}")
         return load_sentence_model(self.model, device, fp16=self.fp16, max_seq_length=self.max_seq_length)
 
     def key(self) -> str:
-        return model_key(self.model, self.max_seq_length)
+        base = model_key(self.model, self.max_seq_length)
+        # torch keeps the historical key so existing caches stay valid; static vectors get their own
+        return base if self.backend == "torch" else f"{base}-{self.backend}{self.pca_dims}"
 
 
 class EmbeddingCache:
