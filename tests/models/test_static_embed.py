@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from curate.models import sentence
-from curate.models.sentence import EmbedSpec, Embedder, l2_normalize, load_static_model, static_model_dir
+from curate.models.sentence import Embedder, EmbedSpec, l2_normalize, load_static_model, static_model_dir
 from tests.conftest import shared_file
 
 pytest.importorskip("model2vec")
