@@ -18,7 +18,7 @@ from curate.core.operator import UID, Column, FitContext, GlobalStage, OpParams,
 from curate.core.registry import register
 from curate.core.text import simplify_text
 from curate.filters import _minhash_kernels as K
-from curate.filters._minhash_params import PRESETS, optimal_param, permutations
+from curate.filters._minhash_params import PRESETS, optimal_param, permutations, recall_param
 from curate.models.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -214,8 +214,12 @@ class MinHashDedup(GlobalStage):
     a dissimilar earlier doc are still joined, at a bounded cost per doc -> in each connected cluster one
     doc is kept by ``keep``; the others are removed.
 
-    Defaults: threshold 0.8, num_perm 128, (bands, rows) from datasketch's ``_optimal_param``
-    (``datasketch/lsh.py``, fp/fn weights 0.5) -> 9 x 13 for 0.8; verification on when threshold >= 0.7.
+    Defaults: threshold 0.8, num_perm 128, verification on when threshold >= 0.7. (bands, rows), when not
+    given, follow ``bands_rule``: ``recall`` (the default when verifying, since verification removes every
+    false positive afterwards) takes the largest rows r with S(threshold) = 1 - (1 - t^r)^(num_perm // r)
+    >= 0.99 (``_minhash_params.recall_param``; 21 x 6 at 0.8, S-curve table there); ``datasketch`` (the
+    default without verification, where false positives stay) is datasketch's ``_optimal_param``
+    (``datasketch/lsh.py``, ``fp_weight``/``fn_weight`` 0.5) -> 9 x 13 for 0.8, bit-for-bit.
     ``hash="fast"`` (default): XXH64 shingle hashes and 64-bit multiply-shift permutations;
     ``hash="datasketch"`` gives signatures bit-identical to ``datasketch.MinHash(num_perm, seed=1)``
     2.0.0 (sha1 32-bit + fmix32 + affine mod 2^32); ``hash="datasketch_legacy"`` matches
@@ -241,7 +245,8 @@ class MinHashDedup(GlobalStage):
     """
 
     class Params(OpParams):
-        threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of near-duplicates (curate default 0.8 -> 9 x 13 bands)")
+        threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of near-duplicates (curate default 0.8 -> 21 x 6 bands "
+                               "when verifying, 9 x 13 with bands_rule datasketch)")
         num_perm: int = Field(128, ge=2, le=4096, description="hash permutations when bands/rows are derived (datasketch MinHash default: 128)")
         bands: int | None = Field(None, ge=1, description="LSH bands (with rows; default from threshold)")
         rows: int | None = Field(None, ge=1, description="rows per band (with bands)")
@@ -256,6 +261,9 @@ class MinHashDedup(GlobalStage):
         score_column: str | None = Field(None, description="column for keep='score' (highest kept)")
         fp_weight: float = Field(0.5, ge=0.0, description="false-positive weight for derived bands/rows (datasketch: 0.5)")
         fn_weight: float = Field(0.5, ge=0.0, description="false-negative weight for derived bands/rows (datasketch: 0.5)")
+        bands_rule: Literal["recall", "datasketch"] | None = Field(
+            None, description="derived bands/rows: recall (S(threshold) >= 0.99; default when verifying) or "
+            "datasketch (its _optimal_param with fp/fn weights; default without verification)")
         bucket_memory_mb: int = Field(1024, ge=16, description="memory bound of one bucketing pass (curate default 1024)")
         verify_heads: int = Field(16, ge=1, le=4096,
                                   description="sub-cluster heads per LSH bucket a doc is verified against "
@@ -297,16 +305,21 @@ class MinHashDedup(GlobalStage):
             for k, v in PRESETS[p.preset].items():
                 if k not in p.model_fields_set:
                     d[k] = v
+        if d["verify"] is None:
+            d["verify"] = d["threshold"] >= 0.7
+        if d["bands_rule"] is None:
+            d["bands_rule"] = "recall" if d["verify"] else "datasketch"
         if d["bands"] is None:
-            d["bands"], d["rows"] = optimal_param(d["threshold"], d["num_perm"], fp_weight=d["fp_weight"],
-                                                  fn_weight=d["fn_weight"])
+            if d["bands_rule"] == "recall":
+                d["bands"], d["rows"] = recall_param(d["threshold"], d["num_perm"])
+            else:
+                d["bands"], d["rows"] = optimal_param(d["threshold"], d["num_perm"], fp_weight=d["fp_weight"],
+                                                      fn_weight=d["fn_weight"])
         elif "num_perm" not in p.model_fields_set:
             d["num_perm"] = d["bands"] * d["rows"]
         if d["bands"] * d["rows"] > d["num_perm"]:
             raise self.error(f"bands*rows = {d['bands'] * d['rows']} exceeds num_perm = {d['num_perm']}",
                              param="num_perm")
-        if d["verify"] is None:
-            d["verify"] = d["threshold"] >= 0.7
         return d
 
     def _cfg(self, s: dict) -> _Cfg:

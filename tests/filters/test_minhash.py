@@ -20,7 +20,7 @@ from curate import Pipeline, read, read_output, write
 from curate.core.operator import UID, FitContext
 from curate.core.text import simplify_text as simplify_text_fast
 from curate.filters import _minhash_kernels as K
-from curate.filters._minhash_params import optimal_param, permutations, s_curve
+from curate.filters._minhash_params import optimal_param, permutations, recall_param, s_curve
 from curate.filters.minhash import MinHashDedup, _Cfg, compute_signatures, shingle_hashes
 from curate.io.spill import SpillWriter
 
@@ -396,3 +396,23 @@ def test_bands_times_rows_over_num_perm_fails_at_validation():
 
     with pytest.raises(ValidationError, match="exceeds num_perm"):
         MinHashDedup(bands=20, rows=10, num_perm=128)
+
+
+def test_recall_rule_is_the_default_when_verifying():
+    """Verification removes false positives, so derived bands/rows aim at recall: S(threshold) >= 0.99 with
+    the most rows possible; datasketch's balanced choice stays available as bands_rule='datasketch'."""
+    s = MinHashDedup(threshold=0.8).settings()
+    assert s["verify"] is True and s["bands_rule"] == "recall"
+    assert (s["bands"], s["rows"]) == (21, 6)
+    assert s_curve(0.8, s["bands"], s["rows"]) >= 0.99
+    for t, n in ((0.7, 128), (0.8, 128), (0.9, 128), (0.85, 256)):
+        b, r = recall_param(t, n)
+        assert b == n // r and s_curve(t, b, r) >= 0.99
+        assert s_curve(t, n // (r + 1), r + 1) < 0.99  # one more row would miss the target
+    # explicit datasketch parity, with and without verification
+    s = MinHashDedup(threshold=0.8, bands_rule="datasketch").settings()
+    assert (s["bands"], s["rows"]) == (9, 13) == optimal_param(0.8, 128)
+    s = MinHashDedup(threshold=0.6).settings()  # no verification: balanced rule by default
+    assert s["verify"] is False and (s["bands"], s["rows"]) == optimal_param(0.6, 128)
+    # explicit bands/rows and presets are untouched by the rule
+    assert MinHashDedup(preset="datatrove", verify=True).settings()["bands"] == 14
