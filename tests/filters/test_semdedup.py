@@ -203,3 +203,24 @@ def test_report_mode_and_eps_monotone_yaml(real_run, tmp_path):
     assert kept[0.1] == len(texts) - rej.height  # the same count the eps=0.1 run removed
     # the max_sim column carries the same decision as the removing run
     assert int((out["semdup_max_sim"] > 0.9).sum()) == rej.height
+
+
+def test_semdedup_model2vec_backend_in_fit(shared_data, tmp_path):
+    """semdedup embedding in fit with backend model2vec (the static model distilled from MiniLM, cached):
+    256-d vectors, rows in = kept + rejected, and every exact copy pair loses exactly one member."""
+    pytest.importorskip("model2vec")
+    texts = _mrpc_texts(shared_data)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"d{i:04d}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    Pipeline(read(str(src)), SemDeDup(eps=0.01, n_clusters=4, backend="model2vec"),
+             write(str(tmp_path / "out"), format="parquet")).run(work_dir=str(tmp_path / "w"), workers=1,
+                                                                progress=False)
+    kept = read_output(str(tmp_path / "out"))
+    rej = pl.concat([pl.read_ndjson(p) for p in sorted((tmp_path / "w/rejects/semdedup").glob("*.jsonl"))])
+    assert kept.height + rej.height == len(texts)
+    cache = list((tmp_path / "w/cache/embeddings").glob("*-model2vec256"))
+    assert len(cache) == 1  # its own embedding-cache key, apart from MiniLM's
+    kept_ids = set(kept["id"].to_list())
+    for i in range(0, 30, 3):
+        pair = {f"d{i:04d}", f"d{len(texts) - 10 + i // 3:04d}"}
+        assert len(pair & kept_ids) == 1
