@@ -223,7 +223,8 @@ class SemDeDup(GlobalStage):
 
     Embeddings come from an existing ``embedding`` column (e.g. an ``embed`` step before) or are
     computed in ``fit`` with the same model/cache as ``embed`` (default all-MiniLM-L6-v2, NeMo's
-    default). Vectors are L2-normalised and clustered with faiss k-means (``niter`` 100, ``seed`` 1234,
+    default; ``backend: model2vec`` uses a static model distilled from it, ~200x faster on CPU, see
+    ``benchmarks/RESULTS.md`` for its agreement with MiniLM). Vectors are L2-normalised and clustered with faiss k-means (``niter`` 100, ``seed`` 1234,
     spherical: SemDeDup's ``clustering_configs.yaml``; GPU when available); ``n_clusters`` defaults to
     round(sqrt(N)) capped at N/39 (1000 at 1M docs, NeMo's default). Each cluster is sorted by cosine
     distance to its centroid, ``hard`` (default, SemDeDup's ``which_to_keep``) = farthest first, ``easy``
