@@ -106,7 +106,7 @@ class ReadReport:
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "replace")
         # detail is "" rather than null, so every rejects column has a type in its first rows
-        self.rejects.append({"id": where, "reason": reason, "raw": raw[:1000], "detail": detail})
+        self.rejects.append({"id": where, "step": "read", "reason": reason, "raw": raw[:1000], "detail": detail})
 
 
 # -- bytes ------------------------------------------------------------------------------------------
