@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 import zstandard
 
-from curate import Pipeline, read, read_output, write
+from curate import Pipeline, read_output, write
 from curate.filters.exact_dedup import ExactDedup
 from curate.filters.length import LengthFilter
 from curate.io.readers import InputSpec, ReadReport, read_shard
