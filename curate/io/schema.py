@@ -1,6 +1,6 @@
 """One rule for fields whose type varies, applied wherever batches meet (spilled shards, output parts).
 
-The rule (documented in the README, "Input"): a field keeps its type while every value has it; ``null``
+The rule (documented in the README, "How a run works"): a field keeps its type while every value has it; ``null``
 fits any type; integers of different widths become ``Int64`` and integers mixed with floats ``Float64``;
 any other mix (``tags: 1`` in one row, batch, shard or part and ``tags: [1, 2]`` in another; a struct
 whose keys differ; a number beside a string) is carried as text: strings unchanged, every other value

@@ -14,6 +14,7 @@ from curate.core.errors import ConfigError
 
 _COMPRESSED = (".gz", ".zst", ".zstd")
 log = logging.getLogger("curate.io")
+_WARNED: set[str] = set()
 
 
 def infer_format(path: str) -> str:
@@ -146,7 +147,8 @@ def expand_paths(paths: str | list[str]) -> list[str]:
     for f in sorted({os.path.normpath(f) for f in found}):
         key = _file_key(f)
         if key is None:
-            if not os.path.isdir(f):  # a folder matched by a glob is simply not a document file
+            if not os.path.isdir(f) and f not in _WARNED:  # a folder matched by a glob is no document file
+                _WARNED.add(f)  # once per process: the input is expanded several times per run
                 log.warning("skipping input '%s': not a regular file", f)
             continue
         if key not in seen:
