@@ -94,6 +94,9 @@ class ReadReport:
     skipped: Counter = field(default_factory=Counter)
     rejects: list[dict] = field(default_factory=list)
     logged: int = 0
+    #: some row named the text field (even a row skipped for a bad value): a file without it is a config
+    #: error (``input.text_field``), a file with it only has bad rows
+    saw_text: bool = False
 
     def skip(self, reason: str, where: str, raw: str | bytes, on_error: str, detail: str = "") -> None:
         msg = reason.replace("_", " ") + (f" ({detail})" if detail else "")
@@ -321,7 +324,9 @@ def _parse_lines(lines: list[bytes], first: int, where: str, rep: ReadReport,
         ok = df.height == len(good)
     except Exception:  # noqa: BLE001 - any parse failure sends us to the per-line path
         ok = False
+    key = spec.raw_key(spec.text_field)
     if ok:
+        rep.saw_text = rep.saw_text or key in df.columns
         suspects = _suspects(df, spec)
         if not suspects:
             return df, numbers
@@ -333,6 +338,8 @@ def _parse_lines(lines: list[bytes], first: int, where: str, rep: ReadReport,
             numbers = [n for i, n in enumerate(numbers) if i not in drop]
         return df, numbers
     rows, kept_numbers = [], []
+    needle = json.dumps(key).encode()
+    rep.saw_text = rep.saw_text or any(needle in ln for ln in good)
     for no, ln in zip(numbers, good):
         obj = _load_line(ln, f"{where}:{no}", spec, rep)
         if obj is not None:
@@ -372,7 +379,7 @@ def _normalise(df: pl.DataFrame, spec: InputSpec, ids: pl.Series, where: str, re
                              f"{', '.join(map(repr, clash))}")
         df = df.rename({o: n for o, n in spec.rename.items() if o in df.columns})
     if spec.text_field not in df.columns:
-        if df.height and rep.lines == df.height + sum(rep.skipped.values()):
+        if df.height and not rep.saw_text and rep.lines == df.height + sum(rep.skipped.values()):
             raise InputError(f"{where}: no field '{spec.text_field}' in the input "
                              f"(fields: {', '.join(df.columns)}); set input.text_field")
         df = df.with_columns(pl.lit(None, dtype=pl.String).alias(spec.text_field))
@@ -451,6 +458,8 @@ def _read_json_array(spec: InputSpec, shard: Shard, rep: ReadReport, uid: int) -
     for start in range(0, len(docs), spec.batch_size):
         part = docs[start:start + spec.batch_size]
         rep.lines += len(part)
+        key = spec.raw_key(spec.text_field)
+        rep.saw_text = rep.saw_text or any(isinstance(o, dict) and key in o for o in part)
         rows, wheres = [], []
         for i, obj in enumerate(part, start):
             loc = f"{name}:[{i}]"

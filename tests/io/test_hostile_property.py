@@ -11,14 +11,16 @@ import hashlib
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 import polars as pl
 import zstandard
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from curate import Pipeline, read, write
+from curate.core.errors import InputError
 from curate.filters.exact_dedup import ExactDedup
 from curate.filters.length import LengthFilter
 from curate.io.readers import _open_binary
@@ -40,6 +42,7 @@ _bad_lines = st.sampled_from([
     ("bad", b'{"text": {"a": 1}}'),
     ("bad", b'{"text": "   "}'),
     ("bad", b'{"body": "no text field"}'),
+    ("bad", b'{"body": "no text field either"}'),
     ("bad", b'{"text": null}'),
     ("bad", b'{"text": "lone \\ud800 surrogate"}'),
     ("bad", b"[1, 2]"),
@@ -68,6 +71,15 @@ def _corpus(draw):
     return lines, draw(st.sampled_from(["", ".gz", ".zst"])), draw(st.booleans()), draw(st.integers(1, 7))
 
 
+def _readable(data: bytes, comp: str) -> bytes:
+    """The bytes a (maybe truncated) compressed file still yields."""
+    if comp == ".gz":
+        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(data)
+    if comp == ".zst":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return data
+
+
 def _digest(root: Path, skip: set[str]) -> str:
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
@@ -90,6 +102,9 @@ def _count_rows(folder: Path) -> int:
 
 @settings(max_examples=int(os.environ.get("CURATE_HYPOTHESIS_EXAMPLES", "12")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_corpus())
+@example(([("bad", b'{"body": "no text field"}')], "", False, 1))  # a wrong text_field: the one error
+@example(([("bad", b'{"text": "caf\xe9 au lait"}'), ("bad", b'{"body": "no text field"}')], ".gz", False, 2))
+@example(([("bad", b'{"text": "lone \\ud800 surrogate"}'), ("bad", b"{oops"), ("bad", b'{"body": "x"}')], "", False, 3))
 def test_any_input_rows_in_equal_kept_plus_rejected(corpus):
     lines, comp, truncate, batch = corpus
     with tempfile.TemporaryDirectory() as td:
@@ -108,9 +123,18 @@ def test_any_input_rows_in_equal_kept_plus_rejected(corpus):
         (root / "data" / f"in.jsonl{comp}").write_bytes(data)
         (root / "data" / "notes.txt.keep").write_text("the user's own file")
         before = _digest(root, {"out", "work"})
-        res = Pipeline(read(str(root / "data" / "*.jsonl*"), batch_size=batch), LengthFilter(min_words=3),
-                       ExactDedup(), write(str(root / "out"))).run(
-            work_dir=str(root / "work"), workers=1, progress=False)
+        try:
+            res = Pipeline(read(str(root / "data" / "*.jsonl*"), batch_size=batch), LengthFilter(min_words=3),
+                           ExactDedup(), write(str(root / "out"))).run(
+                work_dir=str(root / "work"), workers=1, progress=False)
+        except InputError as e:
+            # the one error a file may cause: no row names the text field at all (a wrong
+            # input.text_field), said before any output, naming the file
+            assert "no field 'text'" in str(e) and f"in.jsonl{comp}" in str(e)
+            readable = _readable(data, comp)
+            assert b'"text"' not in readable[: readable.rfind(b"\n") + 1]
+            assert _digest(root, {"out", "work"}) == before
+            return
         assert _digest(root, {"out", "work"}) == before  # only curate's own folders changed
         read_st = res.steps[0]
         kept = _count_rows(root / "out")
