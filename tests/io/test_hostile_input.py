@@ -328,6 +328,9 @@ def test_parquet_parts_share_one_schema(tmp_path):
     _run(tmp_path, InputSpec(path=str(d)), "parquet")
     out = pl.scan_parquet(str(tmp_path / "o" / "*.parquet")).collect()
     assert out.height == 8 and out.schema["n"] == pl.Float64 and out["extra"].null_count() == 5
+    # the rewritten parts' markers record their new sizes: a rerun resumes every shard
+    _, stats, again = _run(tmp_path, InputSpec(path=str(d)), "parquet")
+    assert stats["resumed_shards"] == 3 and again.equals(read_output(tmp_path / "o"))
 
 
 def test_duplicate_ids_are_counted_and_warned(tmp_path, caplog):
