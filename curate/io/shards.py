@@ -109,6 +109,11 @@ def _recursive_glob(pattern: str) -> list[str]:
     return out
 
 
+def match_pattern(pattern: str) -> list[str]:
+    """The paths a glob pattern matches, ``**`` walked loop-safe (see :func:`_recursive_glob`)."""
+    return _recursive_glob(pattern) if "**" in pattern else glob.glob(pattern)
+
+
 def _file_key(path: str) -> tuple[int, int] | None:
     """(st_dev, st_ino) of a regular file (symlinks followed), or None for anything else: folders, FIFOs,
     devices, sockets and dangling links are not documents (opening a FIFO would block the run)."""
@@ -132,7 +137,7 @@ def expand_paths(paths: str | list[str]) -> list[str]:
         if os.path.isdir(p):
             matches = _walk(p)
         elif glob.has_magic(p):
-            matches = _recursive_glob(p) if "**" in p else glob.glob(p)
+            matches = match_pattern(p)
         elif os.path.lexists(p):
             if _file_key(p) is None:
                 raise ConfigError(f"input.path: '{p}' is not a regular file (a FIFO, device or dangling link)")
