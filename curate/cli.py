@@ -81,7 +81,7 @@ def _plan_lines(p, workers: int | None) -> list[str]:
     files = p.input.files()
     size = sum(os.path.getsize(f) for f in files)
     n = workers or p.executor.workers or os.cpu_count() or 1
-    ex = LocalExecutor(p, workers=n)
+    ex = LocalExecutor(p.spec(workers=n))
     device = detect_device(p.steps)
     lines = [f"plan (dry run, nothing written): {len(files)} input file(s), {size / 1e6:,.1f} MB, "
              f"{len(shards)} shard(s); {p.executor.type} executor, {n} worker(s), device {device}",
@@ -107,6 +107,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from curate.core.config import code_imports
 
     p = _load(args)
+    p.check()  # the preflight a run does before work: input fields, column chain, files, name clashes
     print(f"{args.pipeline}: OK ({len(p.steps)} steps, {len(p.input.shards())} input shards)")  # type: ignore[union-attr]
     for i, name, pname, ref in code_imports(p.steps):
         print(f"imports Python code (allowed by --allow-code): steps[{i}].{name}.{pname}: {ref}")
@@ -116,15 +117,26 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_ops(args: argparse.Namespace) -> int:
+    """List operators: parameters (type, default, description) and the columns each needs and adds.
+
+    ``curate ops NAME`` shows the operator of that name, or every operator whose name contains it; a name
+    that matches none is an error suggesting close names (rc 2)."""
     from rich.console import Console
     from rich.table import Table
 
-    from curate.core.registry import all_operators
+    from curate.core.registry import all_operators, get_operator
 
     ops = all_operators()
     if args.name:
-        ops = {k: v for k, v in ops.items() if args.name in k}
+        if args.name in ops:
+            ops = {args.name: ops[args.name]}
+        else:
+            ops = {k: v for k, v in ops.items() if args.name in k}
+            if not ops:
+                get_operator(args.name)  # raises ConfigError: unknown operator ... (did you mean ...?)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=200, color_system=None)
     for name, cls in ops.items():
         doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         t = Table(title=f"[bold]{name}[/] ({cls.kind}{', extra: ' + cls.extra if cls.extra else ''})",
@@ -138,7 +150,30 @@ def _cmd_ops(args: argparse.Namespace) -> int:
             default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
             t.add_row(pname, ann, default, field.description or "")
         console.print(t)
+        console.print(_columns_table(cls))
     return 0
+
+
+def _columns_table(cls):
+    """The columns an operator adds (dtype, meaning, null meaning) and needs, at its default parameters."""
+    from rich.table import Table
+
+    t = Table(title=f"columns of {cls.name} (default parameters)", title_justify="left")
+    for c in ("column", "dtype", "meaning", "null"):
+        t.add_column(c)
+    try:
+        op = cls.for_docs()
+        adds, needs = op.adds(), op.needs()
+    except Exception:  # noqa: BLE001 - a declaration that depends on a required parameter
+        t.add_row("(depends on required parameters)", "", "", "")
+        return t
+    for cname, col in adds.items():
+        t.add_row(cname, col.dtype_name() + (" (rejected rows)" if col.rejects_only else ""), col.doc, col.null)
+    for cname in needs:
+        t.add_row(cname, "needed", op.need_hint(cname) or "read from the input or an earlier step", "")
+    if not adds and not needs:
+        t.add_row("(none)", "", "", "")
+    return t
 
 
 def build_parser() -> argparse.ArgumentParser:

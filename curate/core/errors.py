@@ -42,3 +42,22 @@ class MissingDependencyError(CurateError):
             f"operator '{operator}' needs the Python module '{module}', which is not installed; "
             f"install it with: {pip_hint(extra)}"
         )
+
+
+class StepError(CurateError, ValueError):
+    """An operator cannot go on: its data lacks a column, or a parameter does not fit the data.
+
+    Names the step and the column or parameter at fault. Also a ``ValueError`` so code that caught the
+    bare ``ValueError`` operators raised before keeps working.
+    """
+
+    def __init__(self, step: str, message: str, *, column: str | None = None, param: str | None = None):
+        self.step, self.column, self.param = step, column, param
+        where = f" (column '{column}')" if column else f" (parameter '{param}')" if param else ""
+        super().__init__(f"step '{step}'{where}: {message}")
+
+
+class PreflightError(ConfigError, InputError):
+    """What a run would reject, found before any work (:mod:`curate.core.preflight`): config problems and
+    input problems (a missing text field, a clashing field name) in one list. Both a ConfigError and an
+    InputError, so code that caught the reader's InputError for a missing text field still catches it."""

@@ -11,7 +11,16 @@ Three kinds, one shape (see ``docs`` in the README, "Adding an operator"):
   ``ctx.state_dir``; ``apply(batch)`` then runs per batch like a filter (it may declare ``rules()``).
 
 Parameters are a pydantic model named ``Params`` on the class (subclass :class:`OpParams`), so YAML,
-``curate ops`` and Python keyword arguments all validate the same way.
+``curate ops`` and Python keyword arguments all validate the same way. Every field has a ``description``
+(with its default's source); a field naming a file marks it with ``json_schema_extra=PATH_FILE`` (or
+``PATH_INPUT`` / ``PATH_MODEL``) so ``curate validate`` checks it exists before any work.
+
+Columns: an operator declares the columns it needs beyond ``id``/``text`` (:meth:`Operator.needs`) and the
+columns it adds, each a :class:`Column` with dtype and null meaning (:meth:`Operator.adds`). The preflight
+(:mod:`curate.core.preflight`) checks the chain before work, and ``curate ops NAME`` and the operator's
+docstring list them. Name rule: curate never overwrites a user field. An input field named like a column
+a step of the pipeline adds, like a rejects column (``step``, ``reason``, ``score``, ``threshold``) or
+starting with ``__`` is refused before work, with a hint to rename it (``input.rename``).
 """
 
 from __future__ import annotations
@@ -27,11 +36,46 @@ from typing import Any, ClassVar, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from curate.core.errors import MissingDependencyError
+from curate.core.errors import MissingDependencyError, StepError
 from curate.core.stats import StepNumbers
 
 #: internal row key (UInt64, unique and stable for a run: shard index << 40 | row in shard).
 UID = "__uid"
+
+
+#: ``Field(json_schema_extra=...)`` markers of parameters that name files (checked by the preflight):
+#: a file that must exist; an input spec (file, folder or glob, as ``input.path``); a model reference
+#: (a local file/folder, checked when it looks like a path, or a name a library resolves, e.g. a hub id).
+PATH_FILE: dict[str, str] = {"path": "file"}
+PATH_INPUT: dict[str, str] = {"path": "input"}
+PATH_MODEL: dict[str, str] = {"path": "model"}
+
+#: the columns the rejects sink adds to every rejected row (see :mod:`curate.core.step`)
+REJECT_COLUMNS = ("step", "reason", "score", "threshold")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column an operator adds: its polars dtype, what it holds, and what a null (or NaN) means.
+
+    ``dtype`` is a polars dtype instance (``pl.UInt32``, ``pl.List(pl.Float64)``) or a dtype class for a
+    parametrised family whose width depends on data (``pl.Array``: an embedding of the model's size).
+    ``rejects_only``: present on rejected rows only (``dup_of``), dropped from kept rows.
+    """
+
+    dtype: Any
+    doc: str
+    null: str = "never null"
+    rejects_only: bool = False
+
+    def matches(self, actual: pl.DataType) -> bool:
+        """Whether a frame's dtype is this column's (a dtype class matches any width of that family)."""
+        if isinstance(self.dtype, type):
+            return isinstance(actual, self.dtype) or actual == self.dtype
+        return actual == self.dtype
+
+    def dtype_name(self) -> str:
+        return self.dtype.__name__ if isinstance(self.dtype, type) else str(self.dtype)
 
 
 class OpParams(BaseModel):
@@ -118,6 +162,10 @@ class FitContext(RunContext):
     shards: list[Path] = field(default_factory=list)
     scratch_dir: Path = Path(".")
     _reader: Callable[[Path, Sequence[str] | None], Iterator[pl.DataFrame]] | None = None
+    #: how ``map_shards`` runs its per-shard tasks (``iter_tasks``'s signature); None: core's process pool.
+    #: The Ray executor sets one that runs them as Ray tasks, so a fit's per-shard work spreads over the
+    #: cluster while the fit itself stays on the driver.
+    _task_runner: Callable[..., Iterator[Any]] | None = field(default=None, repr=False, compare=False)
 
     def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
         """All rows of the previous segment, batch by batch, in stable shard order, with one schema across
@@ -153,10 +201,11 @@ class FitContext(RunContext):
         out_dir.mkdir(parents=True, exist_ok=True)
         outs = [out_dir / f"{shard.name}{suffix}" for shard in self.shards]
         todo = [(fn, shard, out) for shard, out in zip(self.shards, outs) if not out.exists()]
+        from curate.core.pool import iter_tasks
         from curate.core.progress import report
-        from curate.executors.pool import iter_tasks
 
-        for k, _ in enumerate(iter_tasks(_run_shard_fn, todo, workers=self.workers), 1):
+        runner = self._task_runner or iter_tasks
+        for k, _ in enumerate(runner(_run_shard_fn, todo, workers=self.workers), 1):
             report(k, len(todo), "shards")
         return outs
 
@@ -179,6 +228,11 @@ class Operator:
     #: operators that rewrite ``text`` get a before/after sample in ``work_dir/trace/<step>/``
     rewrites_text: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("__doc__") and cls.declares_adds():
+            cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + _columns_section(cls)
+
     def __init__(self, params: OpParams | None = None, /, **kwargs: Any):
         if params is not None and kwargs:
             raise TypeError("pass either a Params object or keyword arguments, not both")
@@ -200,6 +254,41 @@ class Operator:
         """The resolved parameters (defaults filled in), as YAML would write them."""
         return self.params.model_dump(mode="json")
 
+    # -- declarations: what the step reads and writes (checked by curate.core.preflight) --------------
+    def needs(self) -> list[str]:
+        """Columns this step reads beyond ``id`` and ``text`` (from the input or an earlier step)."""
+        return []
+
+    def need_hint(self, column: str) -> str:
+        """What to do when a needed column is missing (shown by the preflight); empty for no hint."""
+        return ""
+
+    def adds(self) -> dict[str, Column]:
+        """Columns this step adds (name -> :class:`Column`), given its parameters.
+
+        Every registered operator overrides this; the base declares nothing so a test can tell an operator
+        that adds no column (override returning ``{}``) from one that forgot to declare."""
+        return {}
+
+    @classmethod
+    def declares_adds(cls) -> bool:
+        """True when the class (or a curate base between it and :class:`Operator`) overrides ``adds``."""
+        return cls.adds is not Operator.adds
+
+    @classmethod
+    def for_docs(cls) -> Operator:
+        """An instance with default parameters, for declarations shown by ``curate ops`` and docstrings.
+
+        Required parameters stay unset and ``__init__`` is skipped (it may check model files)."""
+        op = cls.__new__(cls)
+        op.params = cls.Params.model_construct()
+        op.step_name = cls.name or cls.__name__
+        return op
+
+    def error(self, message: str, *, column: str | None = None, param: str | None = None) -> StepError:
+        """A :class:`StepError` naming this step and the column or parameter at fault (``raise self.error(...)``)."""
+        return StepError(self.step_name, message, column=column, param=param)
+
     def setup(self, ctx: RunContext) -> None:  # noqa: B027 - optional hook
         """Called once per worker before the first batch: load models, state, compile kernels."""
 
@@ -213,6 +302,22 @@ class Operator:
     def finish(self, kept: pl.DataFrame) -> pl.DataFrame:
         """Runs on the kept rows after the rules: drop temporary columns, rewrite text."""
         return kept
+
+
+def _columns_section(cls: type[Operator]) -> str:
+    """The "Columns added" section appended to an operator's docstring, from its declarations (one source,
+    so the docstring cannot drift from what ``adds`` says and the registry test checks)."""
+    try:
+        op = cls.for_docs()
+        cols, needs = op.adds(), op.needs()
+    except Exception:  # noqa: BLE001 - a declaration that needs a required parameter is shown by `curate ops`
+        return "    Columns: see ``curate ops``."
+    lines = ["    Columns added (default parameters):", ""]
+    lines += [f"    * ``{n}`` ({c.dtype_name()}{', rejected rows only' if c.rejects_only else ''}): {c.doc}; "
+              f"{c.null}." for n, c in cols.items()] or ["    * none"]
+    if needs:
+        lines += ["", "    Columns needed: " + ", ".join(f"``{n}``" for n in needs) + "."]
+    return "\n".join(lines)
 
 
 class Mapper(Operator):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import yaml
 from curate.core.config import ExecutorSpec, load_yaml, parse_config
 from curate.core.errors import ConfigError
 from curate.core.operator import Operator
+from curate.core.run import RunSpec, name_steps
 from curate.io.readers import InputSpec
 from curate.io.writers import OutputSpec, RejectsSpec
 
@@ -44,10 +44,7 @@ class Pipeline:
             raise ConfigError("a pipeline needs an input (read(...)) and an output (write(...))")
         for op in self.steps:
             op.check_dependencies()
-        seen: Counter[str] = Counter()
-        for op in self.steps:
-            seen[op.name] += 1
-            op.step_name = op.name if seen[op.name] == 1 else f"{op.name}#{seen[op.name]}"
+        name_steps(self.steps)
         self.work_dir = work_dir or ".curate/run"
         self.executor = executor or ExecutorSpec()
         self.seed = seed
@@ -64,21 +61,29 @@ class Pipeline:
         return cls(cfg.input, *ops, cfg.output, *([cfg.rejects] if cfg.rejects else []),
                    work_dir=cfg.work_dir, executor=cfg.executor, seed=cfg.seed)
 
+    def spec(self, *, work_dir: str | None = None, workers: int | None = None,
+             executor: str | None = None) -> RunSpec:
+        """The frozen run description an executor is handed (``executor`` overrides the configured type)."""
+        assert self.input is not None and self.output is not None
+        ex = self.executor if executor is None else self.executor.model_copy(update={"type": executor})
+        wd = work_dir if work_dir is not None else self.work_dir
+        return RunSpec(input=self.input, steps=tuple(self.steps), output=self.output, work_dir=Path(wd),
+                       rejects=self.rejects or RejectsSpec(path=os.path.join(wd, "rejects")), seed=self.seed,
+                       executor=ex, workers=workers)
+
     def to_config(self) -> dict[str, Any]:
         """The resolved configuration, every default filled in (written to ``work_dir/pipeline.yaml``)."""
-        assert self.input is not None and self.output is not None
-        return {
-            "input": self.input.model_dump(mode="json"),
-            "steps": [{op.name: op.config()} for op in self.steps],
-            "output": self.output.model_dump(mode="json"),
-            "rejects": self.rejects_spec().model_dump(mode="json"),
-            "work_dir": self.work_dir,
-            "executor": self.executor.model_dump(mode="json"),
-            "seed": self.seed,
-        }
+        return self.spec().to_config()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_config(), sort_keys=False)
+
+    def check(self) -> None:
+        """The preflight (:mod:`curate.core.preflight`): raise one ConfigError listing everything a run would
+        reject (input fields, the column chain, files named by parameters, name clashes, extras) before work."""
+        from curate.core.preflight import check_pipeline
+
+        check_pipeline(self)
 
     def rejects_spec(self) -> RejectsSpec:
         return self.rejects or RejectsSpec(path=os.path.join(self.work_dir, "rejects"))
@@ -88,12 +93,7 @@ class Pipeline:
         """Run to completion (resuming finished shards and stages); returns the :class:`RunResult`."""
         if work_dir is not None:
             self.work_dir = work_dir
-        kind = executor or self.executor.type
-        n = workers or self.executor.workers or os.cpu_count() or 1
-        if kind == "ray":
-            from curate.executors.ray import RayExecutor
+        from curate.executors import run_spec
 
-            return RayExecutor(self, address=self.executor.address, workers=n).run(progress=progress)
-        from curate.executors.local import LocalExecutor
-
-        return LocalExecutor(self, workers=n).run(progress=progress)
+        self.check()
+        return run_spec(self.spec(workers=workers, executor=executor), progress=progress)

@@ -24,6 +24,7 @@ import polars as pl
 from curate.core.errors import CurateError
 from curate.core.operator import UID, Operator, RunContext
 from curate.core.ownership import owned, part_pattern
+from curate.core.preflight import check_input_batch, reserved_columns
 from curate.core.stats import StepStats
 from curate.core.step import run_step
 from curate.io.readers import InputSpec, ReadReport, read_shard
@@ -47,6 +48,8 @@ class ShardTask:
     trace_dir: Path | None = None
     trace_docs: int = 5
     work_dir: Path | None = None  # root of the spill paths recorded in the marker
+    #: segment 0: column name -> who writes it, for the input name-clash guard (default: this segment's ops)
+    reserved: dict[str, str] | None = None
 
 
 _SETUP_CACHE: dict[tuple, tuple[Operator, RunContext]] = {}
@@ -176,7 +179,10 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
 
     def batches() -> Iterator[pl.DataFrame]:
         if isinstance(task.source, InputSpec):
-            yield from read_shard(task.source, task.shard, rep)
+            reserved = task.reserved if task.reserved is not None else reserved_columns(task.ops)
+            for b in read_shard(task.source, task.shard, rep):
+                check_input_batch(b, reserved, task.shard.path)
+                yield b
         else:
             yield from read_spill(task.source)
 

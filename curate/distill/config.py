@@ -31,6 +31,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FromTeacher(_Strict):
+    """Initialise the student from the teacher's own weights: keep the ``keep_layers`` decoder layers with
+    the highest measured importance on calibration examples (ShortGPT Block Influence or Minitron's
+    drop-one NLL increase), optionally keep the ``intermediate_size`` MLP channels with the largest mean
+    activation (Minitron width pruning). See :mod:`curate.models.pruning`."""
+
+    keep_layers: int | None = Field(None, ge=1, description="decoder layers kept (default: all)")
+    importance: Literal["block_influence", "nll_drop"] = Field(
+        "block_influence", description="layer score: block_influence = 1 - cos(h_in, h_out) (ShortGPT, one "
+        "forward); nll_drop = calibration NLL increase when the layer alone is dropped (Minitron, one forward "
+        "per layer)")
+    calibration_examples: int = Field(64, ge=1, description="training examples scored for importance "
+                                      "(ShortGPT/Minitron use a small calibration set; 64 is cheap on CPU)")
+    intermediate_size: int | None = Field(None, ge=1, description="MLP channels kept per layer, by mean "
+                                          "|act(gate) * up| (default: all)")
+    batch_size: int = Field(8, ge=1, description="calibration batch size")
+    layers: list[int] | None = Field(None, min_length=1, description="explicit teacher layer indices to keep "
+                                     "(skips the importance scoring; e.g. the same init across ablation arms)")
+
+    @model_validator(mode="after")
+    def _layers(self) -> FromTeacher:
+        if self.layers is not None:
+            if len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
+                raise ValueError("`layers` must be distinct non-negative indices")
+            if self.keep_layers is not None and self.keep_layers != len(self.layers):
+                raise ValueError(f"keep_layers {self.keep_layers} but {len(self.layers)} `layers` given")
+        return self
+
+
 class ModelSpec(_Strict):
     """A causal LM: a local path (folder with config + weights, or a GGUF folder with ``gguf_file``),
     or ``from_config`` (a dict of config fields; ``base: teacher`` starts from the teacher's config and
@@ -39,13 +68,14 @@ class ModelSpec(_Strict):
     path: str | None = Field(None, description="local folder or 'pkg:<package>' (a model shipped in a wheel)")
     gguf_file: str | None = Field(None, description="GGUF file name inside `path` (transformers dequantizes it)")
     from_config: dict[str, Any] | None = Field(None, description="build randomly initialised from a config")
+    from_teacher: FromTeacher | None = Field(None, description="student only: a pruned copy of the teacher")
     tokenizer: str | None = Field(None, description="tokenizer folder; default: the model's own")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.path is None) == (self.from_config is None):
-            raise ValueError("give exactly one of `path` or `from_config`")
+        if sum(x is not None for x in (self.path, self.from_config, self.from_teacher)) != 1:
+            raise ValueError("give exactly one of `path` or `from_config` (or, for the student, `from_teacher`)")
         if self.gguf_file and not self.path:
             raise ValueError("`gguf_file` needs `path` (the folder holding the file)")
         return self
@@ -75,6 +105,13 @@ class DataSpec(_Strict):
 
     train: list[str] = Field(..., min_length=1)
     eval: list[str] | None = Field(None, description="held-out files; default: split eval_fraction off train")
+    mode: Literal["auto", "rationale"] = Field(
+        "auto", description="auto: text_field or prompt/response; rationale: distilling step by step (Hsieh et al. "
+                            "2023) -- each row gives a '[label] ' task (question -> label_field) and a "
+                            "'[rationale] ' task (question -> rationale_field), trained with loss.rationale_weight")
+    question_field: str = Field("text", description="rationale mode: the input column")
+    label_field: str = Field("gold_answer", description="rationale mode: the answer column (curate's rationale step)")
+    rationale_field: str = Field("rationale", description="rationale mode: the rationale column")
     text_field: str = "text"
     prompt_field: str | None = None
     response_field: str | None = None
@@ -85,9 +122,17 @@ class DataSpec(_Strict):
     eval_max_examples: int | None = Field(256, ge=1)
     min_tokens: int = Field(4, ge=2, description="drop examples with fewer tokens")
     add_eos: bool = True
+    order: Literal["random", "teacher_entropy_asc", "teacher_entropy_desc", "teacher_nll_asc",
+                   "teacher_nll_desc", "teacher_confidence_asc", "teacher_confidence_desc"] = Field(
+        "random", description="training order: random (reshuffled each epoch) or a curriculum by the teacher "
+        "cache's per-example signal (needs teacher_signal.mode: cache), e.g. teacher_entropy_asc = what the "
+        "teacher is surest of first")
 
     @model_validator(mode="after")
     def _fields(self) -> DataSpec:
+        if self.mode == "rationale" and self.prompt_field is not None:
+            raise ValueError("data.mode 'rationale' reads question_field/label_field/rationale_field; "
+                             "drop prompt_field/response_field")
         if (self.prompt_field is None) != (self.response_field is None):
             raise ValueError("give both `prompt_field` and `response_field`, or neither (then `text_field`)")
         if "{prompt}" not in self.template or "{response}" not in self.template:
@@ -111,12 +156,18 @@ class LossSpec(_Strict):
     skew_alpha: float = Field(0.1, ge=0.0, lt=1.0, description="skew_kl / skew_reverse_kl (DistiLLM)")
     top_k: int = Field(8, ge=2, description="bild: top-k logits")
     chunk_tokens: int = Field(1024, ge=16, description="loss computed over this many tokens at a time")
+    rationale_weight: float = Field(0.5, ge=0.0, le=1.0, description="data.mode rationale: weight*L_label + "
+                                    "(1-weight)*L_rationale (Hsieh et al. 2023, reference --alpha 0.5)")
 
 
 class TeacherSignal(_Strict):
     mode: Literal["online", "cache"] = "online"
     dir: str | None = Field(None, description="cache folder (mode: cache); built on first use if absent")
     k: int = Field(16, ge=1, description="top-k teacher log-probs stored per token")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="teacher dtype for the cache build and the online teacher forward (a copy; the "
+        "held-out report uses the loaded teacher): bfloat16 was 3.3x faster than fp32 on the shared CPU at KL "
+        "0.0012 (shared/reference/distillation.md); auto = the loaded weights")
 
     @model_validator(mode="after")
     def _dir(self) -> TeacherSignal:
@@ -155,6 +206,9 @@ class EvalSpec(_Strict):
     max_batches: int | None = Field(None, ge=1)
     report: bool = Field(True, description="write report.md/report.json after training")
     ece_bins: int = Field(15, ge=1)
+    samples: int = Field(8, ge=0, description="held-out prompts answered greedily by teacher and student "
+                         "into samples.jsonl (prompt/response data only; 0 disables)")
+    sample_tokens: int = Field(48, ge=1, description="max new tokens per greedy answer")
 
 
 class DistillConfig(_Strict):
@@ -185,6 +239,10 @@ class DistillConfig(_Strict):
     def _check(self) -> DistillConfig:
         if self.on_policy_fraction > 0 and self.loss.name == "ce":
             raise ValueError("on_policy_fraction > 0 needs a teacher loss, not `ce`")
+        if self.teacher.from_teacher is not None:
+            raise ValueError("teacher: `from_teacher` is for the student only")
+        if self.data.order != "random" and self.teacher_signal.mode != "cache":
+            raise ValueError(f"data.order '{self.data.order}' reads the teacher cache: set teacher_signal.mode: cache")
         if self.teacher_signal.mode == "cache" and self.loss.name == "bild":
             raise ValueError("bild needs the dense teacher (its student-led half needs teacher logits at the "
                              "student's top-k ids); use teacher_signal.mode: online")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from curate.distill.config import DataSpec
 
 IGNORE = -100
+TASK_LABEL, TASK_RATIONALE = 0, 1
 
 
 @dataclass
@@ -35,18 +36,23 @@ class TokenData:
 
     seqs: list[list[int]]
     n_prompt: list[int] = field(default_factory=list)
+    #: per sequence, its task in rationale mode: TASK_LABEL or TASK_RATIONALE (empty: one task)
+    task: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.n_prompt:
             self.n_prompt = [0] * len(self.seqs)
         if len(self.n_prompt) != len(self.seqs):
             raise ValueError("n_prompt must have one entry per sequence")
+        if self.task and len(self.task) != len(self.seqs):
+            raise ValueError("task must be empty or have one entry per sequence")
 
     def __len__(self) -> int:
         return len(self.seqs)
 
     def subset(self, idx: Sequence[int]) -> TokenData:
-        return TokenData([self.seqs[i] for i in idx], [self.n_prompt[i] for i in idx])
+        return TokenData([self.seqs[i] for i in idx], [self.n_prompt[i] for i in idx],
+                         [self.task[i] for i in idx] if self.task else [])
 
     def n_tokens(self) -> int:
         return sum(len(s) for s in self.seqs)
@@ -57,6 +63,8 @@ class TokenData:
         for s, n in zip(self.seqs, self.n_prompt, strict=True):
             h.update(len(s).to_bytes(4, "little") + n.to_bytes(4, "little"))
             h.update(np.asarray(s, dtype=np.int32).tobytes())
+        if self.task:  # two-task data hashes differently from the same tokens as one task
+            h.update(np.asarray(self.task, dtype=np.int8).tobytes())
         return h.hexdigest()
 
     @classmethod
@@ -104,8 +112,14 @@ def read_records(paths: Sequence[str]) -> pl.DataFrame:
 
 
 def tokenize_records(df: pl.DataFrame, tokenizer: Any, spec: DataSpec) -> TokenData:
-    """Tokenise rows: ``text_field``, or ``template`` over prompt/response (loss on the response only)."""
+    """Tokenise rows: ``text_field``, or ``template`` over prompt/response (loss on the response only), or in
+    rationale mode two prompt/response examples per row (:func:`rationale_frame`), tasks in ``.task``."""
     eos = getattr(tokenizer, "eos_token_id", None) if spec.add_eos else None
+    tasks_in: list[int] | None = None
+    if spec.mode == "rationale":
+        df = rationale_frame(df, spec)
+        tasks_in = df["__task"].to_list()
+        spec = spec.model_copy(update={"mode": "auto", "prompt_field": "__prompt", "response_field": "__response"})
     if spec.prompt_field:
         for f in (spec.prompt_field, spec.response_field):
             if f not in df.columns:
@@ -127,7 +141,8 @@ def tokenize_records(df: pl.DataFrame, tokenizer: Any, spec: DataSpec) -> TokenD
         p_ids = [[] for _ in f_ids]
     seqs: list[list[int]] = []
     n_prompt: list[int] = []
-    for p, f in zip(p_ids, f_ids, strict=True):
+    task: list[int] = []
+    for j, (p, f) in enumerate(zip(p_ids, f_ids, strict=True)):
         n_p = len(p) if f[: len(p)] == p else _common_prefix(p, f)  # BPE may merge across the boundary
         s = list(f) + ([eos] if eos is not None else [])
         s = s[: spec.max_len]
@@ -135,9 +150,32 @@ def tokenize_records(df: pl.DataFrame, tokenizer: Any, spec: DataSpec) -> TokenD
             continue
         seqs.append(s)
         n_prompt.append(n_p)
+        if tasks_in is not None:
+            task.append(tasks_in[j])
     if not seqs:
         raise InputError("no usable examples after tokenisation (all empty, or prompts longer than max_len)")
-    return TokenData(seqs, n_prompt)
+    return TokenData(seqs, n_prompt, task)
+
+
+def rationale_frame(df: pl.DataFrame, spec: DataSpec) -> pl.DataFrame:
+    """Distilling step by step (Hsieh et al. 2023, Sec. 3.2): per row, ``[label] question -> label`` and
+    ``[rationale] question -> rationale`` (task prefixes of ``curate.distill.losses``), label task first.
+
+    Rows lacking the question, label or rationale are left out (rationale-less rows keep the label task)."""
+    from curate.distill.losses import LABEL_PREFIX, RATIONALE_PREFIX
+
+    for f in (spec.question_field, spec.label_field, spec.rationale_field):
+        if f not in df.columns:
+            raise ConfigError(f"data: rationale mode needs column '{f}' (columns: {df.columns})")
+    q = pl.col(spec.question_field).cast(pl.Utf8)
+    base = df.with_row_index("__row").filter(q.is_not_null())
+    lab = base.filter(pl.col(spec.label_field).is_not_null()).select(
+        "__row", (pl.lit(LABEL_PREFIX) + q).alias("__prompt"),
+        pl.col(spec.label_field).cast(pl.Utf8).alias("__response"), pl.lit(TASK_LABEL).alias("__task"))
+    rat = base.filter(pl.col(spec.rationale_field).is_not_null()).select(
+        "__row", (pl.lit(RATIONALE_PREFIX) + q).alias("__prompt"),
+        pl.col(spec.rationale_field).cast(pl.Utf8).alias("__response"), pl.lit(TASK_RATIONALE).alias("__task"))
+    return pl.concat([lab, rat]).sort("__row", "__task").drop("__row")
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -36,6 +36,7 @@ class Prepared:
     vocab: int
     pad_id: int
     eos_id: int | None
+    init: dict[str, Any] | None = None   # how the student was initialised from the teacher (pruning info)
 
 
 def _as_config(cfg: DistillConfig | dict | str | Path) -> DistillConfig:
@@ -61,15 +62,45 @@ def prepare(cfg: DistillConfig, need_student: bool = True) -> Prepared:
     if t_tok is None:
         raise ConfigError("the teacher has no tokenizer: give teacher.tokenizer")
     student = s_tok = None
+    init = None
     s_rows = vocab_rows(teacher)
-    if need_student:
-        torch.manual_seed(cfg.seed)
-        student, s_tok = load_model(cfg.student, base_config=teacher.config, tokenizer=t_tok)
-        s_rows = vocab_rows(student)
-    vocab = shared_vocab(t_tok, s_tok if s_tok is not None else t_tok, vocab_rows(teacher), s_rows, cfg.shared_vocab)
     train, ev = load_data(cfg.data, t_tok, cfg.seed)
     pad = t_tok.pad_token_id if t_tok.pad_token_id is not None else (t_tok.eos_token_id or 0)
-    return Prepared(teacher, student, t_tok, train, ev, vocab, int(pad), t_tok.eos_token_id)
+    if need_student:
+        torch.manual_seed(cfg.seed)
+        if cfg.student.from_teacher is not None:
+            student, init = student_from_teacher(cfg, teacher, train, int(pad))
+            s_tok = t_tok
+        else:
+            student, s_tok = load_model(cfg.student, base_config=teacher.config, tokenizer=t_tok)
+        s_rows = vocab_rows(student)
+    vocab = shared_vocab(t_tok, s_tok if s_tok is not None else t_tok, vocab_rows(teacher), s_rows, cfg.shared_vocab)
+    return Prepared(teacher, student, t_tok, train, ev, vocab, int(pad), t_tok.eos_token_id, init)
+
+
+def student_from_teacher(cfg: DistillConfig, teacher: Any, train: Any, pad_id: int) -> tuple[Any, dict[str, Any]]:
+    """The student as a pruned copy of the teacher (``student.from_teacher``), scored on the first
+    ``calibration_examples`` training examples (loss positions = the training loss positions)."""
+    from curate.distill.data import collate
+    from curate.models.pruning import prune_from_teacher
+
+    ft = cfg.student.from_teacher
+    assert ft is not None
+    n = min(ft.calibration_examples, len(train))
+    batches = []
+    for a in range(0, n, ft.batch_size):
+        idx = range(a, min(n, a + ft.batch_size))
+        b = collate([train.seqs[i] for i in idx], [train.n_prompt[i] for i in idx], pad_id)
+        batches.append((b["input_ids"], b["attention_mask"], b["labels"]))
+    t0 = time.perf_counter()
+    student, info = prune_from_teacher(teacher, batches, keep_layers=ft.keep_layers, importance=ft.importance,
+                                       intermediate_size=ft.intermediate_size, layers=ft.layers)
+    info["seconds"] = time.perf_counter() - t0
+    info["calibration_examples"] = n
+    log.info("student from teacher: kept layers %s (%s), calibration NLL %.3f -> %.3f in %.1f s",
+             info["kept_layers"], info["importance"], info["calibration_nll_teacher"],
+             info["calibration_nll_student_init"], info["seconds"])
+    return student, info
 
 
 def teacher_backend(cfg: DistillConfig, p: Prepared) -> Any:
@@ -94,6 +125,12 @@ def build_cache(cfg: DistillConfig, p: Prepared | None = None, batch_size: int =
         raise ConfigError("teacher_signal.dir is not set (where the cache goes)")
     p = p or prepare(cfg, need_student=False)
     backend = teacher_backend(cfg, p)
+    if cfg.teacher_signal.dtype != "auto":  # a copy: the fp32 teacher stays for the held-out report
+        import copy
+
+        import torch
+
+        backend.model = copy.deepcopy(p.teacher).to(backend.device, getattr(torch, cfg.teacher_signal.dtype)).eval()
     fp = p.train.fingerprint()
     k = cfg.teacher_signal.k
     expected = capture_settings(backend, k, cfg.data.max_len, "float32", fp)
@@ -129,8 +166,21 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
         cache = build_cache(cfg, p)
         cache_info = {k: cache.meta.get(k) for k in ("num_sequences", "num_tokens", "bytes_per_token", "build_seconds")}
     online = cfg.teacher_signal.mode == "online" or cfg.on_policy_fraction > 0
-    trainer = DistillTrainer(cfg, p.student, p.train, teacher=p.teacher if online or cache is None else None,
+    t_train = p.teacher
+    if online and cfg.teacher_signal.dtype != "auto":  # a reduced-precision copy for training only
+        import copy
+
+        import torch
+
+        t_train = copy.deepcopy(p.teacher).to(getattr(torch, cfg.teacher_signal.dtype))
+    trainer = DistillTrainer(cfg, p.student, p.train, teacher=t_train if online or cache is None else None,
                              cache=cache, eval_data=p.eval, vocab=p.vocab, pad_id=p.pad_id, eos_id=p.eos_id)
+    if cfg.data.order != "random" and cache is not None:
+        from curate.models.topk_cache import cache_signals, curriculum
+
+        signal, direction = cfg.data.order.rsplit("_", 1)
+        vals = cache_signals(cache.dir, starts=[max(1, n) for n in p.train.n_prompt])[signal]
+        trainer.fixed_order = curriculum(vals, descending=direction == "desc")
     summary = trainer.train(resume=resume)
     sd = out / "student"
     p.student.save_pretrained(sd, safe_serialization=True)
@@ -144,7 +194,13 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
         ev = evaluate_models(p.student, p.teacher.to(device), p.eval, device=device, vocab=p.vocab, pad_id=p.pad_id,
                              batch_size=cfg.eval.batch_size, max_batches=cfg.eval.max_batches,
                              amp=autocast_dtype(cfg.precision, device), ece_bins=cfg.eval.ece_bins)
+        if cfg.eval.samples:
+            from curate.distill.samples import write_samples
+
+            ev.update(write_samples(out, student=p.student, teacher=p.teacher, tokenizer=p.tokenizer, data=p.eval,
+                                    n=cfg.eval.samples, max_new_tokens=cfg.eval.sample_tokens, pad_id=p.pad_id,
+                                    eos_id=p.eos_id, device=device))
         report = {"name": out.name, "eval": ev, "train": summary, "cache": cache_info,
-                  "config": cfg.model_dump(mode="json")}
+                  "config": cfg.model_dump(mode="json"), "student_init": p.init}
         write_report(out, report)
     return DistillResult(out, summary, report)

@@ -169,6 +169,8 @@ class DistillTrainer:
         self.tokens_seen = 0
         self.train_time = 0.0
         self._perm_cache: tuple[int, list[int]] | None = None
+        # a curriculum (data.order): the same example order every epoch instead of a reshuffle
+        self.fixed_order: list[int] | None = None
         self.out = Path(cfg.output_dir)
         self.history: list[dict[str, Any]] = []
 
@@ -192,6 +194,8 @@ class DistillTrainer:
 
     # ------------------------------------------------------------------ data
     def _perm(self, epoch: int) -> list[int]:
+        if self.fixed_order is not None:
+            return self.fixed_order
         if self._perm_cache is None or self._perm_cache[0] != epoch:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
             self._perm_cache = (epoch, torch.randperm(len(self.train_data), generator=g).tolist())
@@ -207,6 +211,8 @@ class DistillTrainer:
         d = self.train_data
         b: dict[str, Any] = collate([d.seqs[i] for i in idx], [d.n_prompt[i] for i in idx], self.pad_id)
         b["idx"] = idx
+        if d.task:
+            b["task"] = torch.tensor([d.task[i] for i in idx], dtype=torch.long)
         return b
 
     def rollout(self, idx: list[int]) -> dict[str, Any]:
@@ -250,6 +256,7 @@ class DistillTrainer:
                     raise ValueError("the teacher signal has nothing for a training batch")
                 return {}
             rows_d = rows.detach().requires_grad_(backward)
+            tok_w = b["tok_w"].to(self.device)[:, 1:][mb.mask] if "tok_w" in b else None  # rationale mode
             sums: dict[str, Any] = {"loss": 0.0}
             chunk = self.cfg.loss.chunk_tokens
             for a in range(0, n, chunk):
@@ -257,7 +264,7 @@ class DistillTrainer:
                 s_lo = self._student_head(rows_d[a:e]) if self.s_parts is not None else rows_d[a:e][:, : self.vocab].float()
                 per, comp = self.loss(s_lo, targets.chunk(a, e) if targets is not None else None, mb.labels[a:e])
                 if backward:
-                    loss = per.sum() / n_total
+                    loss = (per * tok_w[a:e]).sum() if tok_w is not None else per.sum() / n_total
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
                 sums["loss"] = sums["loss"] + per.detach().sum()
                 for k, v in comp.items():
@@ -282,6 +289,8 @@ class DistillTrainer:
             micro.append(self.rollout(idx) if on_policy else self._batch(idx))
         self.micro_pos += ga
         n_total = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
+        if self.train_data.task and not on_policy:
+            _task_weights(micro, self.cfg.loss.rationale_weight)
         self.student.train()
         sums: dict[str, float] = {}
         for m in micro:
@@ -385,3 +394,22 @@ class DistillTrainer:
         self.tokens_seen, self.train_time = int(state["tokens_seen"]), float(state["train_time"])
         self.policy_gen.set_state(state["policy_gen"])
         self.history = json.loads(state.get("history", "[]"))
+
+
+def _task_weights(micro: list[dict[str, Any]], weight: float) -> None:
+    """Distilling step by step (Hsieh et al. 2023): ``weight * mean_label + (1 - weight) * mean_rationale`` over
+    the accumulated batch, as per-token weights ``b["tok_w"]`` (weight / label tokens, (1 - weight) / rationale
+    tokens). Logged losses stay token means; only the gradient is reweighted."""
+    from curate.distill.data import TASK_LABEL
+
+    counts = [0, 0]
+    for m in micro:
+        valid = m["labels"][:, 1:] != IGNORE  # the shifted positions the loss covers
+        is_label = (m["task"] == TASK_LABEL)[:, None]
+        counts[0] += int((valid & is_label).sum())
+        counts[1] += int((valid & ~is_label).sum())
+    w_label = weight / max(counts[0], 1)
+    w_rat = (1.0 - weight) / max(counts[1], 1)
+    for m in micro:
+        is_label = (m["task"] == TASK_LABEL)[:, None].expand_as(m["labels"])
+        m["tok_w"] = torch.where(is_label, torch.tensor(w_label), torch.tensor(w_rat)).float()

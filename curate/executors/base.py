@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -26,12 +26,13 @@ from curate.core.lock import LOCK_NAME, RunLock
 from curate.core.operator import FitContext, GlobalStage, RunContext
 from curate.core.ownership import WORK_FILES, WORK_TREES, OwnedRoot, check_run_paths, owned
 from curate.core.plan import Segment, plan_segments
+from curate.core.preflight import reserved_columns
 from curate.core.progress import Progress
 from curate.core.runner import Marker, ShardTask, clear_setup_cache, read_marker, write_json_atomic, writing
 from curate.core.stats import StepStats, merge_stats
 
 if TYPE_CHECKING:
-    from curate.core.pipeline import Pipeline
+    from curate.core.run import RunSpec
 
 log = logging.getLogger("curate")
 
@@ -98,14 +99,20 @@ def detect_device(steps) -> str:
 
 
 class Executor:
-    def __init__(self, pipeline: Pipeline, workers: int = 1):
-        self.p = pipeline
-        self.workers = workers
-        self.work = Path(pipeline.work_dir)
+    """Runs a :class:`RunSpec`: the loop below is shared; subclasses say how shard tasks run."""
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.workers = spec.workers or 1
+        self.work = Path(spec.work_dir)
 
     # -- executor-specific ---------------------------------------------------------------------
     def _run_tasks(self, tasks: list[ShardTask], progress: Callable[[int], None]) -> None:
         raise NotImplementedError
+
+    def _fit_task_runner(self) -> Callable[..., Any] | None:
+        """How a global stage's ``map_shards`` runs per-shard work; None: core's process pool."""
+        return None
 
     # -- shared --------------------------------------------------------------------------------
     def _manifest(self, started: str) -> dict:
@@ -122,22 +129,22 @@ class Executor:
             except md.PackageNotFoundError:
                 versions[pkg] = None
         return {"started": started, "host": platform.node(), "python": platform.python_version(),
-                "versions": versions, "seed": self.p.seed, "workers": self.workers}
+                "versions": versions, "seed": self.spec.seed, "workers": self.workers}
 
     def run(self, progress: bool = True) -> RunResult:
-        p = self.p
+        p = self.spec
         assert p.input is not None and p.output is not None
         t0 = time.perf_counter()
         started = datetime.now(timezone.utc).isoformat()
         shards = p.input.shards()
-        rejects = p.rejects_spec()
+        rejects = p.rejects_spec
         # before any work: where the run writes must not overlap the input or another run's folders
         problems = check_run_paths(p.input.path, p.output.path, rejects.path, self.work,
                                    overwrite=p.output.overwrite)
         if problems:
             raise ConfigError(problems)
         device = detect_device(p.steps)
-        segments = plan_segments(p.input, p.steps, p.output, p.seed, rejects)
+        segments = plan_segments(p.input, list(p.steps), p.output, p.seed, rejects)
         work = OwnedRoot(self.work)
         roots = {"work": work, "output": OwnedRoot(p.output.path), "rejects": OwnedRoot(rejects.path)}
         self._claim(roots, segments, shards, commit=False)  # name clashes are refused before anything is made
@@ -190,9 +197,9 @@ class Executor:
 
     def marker_roots(self) -> dict[str, Path]:
         """The folders the paths in completion markers are relative to."""
-        assert self.p.output is not None
-        return {"work": OwnedRoot(self.work).root, "output": OwnedRoot(self.p.output.path).root,
-                "rejects": OwnedRoot(self.p.rejects_spec().path).root}
+        assert self.spec.output is not None
+        return {"work": OwnedRoot(self.work).root, "output": OwnedRoot(self.spec.output.path).root,
+                "rejects": OwnedRoot(self.spec.rejects_spec.path).root}
 
     def _run_segments(self, p, segments, shards, rejects, device, progress, t0) -> tuple[RunResult, dict]:
         with writing(self.work / "pipeline.yaml"):
@@ -271,7 +278,7 @@ class Executor:
         return dups
 
     def _tasks(self, seg: Segment, shards, rejects, device) -> tuple[list[ShardTask], list[Marker]]:
-        p = self.p
+        p = self.spec
         roots = self.marker_roots()
         seg_dir = self.work / "segments" / f"{seg.index:03d}"
         prev_dir = self.work / "segments" / f"{seg.index - 1:03d}"
@@ -281,6 +288,7 @@ class Executor:
             ctxs.append(RunContext(self.work, state, p.seed, self.workers, device, step_i))
         tasks: list[ShardTask] = []
         done: list[Marker] = []
+        reserved = reserved_columns(p.steps) if seg.index == 0 else None
         for sh in shards:
             marker = seg_dir / "_done" / f"{sh.name}.json"
             m = read_marker(marker, seg.fingerprint, roots)
@@ -292,7 +300,7 @@ class Executor:
                 source=p.input if seg.index == 0 else prev_dir / sh.name,
                 spill_dir=None if seg.last else seg_dir, output=p.output if seg.last else None,
                 rejects=rejects, marker=marker, fingerprint=seg.fingerprint, trace_dir=self.work / "trace",
-                work_dir=roots["work"]))
+                work_dir=roots["work"], reserved=reserved))
         return tasks, done
 
     def _stage_dir(self, seg: Segment) -> Path:
@@ -321,8 +329,9 @@ class Executor:
             scratch.mkdir(parents=True)
             scratch_fp.write_text(seg.stage_fingerprint)
         prev = self.work / "segments" / f"{seg.index - 1:03d}"
-        ctx = FitContext(self.work, sdir / "state", self.p.seed, self.workers, device, seg.step_indices[0],
-                         shards=[prev / sh.name for sh in shards], scratch_dir=scratch)
+        ctx = FitContext(self.work, sdir / "state", self.spec.seed, self.workers, device, seg.step_indices[0],
+                         shards=[prev / sh.name for sh in shards], scratch_dir=scratch,
+                         _task_runner=self._fit_task_runner())
         bar.start(f"fitting {stage.step_name}", total=None)
         t0 = time.perf_counter()
         stage.fit(ctx)

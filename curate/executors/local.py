@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from curate.core import pool
 from curate.core.runner import ShardTask, run_shard
-from curate.executors import pool
 from curate.executors.base import Executor, RunResult
 
 __all__ = ["LocalExecutor", "RunResult"]
@@ -21,7 +21,7 @@ def _label(t: ShardTask) -> str:
 
 class LocalExecutor(Executor):
     """Runs shards in ``workers`` processes (in-process when 1); memory is bounded by the batch size
-    times the number of workers, not by the corpus. See :mod:`curate.executors.pool` for what happens
+    times the number of workers, not by the corpus. See :mod:`curate.core.pool` for what happens
     on Ctrl-C, SIGTERM and a worker that dies."""
 
     def _run_tasks(self, tasks: list[ShardTask], progress: Callable[[int], None]) -> None:

@@ -7,7 +7,7 @@ import re
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import UID, Filter, OpParams, Rule, RunContext
+from curate.core.operator import UID, Column, Filter, OpParams, Rule, RunContext
 from curate.core.registry import register
 from curate.core.text import TERMINAL_PUNCTUATION
 from curate.filters.gopher import split_lines
@@ -40,9 +40,9 @@ class C4Quality(Filter):
     dropped if its kept lines hold fewer than 5 sentences; otherwise its text becomes the kept lines joined
     by newlines. Defaults are C4's (TFDS ``c4_utils``), as DataTrove ``C4QualityFilter``; FineWeb used
     ``filter_no_terminal_punct: false``. Sentences are counted with a punctuation rule (the reference uses
-    spaCy's sentencizer). Columns: ``c4_sentences``, ``c4_lines_kept``, ``c4_lorem_ipsum``,
-    ``c4_curly_bracket``. Counters (per run, as DataTrove's line-filter stats): ``lines`` (lines scored),
-    ``lines_removed`` (lines the line rules dropped, in documents that are kept or not).
+    spaCy's sentencizer). ``text`` of kept documents is rewritten to the kept lines. Counters (per run, as
+    DataTrove's line-filter stats): ``lines`` (lines scored), ``lines_removed`` (lines the line rules dropped,
+    in documents that are kept or not).
     """
 
     rewrites_text = True
@@ -50,15 +50,30 @@ class C4Quality(Filter):
     _ctx: RunContext | None = None
 
     class Params(OpParams):
-        remove_citations: bool = True
-        filter_no_terminal_punct: bool = True
-        min_num_sentences: int = Field(5, ge=-1, description="-1 disables")
-        min_words_per_line: int = Field(3, ge=-1)
-        max_word_length: int = Field(1000, ge=-1)
-        filter_lorem_ipsum: bool = True
-        filter_javascript: bool = True
-        filter_curly_bracket: bool = True
-        filter_policy: bool = True
+        remove_citations: bool = Field(True, description="remove [1], [edit], [citation needed] markers "
+                                       "(C4 / DataTrove: true)")
+        filter_no_terminal_punct: bool = Field(True, description="drop lines not ending in . ? ! \" ' "
+                                               "(C4 / DataTrove: true; FineWeb used false)")
+        min_num_sentences: int = Field(5, ge=-1, description="drop documents with fewer sentences in their kept "
+                                       "lines (C4 / DataTrove: 5; -1 disables)")
+        min_words_per_line: int = Field(3, ge=-1, description="drop lines with fewer words "
+                                        "(C4 / DataTrove: 3; -1 disables)")
+        max_word_length: int = Field(1000, ge=-1, description="drop lines with a longer word, in characters "
+                                     "(C4 / DataTrove: 1000; -1 disables)")
+        filter_lorem_ipsum: bool = Field(True, description="drop documents containing 'lorem ipsum' "
+                                         "(C4 / DataTrove: true)")
+        filter_javascript: bool = Field(True, description="drop lines containing 'javascript' (C4 / DataTrove: true)")
+        filter_curly_bracket: bool = Field(True, description="drop documents containing '{' (C4 / DataTrove: true)")
+        filter_policy: bool = Field(True, description="drop lines with a cookie/privacy-policy phrase "
+                                    "(C4 / DataTrove: true)")
+
+    def adds(self) -> dict[str, Column]:
+        return {
+            "c4_sentences": Column(pl.UInt32, "sentences in the kept lines (0 when no line is kept)"),
+            "c4_lines_kept": Column(pl.UInt32, "lines that survive the line rules"),
+            "c4_lorem_ipsum": Column(pl.Boolean, "a surviving line has 'lorem ipsum' (before any '{' line)"),
+            "c4_curly_bracket": Column(pl.Boolean, "a surviving line has '{' (before any 'lorem ipsum' line)"),
+        }
 
     def setup(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -129,18 +144,36 @@ class FineWebQuality(Filter):
     terminal punctuation (``line_punct_ratio``), more than 67% are at most 30 characters
     (``short_line_ratio``), duplicated lines hold more than 1% of the non-newline characters
     (``char_dup_ratio``), or newlines per word exceed 0.3 (``list_ratio``). Defaults from the FineWeb
-    release. Documents with no non-blank line are dropped as ``empty``. Columns ``fw_*``.
+    release. Documents with no non-blank line are dropped as ``empty``.
     """
 
     class Params(OpParams):
-        line_punct_thr: float = Field(0.12, ge=0, le=1)
-        line_punct_exclude_zero: bool = False
-        short_line_thr: float = Field(0.67, ge=0, le=1)
-        short_line_length: int = Field(30, ge=0)
-        char_duplicates_ratio: float = Field(0.01, ge=0)
-        new_line_ratio: float = Field(0.3, ge=0)
+        line_punct_thr: float = Field(0.12, ge=0, le=1, description="drop if a smaller share of lines ends in "
+                                      "terminal punctuation (FineWeb / DataTrove: 0.12)")
+        line_punct_exclude_zero: bool = Field(False, description="a share of exactly 0 never drops "
+                                              "(DataTrove: false)")
+        short_line_thr: float = Field(0.67, ge=0, le=1, description="drop if a larger share of lines is short "
+                                      "(FineWeb / DataTrove: 0.67)")
+        short_line_length: int = Field(30, ge=0, description="a line of at most this many characters is short "
+                                       "(FineWeb / DataTrove: 30)")
+        char_duplicates_ratio: float = Field(0.01, ge=0, description="drop if duplicated lines hold a larger share "
+                                             "of the non-newline characters (FineWeb / DataTrove: 0.01)")
+        new_line_ratio: float = Field(0.3, ge=0, description="drop if newlines per word exceed this "
+                                      "(FineWeb / DataTrove: 0.3)")
         stop_chars: str | None = Field(None, description="line-final characters that count as punctuation; "
                                        "default: DataTrove's TERMINAL_PUNCTUATION (159 marks, many scripts)")
+
+    def adds(self) -> dict[str, Column]:
+        no_line = "null when the document has no non-blank line (then dropped as empty)"
+        return {
+            "fw_lines": Column(pl.UInt32, "non-blank lines"),
+            "fw_line_punct_ratio": Column(pl.Float64, "share of lines ending in terminal punctuation", no_line),
+            "fw_short_line_ratio": Column(pl.Float64, "share of lines of at most short_line_length characters",
+                                          no_line),
+            "fw_char_dup_ratio": Column(pl.Float64, "characters in duplicated lines / non-newline characters",
+                                        "null when there is no non-newline character; never drops"),
+            "fw_list_ratio": Column(pl.Float64, "newlines per word", "null when there is no word; never drops"),
+        }
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         from curate.core.text import words

@@ -31,7 +31,7 @@ import polars as pl
 import xxhash
 from pydantic import Field
 
-from curate.core.operator import UID, Mapper, OpParams, RunContext
+from curate.core.operator import PATH_MODEL, UID, Column, Mapper, OpParams, RunContext
 from curate.core.registry import register
 from curate.filters._st_model import DEFAULT_MODEL, load_sentence_model, model_key
 
@@ -193,14 +193,21 @@ class Embed(Mapper):
     extra = "embed"
 
     class Params(OpParams):
-        model: str = Field(DEFAULT_MODEL, description="sentence-transformers model name or local folder")
-        batch_size: int = Field(64, ge=1, description="encode batch size")
-        normalize: bool = Field(True, description="L2-normalise the vectors (dot product = cosine)")
-        fp16: bool = Field(True, description="half precision on CUDA (ignored on CPU)")
-        max_seq_length: int | None = Field(None, ge=1, description="override the model's truncation length")
-        cache: bool = Field(True, description="cache vectors on disk keyed by id and text hash")
+        model: str = Field(DEFAULT_MODEL, json_schema_extra=PATH_MODEL, description="sentence-transformers model "
+                           "name or local folder (default all-MiniLM-L6-v2, NeMo Curator's SemDedup model)")
+        batch_size: int = Field(64, ge=1, description="encode batch size (curate: 64)")
+        normalize: bool = Field(True, description="L2-normalise the vectors (dot product = cosine; default true)")
+        fp16: bool = Field(True, description="half precision on CUDA (ignored on CPU; default true)")
+        max_seq_length: int | None = Field(None, ge=1, description="override the model's truncation length "
+                                           "(default: the model's)")
+        cache: bool = Field(True, description="cache vectors on disk keyed by id and text hash (default true)")
         cache_dir: str | None = Field(None, description="cache folder (default <work_dir>/cache/embeddings)")
-        column: str = Field(EMBEDDING_COLUMN, description="output column name")
+        column: str = Field(EMBEDDING_COLUMN, description="output column name (default 'embedding', which "
+                            "semdedup, coresets and shapley read)")
+
+    def adds(self) -> dict[str, Column]:
+        return {self.params.column: Column(pl.Array, "sentence embedding, Array(Float32, model dimension: 384 for "
+                                                     "MiniLM), L2-normalised when normalize")}
 
     def spec(self) -> EmbedSpec:
         p = self.params

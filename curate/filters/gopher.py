@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import Filter, OpParams, Rule
+from curate.core.operator import Column, Filter, OpParams, Rule
 from curate.core.registry import register
 from curate.core.text import PUNCTUATION, words
 
@@ -41,21 +41,47 @@ class GopherQuality(Filter):
     recorded reason. ``None`` disables a rule.
 
     Words are tokens of :func:`curate.core.text.words` (punctuation split off, like the reference's spaCy
-    tokenizer). Columns: ``gq_n_words`` (non-symbol words), ``gq_avg_word_len``, ``gq_hash_ratio``,
-    ``gq_ellipsis_ratio``, ``gq_bullet_lines``, ``gq_ellipsis_lines``, ``gq_alpha_ratio``, ``gq_stop_words``.
+    tokenizer). Ratios over zero words or lines are null, and a null never drops a document.
     """
 
     class Params(OpParams):
-        min_doc_words: int | None = Field(50, ge=0)
-        max_doc_words: int | None = Field(100_000, gt=0)
-        min_avg_word_length: float | None = Field(3, ge=0)
-        max_avg_word_length: float | None = Field(10, gt=0)
-        max_symbol_word_ratio: float | None = Field(0.1, ge=0)
-        max_bullet_lines_ratio: float | None = Field(0.9, ge=0)
-        max_ellipsis_lines_ratio: float | None = Field(0.3, ge=0)
-        min_alpha_words_ratio: float | None = Field(0.8, ge=0, le=1)
-        min_stop_words: int | None = Field(2, ge=0)
-        stop_words: list[str] = Field(default_factory=lambda: list(STOP_WORDS))
+        min_doc_words: int | None = Field(50, ge=0, description="drop if fewer non-symbol words "
+                                          "(Gopher Table A1 / DataTrove: 50; null or 0 disables)")
+        max_doc_words: int | None = Field(100_000, gt=0, description="drop if more non-symbol words "
+                                          "(Gopher / DataTrove: 100,000; null disables)")
+        min_avg_word_length: float | None = Field(3, ge=0, description="drop if the mean word length in "
+                                                  "characters is lower (Gopher / DataTrove: 3)")
+        max_avg_word_length: float | None = Field(10, gt=0, description="drop if the mean word length is "
+                                                  "higher (Gopher / DataTrove: 10)")
+        max_symbol_word_ratio: float | None = Field(0.1, ge=0, description="drop if '#' or ellipses per word "
+                                                    "exceed this (Gopher / DataTrove: 0.1, each checked alone)")
+        max_bullet_lines_ratio: float | None = Field(0.9, ge=0, description="drop if a larger share of lines "
+                                                     "starts with a bullet (Gopher / DataTrove: 0.9)")
+        max_ellipsis_lines_ratio: float | None = Field(0.3, ge=0, description="drop if a larger share of lines "
+                                                       "ends with an ellipsis (Gopher / DataTrove: 0.3)")
+        min_alpha_words_ratio: float | None = Field(0.8, ge=0, le=1, description="drop if a smaller share of "
+                                                    "words has an alphabetic character (Gopher / DataTrove: 0.8)")
+        min_stop_words: int | None = Field(2, ge=0, description="drop if fewer distinct stop words occur "
+                                           "(Gopher / DataTrove: 2)")
+        stop_words: list[str] = Field(default_factory=lambda: list(STOP_WORDS), description="the stop words, "
+                                      "case-sensitive (Gopher / DataTrove: the, be, to, of, and, that, have, with)")
+
+    def adds(self) -> dict[str, Column]:
+        per_word = "null when the document has no word token"
+        per_line = "null when the document has no line"
+        return {
+            "gq_n_words": Column(pl.UInt32, "words that are not only punctuation"),
+            "gq_avg_word_len": Column(pl.Float64, "mean characters per non-symbol word",
+                                      "null when there is no non-symbol word; never drops"),
+            "gq_hash_ratio": Column(pl.Float64, "'#' characters per word", per_word + "; never drops"),
+            "gq_ellipsis_ratio": Column(pl.Float64, "ellipses ('...' or U+2026) per word", per_word + "; never drops"),
+            "gq_bullet_lines": Column(pl.Float64, "share of lines starting with a bullet", per_line + "; never drops"),
+            "gq_ellipsis_lines": Column(pl.Float64, "share of lines ending with an ellipsis",
+                                        per_line + "; never drops"),
+            "gq_alpha_ratio": Column(pl.Float64, "share of words with an alphabetic character",
+                                     per_word + "; never drops"),
+            "gq_stop_words": Column(pl.UInt32, "distinct stop words present"),
+        }
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         stop = self.params.stop_words
@@ -108,17 +134,37 @@ class GopherRepetition(Filter):
     reference exactly (paragraphs split on 2+ newlines of the stripped text, lines on 1+ newlines, top
     n-grams space-joined, duplicate n-grams concatenated with skip-ahead, all over the raw character count);
     the n-gram statistics run in a numba kernel over the whole batch. Ratios over an empty document are
-    null and never drop it (the reader already skips empty text, counted). Columns ``gr_*``.
+    null (NaN for the n-gram fractions) and never drop it (the reader already skips empty text, counted).
     """
 
     class Params(OpParams):
-        dup_para_frac: float | None = Field(0.3, ge=0)
-        dup_para_char_frac: float | None = Field(0.2, ge=0)
-        dup_line_frac: float | None = Field(0.3, ge=0)
-        dup_line_char_frac: float | None = Field(0.2, ge=0)
-        top_n_grams: dict[int, float] = Field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})
+        dup_para_frac: float | None = Field(0.3, ge=0, description="drop if a larger share of paragraphs "
+                                            "are duplicates (Gopher Table A1 / DataTrove: 0.3; null disables)")
+        dup_para_char_frac: float | None = Field(0.2, ge=0, description="drop if duplicate paragraphs hold a "
+                                                 "larger share of characters (Gopher / DataTrove: 0.2)")
+        dup_line_frac: float | None = Field(0.3, ge=0, description="drop if a larger share of lines are "
+                                            "duplicates (Gopher / DataTrove: 0.3)")
+        dup_line_char_frac: float | None = Field(0.2, ge=0, description="drop if duplicate lines hold a larger "
+                                                 "share of characters (Gopher / DataTrove: 0.2)")
+        top_n_grams: dict[int, float] = Field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16}, description=(
+            "n -> max character share of the most frequent n-gram (Gopher / DataTrove: 2: 0.2, 3: 0.18, 4: 0.16)"))
         dup_n_grams: dict[int, float] = Field(
-            default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
+            default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}, description=(
+                "n -> max character share of duplicated n-grams (Gopher / DataTrove: 5: 0.15 down to 10: 0.10)"))
+
+    def adds(self) -> dict[str, Column]:
+        p = self.params
+        null = "null for an empty document (never reaches here: the reader skips empty text); never drops"
+        out = {}
+        for unit in ("para", "line"):
+            out[f"gr_dup_{unit}_frac"] = Column(pl.Float64, f"share of {unit}s that repeat an earlier one", null)
+            out[f"gr_dup_{unit}_char_frac"] = Column(pl.Float64, f"characters in duplicate {unit}s / all", null)
+        nan = "NaN for an empty document; never drops"
+        out.update({f"gr_top_{n}_gram": Column(pl.Float64, f"characters of the most frequent {n}-gram / all", nan)
+                    for n in sorted(p.top_n_grams)})
+        out.update({f"gr_dup_{n}_gram": Column(pl.Float64, f"characters in duplicated {n}-grams / all", nan)
+                    for n in sorted(p.dup_n_grams)})
+        return out
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         from curate.filters._repetition_kernel import repetition_stats

@@ -7,7 +7,7 @@ import re
 import polars as pl
 from pydantic import Field, field_validator, model_validator
 
-from curate.core.operator import Filter, OpParams, Rule
+from curate.core.operator import Column, Filter, OpParams, Rule
 from curate.core.registry import register
 
 
@@ -19,14 +19,17 @@ class RegexFilter(Filter):
     words, case-insensitively (word boundaries on lowercased text, as C4's bad-words filter; adjacent
     repeats each count).
     A document matches when it has more than ``max_matches`` hits in total (default 0: any hit).
-    Column ``regex_matches``.
     """
 
     class Params(OpParams):
-        patterns: list[str] = Field(default_factory=list)
-        keywords: list[str] = Field(default_factory=list)
-        mode: str = Field("drop", pattern="^(drop|keep)$", description="drop matching docs, or keep only them")
-        max_matches: int = Field(0, ge=0)
+        patterns: list[str] = Field(default_factory=list, description="Rust-regex patterns, each hit counted "
+                                    "(default none; give patterns or keywords)")
+        keywords: list[str] = Field(default_factory=list, description="whole words matched case-insensitively, "
+                                    "as C4's bad-words filter (default none)")
+        mode: str = Field("drop", pattern="^(drop|keep)$", description="drop matching docs, or keep only them "
+                          "(default drop)")
+        max_matches: int = Field(0, ge=0, description="a document matches with more hits than this (default 0: "
+                                 "any hit)")
 
         @field_validator("patterns")
         @classmethod
@@ -43,6 +46,9 @@ class RegexFilter(Filter):
             if not self.patterns and not self.keywords:
                 raise ValueError("give at least one of patterns, keywords")
             return self
+
+    def adds(self) -> dict[str, Column]:
+        return {"regex_matches": Column(pl.UInt32, "pattern hits plus keyword hits")}
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         text = pl.col("text")

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
+from curate.core.operator import UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
 from curate.core.text import simplify_text_fast
 from curate.filters import _minhash_kernels as K
@@ -247,31 +247,29 @@ class MinHashDedup(GlobalStage):
     failed), ``clusters``, ``removed``; timers ``signatures``, ``buckets``, ``candidates``, ``cluster``.
     The derived settings (bands, rows, num_perm, verify) are logged.
 
-    Columns: ``dup_cluster_id`` (internal row key of the cluster's kept doc; null for docs in no
-    cluster), ``dup_of`` (user ``id`` of the kept doc; null for kept docs). Rejected rows (reason
-    ``near_duplicate``, score = exact Jaccard if verified else estimated) also carry
-    ``dup_jaccard_est`` and ``dup_jaccard`` (estimated / exact Jaccard with the kept doc).
+    Rejected rows have reason ``near_duplicate`` and score = exact Jaccard if verified, else estimated.
     """
 
     class Params(OpParams):
-        threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of near-duplicates")
-        num_perm: int = Field(128, ge=2, le=4096, description="hash permutations when bands/rows are derived")
+        threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of near-duplicates (curate default 0.8 -> 9 x 13 bands)")
+        num_perm: int = Field(128, ge=2, le=4096, description="hash permutations when bands/rows are derived (datasketch MinHash default: 128)")
         bands: int | None = Field(None, ge=1, description="LSH bands (with rows; default from threshold)")
         rows: int | None = Field(None, ge=1, description="rows per band (with bands)")
-        preset: Literal["datatrove", "nemo"] | None = Field(None, description="peer settings to reproduce")
-        shingle: Literal["word", "char"] = Field("word", description="word or character n-grams")
-        ngram: int = Field(5, ge=1, description="n of the shingles")
-        normalize: bool = Field(True, description="DataTrove simplify_text before shingling")
-        hash: Literal["fast", "datasketch", "datasketch_legacy"] = Field("fast", description="hash scheme")
+        preset: Literal["datatrove", "nemo"] | None = Field(None, description="peer settings to reproduce: datatrove or nemo (default none)")
+        shingle: Literal["word", "char"] = Field("word", description="word or character n-grams (DataTrove: word)")
+        ngram: int = Field(5, ge=1, description="n of the shingles (DataTrove: 5)")
+        normalize: bool = Field(True, description="DataTrove simplify_text before shingling (DataTrove: true)")
+        hash: Literal["fast", "datasketch", "datasketch_legacy"] = Field("fast", description="hash scheme (default fast; datasketch for bit-identical signatures)")
         seed: int = Field(1, ge=0, description="permutation seed (datasketch default 1)")
         verify: bool | None = Field(None, description="exact-Jaccard check of candidates (default: threshold>=0.7)")
-        keep: Literal["earliest", "longest", "score"] = Field("earliest", description="which doc a cluster keeps")
+        keep: Literal["earliest", "longest", "score"] = Field("earliest", description="which doc a cluster keeps (default earliest, as DataTrove keeps the first)")
         score_column: str | None = Field(None, description="column for keep='score' (highest kept)")
-        fp_weight: float = Field(0.5, ge=0.0, description="false-positive weight for derived bands/rows")
-        fn_weight: float = Field(0.5, ge=0.0, description="false-negative weight for derived bands/rows")
-        bucket_memory_mb: int = Field(1024, ge=16, description="memory bound of one bucketing pass")
+        fp_weight: float = Field(0.5, ge=0.0, description="false-positive weight for derived bands/rows (datasketch: 0.5)")
+        fn_weight: float = Field(0.5, ge=0.0, description="false-negative weight for derived bands/rows (datasketch: 0.5)")
+        bucket_memory_mb: int = Field(1024, ge=16, description="memory bound of one bucketing pass (curate default 1024)")
         verify_heads: int = Field(16, ge=1, le=4096,
-                                  description="sub-cluster heads per LSH bucket a doc is verified against")
+                                  description="sub-cluster heads per LSH bucket a doc is verified against "
+                                              "(curate default 16)")
         device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="signature kernel device (torch on cuda)")
 
         @model_validator(mode="after")
@@ -284,6 +282,21 @@ class MinHashDedup(GlobalStage):
                     and self.bands * self.rows > self.num_perm):
                 raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
             return self
+
+    def needs(self) -> list[str]:
+        return [self.params.score_column] if self.params.keep == "score" and self.params.score_column else []
+
+    def adds(self) -> dict[str, Column]:
+        return {
+            "dup_cluster_id": Column(pl.UInt64, "internal row key (__uid) of the kept document of its cluster",
+                                     "null for a document in no cluster"),
+            "dup_of": Column(pl.String, "id of the kept document of its cluster",
+                             "null on kept rows (set on rejected rows)"),
+            "dup_jaccard_est": Column(pl.Float64, "Jaccard with the kept document estimated from signatures",
+                                      "never null on a rejected row", rejects_only=True),
+            "dup_jaccard": Column(pl.Float64, "exact Jaccard of shingle sets with the kept document",
+                                  "null when verify is off", rejects_only=True),
+        }
 
     # --------------------------------------------------------------------------------- settings
     def settings(self) -> dict:
@@ -299,7 +312,8 @@ class MinHashDedup(GlobalStage):
         elif "num_perm" not in p.model_fields_set:
             d["num_perm"] = d["bands"] * d["rows"]
         if d["bands"] * d["rows"] > d["num_perm"]:
-            raise ValueError(f"bands*rows = {d['bands'] * d['rows']} exceeds num_perm = {d['num_perm']}")
+            raise self.error(f"bands*rows = {d['bands'] * d['rows']} exceeds num_perm = {d['num_perm']}",
+                             param="num_perm")
         if d["verify"] is None:
             d["verify"] = d["threshold"] >= 0.7
         return d

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
+from curate.core.operator import PATH_MODEL, UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
 from curate.filters._st_model import DEFAULT_MODEL
 from curate.filters.embed import (
@@ -229,31 +229,38 @@ class SemDeDup(GlobalStage):
     0 in report mode) and ``kept_eps_<eps>`` for every eps of the report; timers ``vectors`` (reading or
     computing the embeddings) and ``semdedup`` (k-means and the within-cluster search).
 
-    Columns: ``semdup_cluster`` (Int64), ``semdup_max_sim`` (Float64 max cosine to an earlier item of
-    its cluster, null for the first), ``semdup_of`` (id of that earlier item when the doc is removed
-    at ``eps``; kept rows lose it).
+    ``embedding_column`` is used when the data has it (else vectors are computed in ``fit``), so the
+    step needs no column.
     """
 
     requires = ("faiss", "torch", "sentence_transformers")
     extra = "embed"
 
     class Params(OpParams):
-        eps: float = Field(0.01, ge=0.0, lt=1.0, description="remove j if max cosine to an earlier item > 1 - eps")
-        n_clusters: int | None = Field(None, ge=1, description="k-means clusters (default sqrt(N), <= N/39)")
-        which_to_keep: Keep = Field("hard", description="hard: keep least central; easy: most; random")
-        niter: int = Field(100, ge=1, description="k-means iterations")
-        seed: int = Field(1234, description="k-means / random-order seed")
-        spherical: bool = Field(True, description="spherical (cosine) k-means")
-        batch_size: int = Field(1024, ge=1, description="rows per block in large-cluster search")
-        faiss_min_cluster: int = Field(4096, ge=0, description="clusters this large use blocked faiss search")
+        eps: float = Field(0.01, ge=0.0, lt=1.0, description="remove j if max cosine to an earlier item > 1 - eps "
+                           "(NeMo Curator eps_to_extract: 0.01)")
+        n_clusters: int | None = Field(None, ge=1, description="k-means clusters (default sqrt(N), <= N/39: NeMo's "
+                                       "1000 at 1M docs)")
+        which_to_keep: Keep = Field("hard", description="hard: keep least central; easy: most; random "
+                                    "(SemDeDup default: hard)")
+        niter: int = Field(100, ge=1, description="k-means iterations (SemDeDup clustering_configs.yaml: 100)")
+        seed: int = Field(1234, description="k-means / random-order seed (SemDeDup: 1234)")
+        spherical: bool = Field(True, description="spherical (cosine) k-means (SemDeDup: true)")
+        batch_size: int = Field(1024, ge=1, description="rows per block in large-cluster search (curate: 1024)")
+        faiss_min_cluster: int = Field(4096, ge=0, description="clusters this large use blocked faiss search "
+                                       "(curate: 4096, where one matrix product stops fitting comfortably)")
         report_eps: list[float] | None = Field(None, description="report mode: print kept fraction per eps, "
-                                                                 "remove nothing")
-        embedding_column: str = Field(EMBEDDING_COLUMN, description="use this column if present")
-        model: str = Field(DEFAULT_MODEL, description="sentence-transformers model when embedding in fit")
-        embed_batch_size: int = Field(64, ge=1, description="encode batch size when embedding in fit")
-        fp16: bool = Field(True, description="half precision on CUDA when embedding in fit")
-        max_seq_length: int | None = Field(None, ge=1, description="override the model's truncation length")
-        cache: bool = Field(True, description="use the shared embedding cache when embedding in fit")
+                                                                 "remove nothing (default off)")
+        embedding_column: str = Field(EMBEDDING_COLUMN, description="use this column if present (default "
+                                      "'embedding', the embed step's)")
+        model: str = Field(DEFAULT_MODEL, json_schema_extra=PATH_MODEL, description="sentence-transformers model "
+                           "when embedding in fit (default all-MiniLM-L6-v2, NeMo's)")
+        embed_batch_size: int = Field(64, ge=1, description="encode batch size when embedding in fit "
+                                      "(sentence-transformers: 32; curate 64)")
+        fp16: bool = Field(True, description="half precision on CUDA when embedding in fit (default true)")
+        max_seq_length: int | None = Field(None, ge=1, description="override the model's truncation length "
+                                           "(default: the model's)")
+        cache: bool = Field(True, description="use the shared embedding cache when embedding in fit (default true)")
         cache_dir: str | None = Field(None, description="embedding cache folder (default <work_dir>/cache/embeddings)")
 
         @field_validator("report_eps")
@@ -262,6 +269,15 @@ class SemDeDup(GlobalStage):
             if v is not None and (not v or any(not 0.0 <= e < 1.0 for e in v)):
                 raise ValueError("report_eps must be a non-empty list of values in [0, 1)")
             return v
+
+    def adds(self) -> dict[str, Column]:
+        return {
+            "semdup_cluster": Column(pl.Int64, "k-means cluster of the document"),
+            "semdup_max_sim": Column(pl.Float64, "max cosine to an earlier item of its cluster in keep order",
+                                     "null for the first item of a cluster; never drops"),
+            "semdup_of": Column(pl.String, "id of that earlier item when the document is removed at eps",
+                                "null when not removed", rejects_only=self.params.report_eps is None),
+        }
 
     def _load_vectors(self, ctx: FitContext) -> tuple[pl.DataFrame, np.ndarray]:
         """(uid, id) frame and the matching raw embeddings, from the column or computed (cached)."""

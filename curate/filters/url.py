@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import Field, field_validator
 
-from curate.core.operator import Filter, OpParams, Rule
+from curate.core.operator import PATH_FILE, Column, Filter, OpParams, Rule
 from curate.core.registry import register
 
 _HOST = r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://)?(?:[^@/?#]*@)?([^/:?#]+)"
@@ -53,21 +53,31 @@ class URLFilter(Filter):
     ``banned_subwords`` entry occurs in the URL lowercased with non-alphanumerics removed (catches
     "ex-ample"). Lists come inline or from files (``*_file``; one entry per line, .gz and adblock
     ``||domain^`` lines accepted). No lists ship with curate: the defaults block nothing. Documents with no
-    URL are kept. Columns: ``url_host``.
+    URL are kept (a missing ``url_field`` column keeps every document).
     """
 
     class Params(OpParams):
-        url_field: str = "url"
-        blocked_domains: list[str] = Field(default_factory=list)
-        blocked_domains_file: str | None = None
-        blocked_urls: list[str] = Field(default_factory=list)
-        blocked_urls_file: str | None = None
-        banned_words: list[str] = Field(default_factory=list)
-        banned_words_file: str | None = None
-        soft_banned_words: list[str] = Field(default_factory=list)
-        soft_word_threshold: int = Field(2, ge=1)
-        banned_subwords: list[str] = Field(default_factory=list)
-        banned_subwords_file: str | None = None
+        url_field: str = Field("url", description="input field holding the document's URL (DataTrove's "
+                               "metadata key: url)")
+        blocked_domains: list[str] = Field(default_factory=list, description="domains blocked with their "
+                                           "subdomains (default none: no list ships with curate)")
+        blocked_domains_file: str | None = Field(None, json_schema_extra=PATH_FILE, description="file of blocked "
+                                                 "domains, one per line or adblock ||domain^ (default none)")
+        blocked_urls: list[str] = Field(default_factory=list, description="full URLs blocked (default none)")
+        blocked_urls_file: str | None = Field(None, json_schema_extra=PATH_FILE, description="file of blocked "
+                                              "URLs, one per line (default none)")
+        banned_words: list[str] = Field(default_factory=list, description="a URL token equal to one of these "
+                                        "drops the document (default none)")
+        banned_words_file: str | None = Field(None, json_schema_extra=PATH_FILE, description="file of banned "
+                                              "words, one per line (default none)")
+        soft_banned_words: list[str] = Field(default_factory=list, description="words that drop the document "
+                                             "when soft_word_threshold of them are URL tokens (default none)")
+        soft_word_threshold: int = Field(2, ge=1, description="soft banned words needed to drop "
+                                         "(DataTrove URLFilter: 2)")
+        banned_subwords: list[str] = Field(default_factory=list, description="substrings of the URL with "
+                                           "non-alphanumerics removed that drop the document (default none)")
+        banned_subwords_file: str | None = Field(None, json_schema_extra=PATH_FILE, description="file of banned "
+                                                 "subwords, one per line (default none)")
 
         @field_validator("blocked_domains_file", "blocked_urls_file", "banned_words_file", "banned_subwords_file")
         @classmethod
@@ -89,6 +99,21 @@ class URLFilter(Filter):
                 "subwords": [s for s in merged(p.banned_subwords, p.banned_subwords_file) if s],
             }
         return self._cached
+
+    def adds(self) -> dict[str, Column]:
+        no_url = "false when the document has no URL"
+        return {
+            "url_host": Column(pl.String, "lowercased host of the URL", "null when the document has no URL"),
+            "url_blocked_domain": Column(pl.Boolean, "host or a parent domain is blocked", no_url),
+            "url_blocked_url": Column(pl.Boolean, "the full URL is blocked", "null when the document has no URL "
+                                      "and a URL list is given; never drops"),
+            "url_banned_word": Column(pl.Boolean, "a URL token is a banned word", "null when the document has no "
+                                      "URL and a word list is given; never drops"),
+            "url_soft_banned_words": Column(pl.UInt32, "distinct soft banned words among the URL tokens",
+                                            "null when the document has no URL and a soft list is given; never drops"),
+            "url_banned_subword": Column(pl.Boolean, "a banned subword occurs in the normalised URL",
+                                         "null when the document has no URL and a subword list is given; never drops"),
+        }
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         lists = self._lists()
@@ -116,7 +141,7 @@ class URLFilter(Filter):
         exprs.append((tokens.list.eval(pl.element().is_in(lists["words"])).list.any()
                       if lists["words"] else pl.lit(False)).alias("url_banned_word"))
         exprs.append((tokens.list.unique().list.eval(pl.element().is_in(lists["soft"])).list.sum()
-                      if lists["soft"] else pl.lit(0)).alias("url_soft_banned_words"))
+                      if lists["soft"] else pl.lit(0, dtype=pl.UInt32)).alias("url_soft_banned_words"))
         exprs.append((norm.str.contains_any(lists["subwords"]) if lists["subwords"] else pl.lit(False))
                      .alias("url_banned_subword"))
         return out.with_columns(exprs).drop("__url", "__blocked", strict=False)

@@ -49,7 +49,8 @@ class InputSpec(BaseModel):
 
     path: str | list[str] = Field(description="file, folder or glob pattern, or a list of them; a file "
                                   "reached through several names (symlinks, ./a and a) is read once")
-    format: Literal["jsonl", "parquet", "text"] | None = Field(None, description="inferred from extension")
+    format: Literal["jsonl", "parquet", "text", "warc"] | None = Field(
+        None, description="inferred from extension (.warc/.warc.gz: warc, response records via curate.io.warc)")
     text_field: str = Field("text", description="field holding the document text (after `rename`)")
     id_field: str | None = Field("id", description="field holding a document id (after `rename`); "
                                  "'file:line' when absent")
@@ -552,6 +553,10 @@ def read_shard(spec: InputSpec, shard: Shard, rep: ReadReport | None = None) -> 
                     rows = []
             if rows:
                 yield _text_batch(rows, spec, rep, uid)
+        elif shard.format == "warc":
+            from curate.io.warc import read_warc_shard
+
+            yield from read_warc_shard(spec, shard, rep, uid)
         else:  # pragma: no cover - validated by the config model
             raise InputError(f"unknown input format {shard.format}")
     except OSError as e:

@@ -28,6 +28,8 @@ def infer_format(path: str) -> str:
         return "parquet"
     if p.endswith(".txt"):
         return "text"
+    if p.endswith((".warc", ".arc")):
+        return "warc"
     raise ConfigError(f"cannot tell the format of '{path}' from its extension; set input.format")
 
 

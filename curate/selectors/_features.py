@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from curate.core.errors import StepError
 from curate.core.text import words
 
 log = logging.getLogger("curate.selectors")
@@ -86,8 +87,8 @@ def embedding_matrix(col: pl.Series) -> np.ndarray:
 def resolve_source(columns: list[str], source: FeatureSource, column: str, who: str) -> str:
     """'embedding' or 'hashed'; ``auto`` uses the embedding column when present and says so otherwise."""
     if source == "embedding" and column not in columns:
-        raise ValueError(f"{who}: features='embedding' but the data has no '{column}' column "
-                         "(add an `embed` step before, or use features: hashed)")
+        raise StepError(who, f"features='embedding' but the data has no '{column}' column "
+                        "(add an `embed` step before, or use features: hashed)", column=column)
     if source == "auto":
         if column in columns:
             return "embedding"

@@ -14,7 +14,7 @@ from typing import ClassVar
 import polars as pl
 from pydantic import Field, model_validator
 
-from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
+from curate.core.operator import UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 
 _SELECTED = "__selected"
 _EXEMPT = "__exempt"
@@ -26,12 +26,13 @@ class SelectParams(OpParams):
 
     threshold: float | None = Field(None, description="keep documents scoring at least this (at most, "
                                     "when higher_is_better is false)")
-    top_k: int | None = Field(None, gt=0, description="keep the k best documents")
-    fraction: float | None = Field(None, gt=0, le=1, description="keep this fraction of the best documents")
+    top_k: int | None = Field(None, gt=0, description="keep the k best documents (default off)")
+    fraction: float | None = Field(None, gt=0, le=1, description="keep this fraction of the best documents (default off)")
     budget_tokens: int | None = Field(None, gt=0, description="keep the best documents until their "
-                                      "whitespace-token count reaches this budget")
+                                      "whitespace-token count reaches this budget (default off)")
     higher_is_better: bool | None = Field(None, description="score direction; default: the selector's own")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the selector's random choices (sampling, tie-free noise, "
+                      "initial points); curate default 0")
 
     @model_validator(mode="after")
     def _one_mode(self):
@@ -100,12 +101,18 @@ class Selector(GlobalStage):
 
     score_column: ClassVar[str] = "score"
     higher_is_better: ClassVar[bool] = True
+    #: what the score column holds and when it is null (its :class:`Column` declaration)
+    score_doc: ClassVar[str] = "the selector's score"
+    score_null: ClassVar[str] = "never null"
 
     class Params(SelectParams):
         pass
 
     def compute_scores(self, ctx: FitContext) -> pl.DataFrame:
         raise NotImplementedError
+
+    def adds(self) -> dict[str, Column]:
+        return {self.score_column: Column(pl.Float64, self.score_doc, self.score_null)}
 
     def _direction(self) -> bool:
         hib = getattr(self.params, "higher_is_better", None)

@@ -168,9 +168,11 @@ def diversity_report(X: np.ndarray, S: np.ndarray, seed: int = 0) -> dict[str, A
 
 
 class _CoresetParams(SelectParams):
-    features: FeatureSource = "auto"
-    embedding_column: str = "embedding"
-    hash_dim: int = Field(1024, gt=0)
+    features: FeatureSource = Field("auto", description="auto: the embedding column when present, else hashed "
+                                    "TF-IDF; embedding: require the column; hashed: always TF-IDF (default auto)")
+    embedding_column: str = Field("embedding", description="column of document vectors (default 'embedding', "
+                                  "the embed step's)")
+    hash_dim: int = Field(1024, gt=0, description="buckets of the hashed TF-IDF features (curate default 1024)")
 
     @model_validator(mode="after")
     def _needs_size(self):
@@ -188,6 +190,12 @@ class _Coreset(Selector):
     def _greedy(self, X: np.ndarray, k: int | None, tokens: np.ndarray | None, rng: np.random.Generator):
         raise NotImplementedError
 
+    def needs(self) -> list[str]:
+        return [self.params.embedding_column] if self.params.features == "embedding" else []
+
+    def need_hint(self, column: str) -> str:
+        return "add an `embed` step before this one, or use features: hashed"
+
     def compute_scores(self, ctx: FitContext) -> pl.DataFrame:
         p = self.params
         first = next(ctx.iter_batches(), None)
@@ -197,7 +205,10 @@ class _Coreset(Selector):
         source = resolve_source(first.columns, p.features, p.embedding_column, self.name)
         cols = [UID, "text"] + ([p.embedding_column] if source == "embedding" else [])
         data = pl.concat(list(ctx.iter_batches(columns=cols)))
-        X, _ = features(data, source, p.embedding_column, p.hash_dim)
+        try:
+            X, _ = features(data, source, p.embedding_column, p.hash_dim)
+        except ValueError as e:  # ragged vectors in a user-provided embedding column
+            raise self.error(str(e), column=p.embedding_column) from e
         n = len(X)
         k = p.top_k if p.top_k is not None else (max(1, int(round(p.fraction * n))) if p.fraction else None)
         tokens = (data["text"].str.count_matches(r"\S+").to_numpy().astype(np.float64)
@@ -232,6 +243,7 @@ class KCenterCoreset(_Coreset):
     """
 
     score_column = "kcenter_gain"
+    score_doc = "distance to the kept set when picked (kept rows; the first its coverage radius), else final"
 
     def _greedy(self, X, k, tokens, rng):
         return kcenter_greedy(X, k=k, radius=self.params.threshold, first=int(rng.integers(len(X))),
@@ -254,6 +266,7 @@ class FacilityLocation(_Coreset):
     """
 
     score_column = "facility_gain"
+    score_doc = "marginal gain of f when picked (kept rows), else w.r.t. the final set"
     Params = _FacilityParams
 
     def _greedy(self, X, k, tokens, rng):

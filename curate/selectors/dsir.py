@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import UID, FitContext
+from curate.core.operator import PATH_INPUT, UID, FitContext
 from curate.core.registry import register
 from curate.core.text import wordpunct_tokens
 from curate.selectors.base import _SELECTED, Selector, SelectParams, select
@@ -175,18 +175,21 @@ class DSIR(Selector):
 
     score_column = "dsir_logw"
     higher_is_better = True
+    score_doc = "log importance weight log p(x)/q(x) over hashed n-grams"
+    score_null = "null for documents shorter than min_example_length (never selected)"
 
     class Params(SelectParams):
-        target: str | list[str] = Field(description="target corpus: file(s), folder or glob (jsonl, parquet, txt)")
-        target_text_field: str = Field("text", description="text field of the target records")
-        target_format: Literal["jsonl", "parquet", "text"] | None = Field(None, description="inferred when unset")
+        target: str | list[str] = Field(json_schema_extra=PATH_INPUT, description="target corpus: file(s), folder "
+                                        "or glob (jsonl, parquet, txt); required")
+        target_text_field: str = Field("text", description="text field of the target records (default text)")
+        target_format: Literal["jsonl", "parquet", "text"] | None = Field(None, description="default: inferred from the file extension")
         ngrams: int = Field(2, ge=1, le=5, description="n-gram orders 1..n (reference: 2)")
         num_buckets: int = Field(10_000, gt=0, lt=2**40, description="hash buckets (reference: 10000)")
         tokenizer: Literal["wordpunct"] = Field("wordpunct", description="reference default tokenizer")
-        min_example_length: int = Field(100, ge=0, description="documents with fewer words are never selected")
+        min_example_length: int = Field(100, ge=0, description="documents with fewer words are never selected (reference default 100)")
         num_tokens_to_fit: int | Literal["auto", "all"] = Field(
             "auto", description="raw-distribution feature budget ('auto' = 100000 x num_buckets)")
-        target_laplace_smoothing: float = Field(0.0, ge=0, description="pseudo-count added to target buckets")
+        target_laplace_smoothing: float = Field(0.0, ge=0, description="pseudo-count added to target buckets (reference default 0)")
         resample: bool = Field(True, description="Gumbel top-k resampling; false: deterministic top-k")
 
     # ----------------------------------------------------------------------------------- fit

@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from curate.core.operator import UID, FitContext
+from curate.core.operator import PATH_FILE, PATH_MODEL, UID, FitContext
 from curate.core.registry import register
 from curate.selectors.base import Selector, SelectParams
 
@@ -135,36 +135,52 @@ class Less(Selector):
 
     score_column: ClassVar[str] = "less_score"
     higher_is_better: ClassVar[bool] = True
+    score_doc: ClassVar[str] = "checkpoint-weighted cosine of the LoRA gradient with the target task's, max over tasks"
     requires: ClassVar[tuple[str, ...]] = ("torch", "transformers", "peft", "safetensors")
     extra: ClassVar[str] = "distill"
 
     class Params(SelectParams):
-        target: str = Field(..., description="jsonl/json/txt file of target-task examples")
-        model: str | None = Field(None, description="causal LM folder or hub name (or the folder of gguf_file)")
+        target: str = Field(..., json_schema_extra=PATH_FILE, description="jsonl/json/txt file of target-task "
+                            "examples (required)")
+        model: str | None = Field(None, json_schema_extra=PATH_MODEL, description="causal LM folder or hub name "
+                                  "(or the folder of gguf_file); required unless from_config")
         gguf_file: str | None = Field(None, description="GGUF file name inside `model` (dequantised)")
         from_config: dict[str, Any] | None = Field(None, description="build a random model from this "
                                                      "transformers config dict instead (tests); needs tokenizer")
-        tokenizer: str | None = Field(None, description="tokenizer folder (default: the model's)")
-        warmup_fraction: float = Field(0.05, gt=0, le=1, description="share of the pool for the LoRA warm-up")
-        warmup_epochs: int = Field(4, ge=1, description="warm-up epochs; one checkpoint per epoch")
-        lr: float = Field(2e-5, gt=0, description="warm-up peak learning rate")
-        warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear warm-up share of the schedule")
+        tokenizer: str | None = Field(None, json_schema_extra=PATH_MODEL, description="tokenizer folder "
+                                      "(default: the model's)")
+        warmup_fraction: float = Field(0.05, gt=0, le=1, description="share of the pool for the LoRA warm-up (LESS: 5 %)")
+        warmup_epochs: int = Field(4, ge=1, description="warm-up epochs; one checkpoint per epoch (LESS: 4)")
+        lr: float = Field(2e-5, gt=0, description="warm-up peak learning rate (LESS: 2e-5)")
+        warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear warm-up share of the schedule (LESS: 0.03)")
         grad_accum: int = Field(32, ge=1, description="examples per optimizer step (reference bs 1 x accum 32)")
-        lora_r: int = Field(128, ge=1)
-        lora_alpha: float = Field(512.0, gt=0)
-        lora_dropout: float = Field(0.1, ge=0, lt=1)
-        lora_targets: list[str] = Field(default_factory=lambda: list(_LORA_TARGETS))
-        proj_dim: int = Field(8192, ge=1, description="random projection dimension")
+        lora_r: int = Field(128, ge=1, description="LoRA rank (LESS warmup_lora_train.sh: 128)")
+        lora_alpha: float = Field(512.0, gt=0, description="LoRA alpha (LESS: 512)")
+        lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (LESS: 0.1)")
+        lora_targets: list[str] = Field(default_factory=lambda: list(_LORA_TARGETS), description="modules that "
+                                        "get LoRA adapters (LESS: q_proj, k_proj, v_proj, o_proj)")
+        proj_dim: int = Field(8192, ge=1, description="random projection dimension (LESS: 8192)")
         checkpoints: list[int] | None = Field(None, description="epochs (1-based) whose checkpoints score; "
                                               "default all")
-        train_gradient: Literal["adam", "sgd", "sign"] = Field("adam", description="pool feature type")
+        train_gradient: Literal["adam", "sgd", "sign"] = Field("adam", description="pool feature type (LESS collect_grad_reps: adam)")
         max_len: int = Field(2048, ge=2, description="tokens per example (truncated)")
-        batch_size: int = Field(8, ge=1, description="examples per forward/backward")
-        mask_prompt: bool = Field(False, description="loss on the response part of target pairs only")
+        batch_size: int = Field(8, ge=1, description="examples per forward/backward (curate default 8; no effect on the result)")
+        mask_prompt: bool = Field(False, description="loss on the response part of target pairs only (default false: whole text)")
         text_field: str | None = Field(None, description="text field of target records (default 'text')")
-        task_field: str = Field("task", description="subtask field of target records")
+        task_field: str = Field("task", description="subtask field of target records (default task; one task when absent)")
         dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
             "auto", description="auto: bf16 (fp16 without bf16 support) on CUDA, else fp32")
+
+        @model_validator(mode="after")
+        def _model_and_checkpoints(self):
+            # checked when the pipeline is built, not after the stages before this one have run
+            if self.model is None and self.from_config is None:
+                raise ValueError("less needs `model` (or `from_config` with `tokenizer`)")
+            if self.from_config is not None and self.tokenizer is None:
+                raise ValueError("from_config needs a tokenizer path")
+            if self.checkpoints and (max(self.checkpoints) > self.warmup_epochs or min(self.checkpoints) < 1):
+                raise ValueError(f"checkpoints {self.checkpoints} must be epochs in 1..{self.warmup_epochs}")
+            return self
 
     def compute_scores(self, ctx: FitContext) -> pl.DataFrame:
         import torch
@@ -172,13 +188,12 @@ class Less(Selector):
         from curate.selectors import _lora_grads as lg
 
         p = self.params
-        if p.model is None and p.from_config is None:
-            raise ValueError("less needs `model` (or `from_config` with `tokenizer`)")
-        if p.checkpoints and max(p.checkpoints) > p.warmup_epochs or min(p.checkpoints or [1]) < 1:
-            raise ValueError(f"checkpoints {p.checkpoints} must be epochs in 1..{p.warmup_epochs}")
         device = torch.device(ctx.device)
         torch.manual_seed(p.seed)
-        texts, prompts, tasks = read_targets(p.target, p.text_field, p.task_field)
+        try:
+            texts, prompts, tasks = read_targets(p.target, p.text_field, p.task_field)
+        except (OSError, ValueError) as e:
+            raise self.error(f"cannot read the target examples {p.target}: {e}", param="target") from e
         frames = [b.select(UID) for b in ctx.iter_batches(columns=[UID])]
         uids = pl.concat(frames)[UID].to_numpy() if frames else np.zeros(0, dtype=np.uint64)
         n = len(uids)

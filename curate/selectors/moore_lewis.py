@@ -12,7 +12,7 @@ import polars as pl
 from pydantic import Field
 
 from curate.core.errors import ConfigError
-from curate.core.operator import UID, FitContext
+from curate.core.operator import PATH_FILE, UID, FitContext
 from curate.core.registry import register
 from curate.selectors.base import Selector, SelectParams
 from curate.selectors.kn_lm import LMTokenizer
@@ -64,12 +64,16 @@ class MooreLewis(Selector):
     extra: ClassVar[str] = "lm"
     score_column: ClassVar[str] = "ml_score"
     higher_is_better: ClassVar[bool] = False
+    score_doc: ClassVar[str] = "cross-entropy difference H_in - H_gen in bits per token (lower: more in-domain)"
 
     class Params(SelectParams):
-        in_domain_model: str = Field(description="LM trained on trusted in-domain text")
-        general_model: str = Field(description="LM trained on general text (e.g. a sample of the pool)")
+        in_domain_model: str = Field(json_schema_extra=PATH_FILE, description="LM trained on trusted in-domain "
+                                     "text (required; from `curate train-lm`)")
+        general_model: str = Field(json_schema_extra=PATH_FILE, description="LM trained on general text (e.g. a "
+                                   "sample of the pool; required)")
         normalize: bool | None = Field(None, description="CCNet normalisation; default: as the models were trained")
-        sp_model: str | None = Field(None, description="SentencePiece model; default: the models' own")
+        sp_model: str | None = Field(None, json_schema_extra=PATH_FILE, description="SentencePiece model; "
+                                     "default: the models' own")
 
     def _check_models(self) -> None:
         p = self.params

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import Filter, OpParams, Rule, RunContext
+from curate.core.operator import PATH_MODEL, Column, Filter, OpParams, Rule, RunContext
 from curate.core.registry import register
 
 
@@ -81,27 +81,34 @@ class NeuralPerplexity(Filter):
     attention mask; on a GPU (when present, ``device: auto``) the model runs in bfloat16 (float16 where
     bf16 is unsupported), on CPU in float32. ``model`` is a folder / hub id or a ``.gguf`` file (or folder
     + ``gguf_file``); GGUF models are dequantized once and cached as safetensors (see ``_hf_model``).
-    Columns: ``nppl``. Data-Juicer's ``perplexity_filter`` does the same with KenLM (``max_ppl`` 1500).
+    Data-Juicer's ``perplexity_filter`` does the same with KenLM (``max_ppl`` 1500).
     """
 
     requires = ("torch", "transformers")
     extra = "distill"
 
     class Params(OpParams):
-        model: str = Field(description="model folder / hub id, or a .gguf file")
-        gguf_file: str | None = Field(None, description="GGUF file name inside the `model` folder")
-        max_ppl: float | None = Field(None, gt=0, description="drop documents with a higher perplexity")
+        model: str = Field(json_schema_extra=PATH_MODEL, description="model folder / hub id, or a .gguf file "
+                           "(required)")
+        gguf_file: str | None = Field(None, description="GGUF file name inside the `model` folder (default none)")
+        max_ppl: float | None = Field(None, gt=0, description="drop documents with a higher perplexity (default off; Data-Juicer uses 1500 with KenLM)")
         max_length: int = Field(1024, gt=1, description="tokens scored per document (the rest is cut)")
-        batch_size: int = Field(32, gt=0, description="documents per forward pass at most")
+        batch_size: int = Field(32, gt=0, description="documents per forward pass at most (curate default 32)")
         max_batch_tokens: int | None = Field(None, gt=0, description="padded tokens per forward pass "
                                              "(default 4096 on CPU, 32768 on GPU)")
-        add_bos: bool = Field(True, description="prepend the tokenizer's BOS token")
-        device: Literal["auto", "cpu", "cuda"] = "auto"
-        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+        add_bos: bool = Field(True, description="prepend the tokenizer's BOS token so the first word is scored (default true)")
+        device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs (default auto: "
+                                                       "the run's device, CUDA when present)")
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+            "auto", description="weights dtype (default auto: bfloat16 on GPU, float16 without bf16, float32 on CPU)")
         cache_dir: str | None = Field(None, description="where converted GGUF models are kept "
                                       "(default $CURATE_CACHE_DIR/models or ~/.cache/curate/models)")
         threads: int | None = Field(None, gt=0, description="torch CPU threads per worker "
                                     "(default: cores / workers, so workers do not oversubscribe)")
+
+    def adds(self) -> dict[str, Column]:
+        return {"nppl": Column(pl.Float64, "exp(mean token negative log-likelihood) under the model",
+                               "null when the document has no predicted token (one token or less); never drops")}
 
     def setup(self, ctx: RunContext) -> None:
         import os

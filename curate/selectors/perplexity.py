@@ -11,7 +11,16 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from curate.core.errors import ConfigError
-from curate.core.operator import Filter, FitContext, GlobalStage, OpParams, Rule, RunContext
+from curate.core.operator import (
+    PATH_FILE,
+    Column,
+    Filter,
+    FitContext,
+    GlobalStage,
+    OpParams,
+    Rule,
+    RunContext,
+)
 from curate.core.registry import register
 from curate.selectors.kn_lm import LMTokenizer
 
@@ -65,21 +74,31 @@ class Perplexity(Filter):
     differ slightly. The value is not rounded (CCNet rounds to 0.1). ``max_ppl`` is off by default; CCNet
     does not filter by perplexity, it buckets (see ``perplexity_bucket``).
 
-    Columns: ``ppl``; with ``per_paragraph``, also ``ppl_paragraphs`` (list, one value per line:
-    10^(-score/(tokens+1)), CCNet's ``SentencesLM``).
+    With ``per_paragraph``, also ``<column>_paragraphs``: one value per line, 10^(-score/(tokens+1)), CCNet's
+    ``SentencesLM``.
     """
 
     requires: ClassVar[tuple[str, ...]] = ("kenlm",)
     extra: ClassVar[str] = "lm"
 
     class Params(OpParams):
-        model: str = Field(description="ARPA or kenlm binary model (from `curate train-lm` or lmplz)")
-        max_ppl: float | None = Field(None, gt=0, description="drop documents with a higher perplexity")
-        per_paragraph: bool = Field(False, description="also add ppl_paragraphs, one perplexity per line")
+        model: str = Field(json_schema_extra=PATH_FILE, description="ARPA or kenlm binary model (required; from "
+                           "`curate train-lm` or lmplz)")
+        max_ppl: float | None = Field(None, gt=0, description="drop documents with a higher perplexity (default "
+                                      "off: CCNet buckets instead of filtering)")
+        per_paragraph: bool = Field(False, description="also add ppl_paragraphs, one perplexity per line "
+                                    "(default false)")
         normalize: bool | None = Field(None, description="CCNet normalisation; default: as the model was trained")
-        sp_model: str | None = Field(None, description="SentencePiece model; default: the one the model was "
-                                     "trained with")
-        column: str = Field("ppl", description="output column")
+        sp_model: str | None = Field(None, json_schema_extra=PATH_FILE, description="SentencePiece model; default: "
+                                     "the one the model was trained with")
+        column: str = Field("ppl", description="output column (default ppl, CCNet's perplexity field)")
+
+    def adds(self) -> dict[str, Column]:
+        col = self.params.column
+        out = {col: Column(pl.Float64, "KenLM perplexity, 10^(-log10 p / tokens) over the lines")}
+        if self.params.per_paragraph:
+            out[f"{col}_paragraphs"] = Column(pl.List(pl.Float64), "perplexity of each line, in order")
+        return out
 
     def setup(self, ctx: RunContext) -> None:
         p = self.params
@@ -119,18 +138,19 @@ class PerplexityBucket(GlobalStage):
     interpolation (``numpy.percentile``), or fixed ``cutoffs`` (CCNet's English values: [340, 520]).
     ``keep_buckets`` drops the other buckets (CCNet's example config keeps ["head", "all"]; default keeps all).
 
-    Columns: ``bucket`` (str).
     """
 
     class Params(OpParams):
-        column: str = Field("ppl", description="perplexity column written by a `perplexity` step")
-        percentile_head: float = Field(30.0, gt=0, lt=100)
-        percentile_tail: float = Field(60.0, gt=0, lt=100)
+        column: str = Field("ppl", description="perplexity column written by a `perplexity` step (default ppl)")
+        percentile_head: float = Field(30.0, gt=0, lt=100, description="percentile below which a document is "
+                                       "head (CCNet: 30)")
+        percentile_tail: float = Field(60.0, gt=0, lt=100, description="percentile from which a document is "
+                                       "tail (CCNet: 60)")
         cutoffs: list[float] | None = Field(None, min_length=2, max_length=2,
-                                            description="fixed [head, tail] cut-offs instead of percentiles")
+                                            description="fixed [head, tail] cut-offs instead of percentiles (default none; CCNet English: [340, 520])")
         keep_buckets: list[Literal["head", "middle", "tail", "all"]] | None = Field(
-            None, description="keep only these buckets")
-        bucket_column: str = "bucket"
+            None, description="keep only these buckets (default all; CCNet's example keeps [head, all])")
+        bucket_column: str = Field("bucket", description="output column (default bucket, CCNet's field)")
 
         @model_validator(mode="after")
         def _ordered(self):
@@ -141,6 +161,15 @@ class PerplexityBucket(GlobalStage):
             return self
 
     _DROP = "__bucket_drop"
+
+    def needs(self) -> list[str]:
+        return [self.params.column]
+
+    def need_hint(self, column: str) -> str:
+        return "add a `perplexity` step before this one (or set column)"
+
+    def adds(self) -> dict[str, Column]:
+        return {self.params.bucket_column: Column(pl.String, "head, middle, tail, or all (no usable perplexity)")}
 
     def fit(self, ctx: FitContext) -> None:
         p = self.params

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_serializer
 
-from curate.core.operator import UID, FitContext
+from curate.core.operator import PATH_FILE, UID, FitContext
 from curate.core.registry import register
 from curate.selectors._features import FeatureSource, features, resolve_source
 from curate.selectors.base import _EXEMPT, Selector, SelectParams
@@ -82,37 +82,54 @@ class Shapley(Selector):
 
     score_column = "shapley_value"
     higher_is_better = True
+    score_doc = "data Shapley value (higher: more valuable; harmful or mislabelled rows lowest)"
+    score_null = "null for held-out validation rows and unlabelled rows (always kept)"
     requires = ("sklearn",)
     extra = "select"
 
     class Params(SelectParams):
-        method: Literal["knn", "tmc", "beta", "banzhaf", "cluster"] = "knn"
-        label_field: str = "label"
-        k: int = Field(10, gt=0, description="neighbours of the KNN utility")
-        metric: Literal["euclidean", "cosine"] = "euclidean"
+        method: Literal["knn", "tmc", "beta", "banzhaf", "cluster"] = Field(
+            "knn", description="valuation algorithm (default knn: exact KNN-Shapley, Jia et al. 2019)")
+        label_field: str = Field("label", description="column holding each document's label (default label)")
+        k: int = Field(10, gt=0, description="neighbours of the KNN utility (OpenDataVal: 10)")
+        metric: Literal["euclidean", "cosine"] = Field("euclidean", description="KNN distance "
+                                                       "(Jia et al. / OpenDataVal: euclidean)")
         utility: str | Callable[..., float] = Field(
             "knn", description="knn | logistic | package.module:function (tmc, beta, banzhaf, cluster); "
             "from YAML a module:function is imported only with `curate run --allow-code`",
             json_schema_extra={"imports_code": True})
-        validation: str | None = Field(None, description="labelled validation file (jsonl/parquet)")
-        validation_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share when no file")
-        features: FeatureSource = "auto"
-        embedding_column: str = "embedding"
-        hash_dim: int = Field(1024, gt=0)
+        validation: str | None = Field(None, json_schema_extra=PATH_FILE, description="labelled validation file "
+                                       "(jsonl/parquet; default: hold out validation_fraction)")
+        validation_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share when no file (curate default 0.1)")
+        features: FeatureSource = Field("auto", description="auto: the embedding column when present, else "
+                                        "hashed TF-IDF; embedding: require it; hashed: always TF-IDF (default auto)")
+        embedding_column: str = Field("embedding", description="column of document vectors (default 'embedding', "
+                                      "the embed step's)")
+        hash_dim: int = Field(1024, gt=0, description="buckets of the hashed TF-IDF features (curate default 1024)")
         truncation: float | None = Field(0.01, ge=0, description="TMC truncation tolerance (None: off)")
         convergence: float = Field(0.1, gt=0, description="TMC convergence error (DataShapley err)")
         max_iterations: int = Field(1000, gt=0, description="cap on permutations (tmc, beta, cluster)")
-        alpha: float = Field(16.0, gt=0, description="Beta Shapley alpha")
-        beta: float = Field(1.0, gt=0, description="Beta Shapley beta")
-        n_samples: int = Field(1000, gt=0, description="Banzhaf MSR subsets")
+        alpha: float = Field(16.0, gt=0, description="Beta Shapley alpha (Kwon & Zou 2022: Beta(16, 1))")
+        beta: float = Field(1.0, gt=0, description="Beta Shapley beta (Kwon & Zou 2022: 1)")
+        n_samples: int = Field(1000, gt=0, description="Banzhaf MSR subsets (OpenDataVal: 1000)")
         n_clusters: int = Field(64, gt=1, description="clusters (players) of method cluster")
-        logistic_c: float = Field(1.0, gt=0)
-        empty_score: float = 0.0
-        max_players: int = Field(5000, gt=0, description="refuse tmc/beta/banzhaf above this many points")
+        logistic_c: float = Field(1.0, gt=0, description="inverse regularisation of the logistic utility "
+                                  "(sklearn default 1.0)")
+        empty_score: float = Field(0.0, description="utility of the empty training set (pyDVL default 0.0)")
+        max_players: int = Field(5000, gt=0, description="refuse tmc/beta/banzhaf above this many points (curate default 5000)")
 
         @field_serializer("utility")
         def _ser_utility(self, v: Any) -> str:
             return v if isinstance(v, str) else f"{v.__module__}:{v.__qualname__}"
+
+    def needs(self) -> list[str]:
+        p = self.params
+        return [p.label_field] + ([p.embedding_column] if p.features == "embedding" else [])
+
+    def need_hint(self, column: str) -> str:
+        if column == self.params.label_field:
+            return f"no label column '{column}' (set label_field)"
+        return "add an `embed` step before this one, or use features: hashed"
 
     def compute_scores(self, ctx: FitContext) -> pl.DataFrame:
         p = self.params
@@ -120,7 +137,7 @@ class Shapley(Selector):
         if first is None:
             return pl.DataFrame({UID: [], "score": []}, schema={UID: pl.UInt64, "score": pl.Float64})
         if p.label_field not in first.columns:
-            raise ValueError(f"shapley: no label column '{p.label_field}' (set label_field)")
+            raise self.error(f"no label column '{p.label_field}' (set label_field)", column=p.label_field)
         source = resolve_source(first.columns, p.features, p.embedding_column, "shapley")
         cols = [UID, "text", p.label_field] + ([p.embedding_column] if source == "embedding" else [])
         data = pl.concat(list(ctx.iter_batches(columns=cols)))
@@ -130,20 +147,27 @@ class Shapley(Selector):
         lab_idx = np.flatnonzero(labelled)
         if p.validation is not None:
             train_idx = lab_idx
-            val = _read_validation(p.validation, cols[1:])
+            try:
+                val = _read_validation(p.validation, cols[1:])
+            except ValueError as e:
+                raise self.error(str(e), param="validation") from e
         else:
             perm = rng.permutation(lab_idx)
             n_val = max(1, int(round(p.validation_fraction * len(lab_idx))))
             if len(lab_idx) - n_val < 1:
-                raise ValueError("shapley: too few labelled rows to hold out a validation set")
+                raise self.error(f"too few labelled rows ({len(lab_idx)}) to hold out a validation set",
+                                 param="validation_fraction")
             train_idx = np.sort(perm[n_val:])
             val = data[np.sort(perm[:n_val])]
         train = data[train_idx]
         if p.method in ("tmc", "beta", "banzhaf") and len(train) > p.max_players:
-            raise ValueError(f"shapley: method {p.method} on {len(train)} points exceeds max_players="
-                             f"{p.max_players}; use method knn or cluster (or raise max_players)")
+            raise self.error(f"method {p.method} on {len(train)} points exceeds max_players={p.max_players}; "
+                             "use method knn or cluster (or raise max_players)", param="max_players")
 
-        X, (Xv,) = features(train, source, p.embedding_column, p.hash_dim, others=[val])
+        try:
+            X, (Xv,) = features(train, source, p.embedding_column, p.hash_dim, others=[val])
+        except ValueError as e:  # ragged vectors in a user-provided embedding column
+            raise self.error(str(e), column=p.embedding_column) from e
         labels = pl.concat([train[p.label_field].cast(pl.String), val[p.label_field].cast(pl.String)])
         _, codes = np.unique(labels.to_numpy().astype(str), return_inverse=True)
         y, yv = codes[:len(train)], codes[len(train):]
@@ -169,7 +193,11 @@ class Shapley(Selector):
             return V.KNNUtility(X, y, Xv, yv, p.k, p.metric)
         if p.utility == "logistic":
             return V.ClassifierUtility(X, y, Xv, yv, "logistic", C=p.logistic_c, empty_score=p.empty_score)
-        return V.CallableUtility(_load_callable(p.utility), X, y, Xv, yv, empty_score=p.empty_score)
+        try:
+            fn = _load_callable(p.utility)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise self.error(f"cannot load utility {p.utility!r}: {e}", param="utility") from e
+        return V.CallableUtility(fn, X, y, Xv, yv, empty_score=p.empty_score)
 
     def _value(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray):
         from curate.selectors import _valuation as V

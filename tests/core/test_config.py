@@ -120,8 +120,11 @@ def test_unknown_keys_suggest_the_known_ones(tmp_path: Path):
 # -- item 14: code named in YAML needs an opt-in --------------------------------------------------
 def _shapley_yaml(tmp_path: Path) -> Path:
     pytest.importorskip("sklearn", reason="shapley needs the select extra")
+    # labelled rows: shapley needs its label column, which the preflight checks before work
+    data = tmp_path / "labelled.jsonl"
+    pl.read_ndjson(EXAMPLE).head(40).with_columns(label=pl.int_range(pl.len()) % 2).write_ndjson(data)
     f = tmp_path / "p.yaml"
-    f.write_text(f"input: {{path: {EXAMPLE}}}\nsteps:\n  - shapley:\n      method: tmc\n"
+    f.write_text(f"input: {{path: {data}}}\nsteps:\n  - shapley:\n      method: tmc\n"
                  "      utility: 'os:getcwd'\noutput: {path: out}\n")
     return f
 
