@@ -250,8 +250,8 @@ class Executor:
         from curate.core.runner import id_hash_path
         from curate.io.writers import count_duplicate_ids, unify_output
 
-        assert self.p.output is not None
-        rewritten = {os.path.realpath(p) for p in unify_output(self.p.output, rejects)}
+        assert self.spec.output is not None
+        rewritten = {os.path.realpath(p) for p in unify_output(self.spec.output, rejects)}
         done = self.work / "segments" / f"{last.index:03d}" / "_done"
         if rewritten:  # the markers vouch for file sizes: record the unified parts' new sizes
             roots = self.marker_roots()
