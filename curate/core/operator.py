@@ -168,9 +168,15 @@ class FitContext(RunContext):
     _task_runner: Callable[..., Iterator[Any]] | None = field(default=None, repr=False, compare=False)
 
     def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
-        """All rows of the previous segment, batch by batch, in stable shard order."""
-        for shard in self.shards:
-            yield from self.read_shard(shard, columns)
+        """All rows of the previous segment, batch by batch, in stable shard order, with one schema across
+        shards (a metadata field whose type differs between shards follows :mod:`curate.io.schema`)."""
+        if self._reader is not None:
+            for shard in self.shards:
+                yield from self.read_shard(shard, columns)
+            return
+        from curate.io.spill import read_spills
+
+        yield from read_spills(self.shards, columns)
 
     def read_shard(self, shard: Path, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
         from curate.io.spill import read_spill

@@ -63,7 +63,9 @@ def _input_targets(inputs: str | Sequence[str]) -> tuple[list[Path], list[Path]]
         if os.path.isdir(p):
             folders.append(_real(p))
         elif glob.has_magic(p):
-            files.extend(_real(f) for f in glob.glob(p, recursive=True) if os.path.isfile(f))
+            from curate.io.shards import match_pattern  # loop-safe: glob's ** follows symlink loops
+
+            files.extend(_real(f) for f in match_pattern(p) if os.path.isfile(f))
             if "**" in p:  # a recursive pattern reads whatever lands below its fixed prefix later
                 prefix = p.split("**", 1)[0]
                 folders.append(_real(prefix or "."))

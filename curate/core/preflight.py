@@ -78,11 +78,12 @@ def _open(path: str) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _peek_jsonl(path: str, rows: int) -> tuple[list[str], int] | None:
-    """(fields in order of first appearance, rows parsed) of the first ``rows`` JSON objects, or None when no
+def _peek_jsonl(path: str, rows: int) -> tuple[list[str], int, bool] | None:
+    """(fields in order of first appearance, rows parsed, whether a row could not be parsed) of the first ``rows`` JSON objects, or None when no
     object could be read (damaged or empty file: the reader counts those)."""
     seen: dict[str, None] = {}
     n = read = 0
+    unreadable = False
     try:
         with _open(path) as f:
             for line in f:
@@ -91,7 +92,8 @@ def _peek_jsonl(path: str, rows: int) -> tuple[list[str], int] | None:
                     break
                 try:
                     obj = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # bad or too deeply nested rows: the reader counts them
+                    unreadable = True
                     continue
                 # a .json file may hold one array of documents on its first line
                 for doc in obj[:rows] if isinstance(obj, list) else [obj]:
@@ -100,10 +102,10 @@ def _peek_jsonl(path: str, rows: int) -> tuple[list[str], int] | None:
                         seen.update(dict.fromkeys(doc))
     except (OSError, EOFError, ValueError) as e:  # truncated .gz/.zst, unreadable: the reader reports it
         log.debug("preflight: cannot peek %s: %s", path, e)
-    return (list(seen), n) if n else None
+    return (list(seen), n, unreadable) if n else None
 
 
-def _peek_parquet(path: str) -> tuple[list[str], int] | None:
+def _peek_parquet(path: str) -> tuple[list[str], int, bool] | None:
     try:
         import pyarrow.parquet as pq
 
@@ -111,7 +113,7 @@ def _peek_parquet(path: str) -> tuple[list[str], int] | None:
     except Exception as e:  # noqa: BLE001 - a damaged file is the reader's to report, with its name
         log.debug("preflight: cannot read the parquet schema of %s: %s", path, e)
         return None
-    return list(schema.names), 1
+    return list(schema.names), 1, False
 
 
 def peek_input(spec: InputSpec, *, rows: int = PEEK_ROWS, max_files: int = PEEK_FILES) -> InputPeek:
@@ -138,10 +140,12 @@ def peek_input(spec: InputSpec, *, rows: int = PEEK_ROWS, max_files: int = PEEK_
             continue  # .txt: the reader makes id and text; there are no user fields
         if got is None:
             continue
-        names, n = got
+        names, n, unreadable = got
         out.fields[path], out.rows[path] = names, n
         renamed = {rename.get(f, f) for f in names}
-        if spec.text_field not in names and spec.text_field not in renamed:
+        # where the peek met rows it could not parse (the reader counts those), one of them may hold the
+        # text: an absent text field is then the reader's to report
+        if spec.text_field not in names and spec.text_field not in renamed and not unreadable:
             what = "schema" if fmt == "parquet" else f"first {n} row(s)"
             out.problems.append(f"input.text_field: no field '{spec.text_field}' in the {what} of {path} "
                                 f"(fields: {', '.join(names) or 'none'}); set input.text_field")

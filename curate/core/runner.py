@@ -123,6 +123,11 @@ def _current_file(w: ShardWriter | SpillWriter, default: Path) -> Callable[[], P
     return get
 
 
+def id_hash_path(marker: Path) -> Path:
+    """Where the final segment keeps a shard's output id hashes (beside its completion markers)."""
+    return marker.parent.parent / "_ids" / f"{marker.stem}.npy"
+
+
 def write_json_atomic(path: Path, obj) -> None:
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +169,7 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
         out_dir = Path(task.output.path)
         _clear_parts(out_dir, out_dir, stem)
         with writing(out_dir / stem):
-            sink = ShardWriter(out_dir, stem, task.output.format)
+            sink = ShardWriter(out_dir, stem, task.output.format, id_hashes=id_hash_path(task.marker))
         sink_where = out_dir / stem
     else:
         assert task.spill_dir is not None
@@ -186,7 +191,7 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
             folder = rejects_root / step
             _clear_parts(rejects_root, folder, stem)
             with writing(folder / stem):
-                rejects[step] = ShardWriter(folder, stem, task.rejects.format)
+                rejects[step] = ShardWriter(folder, stem, task.rejects.format, typed_head=True)
         return rejects[step]
 
     traces: dict[str, list[dict]] = {op.step_name: [] for op in ops}

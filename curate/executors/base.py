@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -227,6 +228,7 @@ class Executor:
                             vouched[name].update(m.files.get(name, {}))
         finally:
             clear_setup_cache()  # in-process runs must not keep models and stage state alive after the run
+        duplicate_ids = self._finish_outputs(segments[-1], shards, rejects)
         steps = merge_stats(per_shard_stats)
         for s in steps:
             if s.step in fit_stats:  # the fit's seconds and numbers (ctx.stat / ctx.timer) join the stage's
@@ -234,9 +236,41 @@ class Executor:
         result = RunResult(self.work, Path(p.output.path), steps, time.perf_counter() - t0, resumed)
         write_json_atomic(self.work / "stats.json", {
             "seconds": result.seconds, "docs_in": result.docs_in, "docs_out": result.docs_out,
-            "resumed_shards": resumed, "steps": [s.to_dict() for s in steps],
+            "resumed_shards": resumed, "duplicate_ids": duplicate_ids, "steps": [s.to_dict() for s in steps],
             "fit_seconds": stage_fit_seconds})
         return result, vouched
+
+    def _finish_outputs(self, last: Segment, shards, rejects) -> int:
+        """One schema across output (and rejects) parquet parts; count and warn about duplicate ids."""
+        from curate.core.runner import id_hash_path
+        from curate.io.writers import count_duplicate_ids, unify_output
+
+        assert self.spec.output is not None
+        rewritten = {os.path.realpath(p) for p in unify_output(self.spec.output, rejects)}
+        done = self.work / "segments" / f"{last.index:03d}" / "_done"
+        if rewritten:  # the markers vouch for file sizes: record the unified parts' new sizes
+            roots = self.marker_roots()
+            for sh in shards:
+                marker = done / f"{sh.name}.json"
+                try:
+                    data = json.loads(marker.read_text())
+                except (OSError, ValueError):
+                    continue
+                changed = False
+                for root_name, entries in (data.get("files") or {}).items():
+                    for rel in entries:
+                        path = os.path.realpath(roots[root_name] / rel) if root_name in roots else ""
+                        if path in rewritten:
+                            entries[rel] = os.path.getsize(path)
+                            changed = True
+                if changed:
+                    write_json_atomic(marker, data)
+        dups = count_duplicate_ids(id_hash_path(done / f"{sh.name}.json") for sh in shards)
+        if dups:
+            log.warning("%s output documents share their id with an earlier one (ids from different sources "
+                        "can collide, e.g. int ids read as strings); they are counted as duplicate_ids in "
+                        "stats.json", f"{dups:,}")
+        return dups
 
     def _tasks(self, seg: Segment, shards, rejects, device) -> tuple[list[ShardTask], list[Marker]]:
         p = self.spec

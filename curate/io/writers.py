@@ -1,19 +1,33 @@
 """Sharded, atomic writers for kept documents and rejects (jsonl, jsonl.gz, jsonl.zst, parquet).
 
-Each input shard writes its own part file(s) under a temporary name; ``commit()`` renames them once the
+Each input shard writes its own part file(s) under a temporary name; ``close()`` renames them once the
 shard is complete, so a crash never leaves a file that looks finished.
+
+Outputs read back with plain tools: every jsonl part has one schema (batches whose metadata types
+differ are conformed by the rule of :mod:`curate.io.schema`), rejects parts are typed in their first
+100 lines (``pl.read_ndjson`` infers from those), and :func:`unify_parts` gives all parquet parts of a
+folder one schema at the end of a run, so ``pl.scan_parquet("out/*.parquet")`` works.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
+
+from curate.io.schema import common_schema, conform
+
+log = logging.getLogger("curate.io")
+#: rows ``pl.read_ndjson`` infers a schema from (its ``infer_schema_length`` default)
+_INFER_ROWS = 100
 
 Format = Literal["jsonl", "jsonl.gz", "jsonl.zst", "parquet"]
 
@@ -49,9 +63,16 @@ def _public(df: pl.DataFrame) -> pl.DataFrame:
 
 class ShardWriter:
     """Writes the batches of one shard to ``<folder>/<stem>.<ext>``; parquet opens a new part when the
-    schema of a batch cannot be cast to the first one (metadata fields that change type)."""
+    schema of a batch cannot be cast to the first one (metadata fields that change type).
 
-    def __init__(self, folder: str | Path, stem: str, fmt: Format):
+    ``typed_head``: reorder a jsonl part, if needed, so that every column with a value has one in the
+    first 100 lines (rejects: a field null in the first rejected rows made ``pl.read_ndjson`` fail with
+    "got non-null value for NULL-typed column"). ``id_hashes``: write the 64-bit hash of every ``id``
+    there (a ``.npy``) for the run's duplicate-id count.
+    """
+
+    def __init__(self, folder: str | Path, stem: str, fmt: Format, *, typed_head: bool = False,
+                 id_hashes: Path | None = None):
         self.folder, self.stem, self.fmt = Path(folder), stem, fmt
         self.folder.mkdir(parents=True, exist_ok=True)
         self._tmp: list[tuple[Path, Path]] = []
@@ -59,6 +80,12 @@ class ShardWriter:
         self._pq = None
         self._schema: pl.Schema | None = None
         self.rows = 0
+        self.typed_head = typed_head
+        self.id_hashes = id_hashes
+        self._hashes: list = []
+        # jsonl: (schema, uncompressed bytes) of each batch, and the first row holding each column's value
+        self._batches: list[tuple[dict, int]] = []
+        self._first_value: dict[str, int] = {}
 
     def _new_path(self) -> Path:
         n = len(self._tmp)
@@ -68,29 +95,73 @@ class ShardWriter:
         self._tmp.append((tmp, final))
         return tmp
 
+    def _open_jsonl(self, tmp: Path) -> IO[bytes]:
+        raw = open(tmp, "wb")
+        self._raw = None
+        if self.fmt == "jsonl.gz":
+            self._raw = raw
+            return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)  # mtime=0: byte-identical reruns
+        if self.fmt == "jsonl.zst":
+            import zstandard
+
+            return zstandard.ZstdCompressor().stream_writer(raw)
+        return raw
+
     def write(self, batch: pl.DataFrame) -> None:
         batch = _public(batch)
         if batch.height == 0:
             return
-        self.rows += batch.height
+        if self.id_hashes is not None and "id" in batch.columns:
+            self._hashes.append(batch.get_column("id").hash(seed=0).to_numpy())
         if self.fmt == "parquet":
+            self.rows += batch.height
             self._write_parquet(batch)
             return
         if self._fh is None:
-            tmp = self._new_path()
-            raw = open(tmp, "wb")
-            if self.fmt == "jsonl.gz":
-                self._fh = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)  # mtime=0: byte-identical reruns
-                self._raw = raw
-            elif self.fmt == "jsonl.zst":
-                import zstandard
-
-                self._fh = zstandard.ZstdCompressor().stream_writer(raw)
-            else:
-                self._fh = raw
+            self._fh = self._open_jsonl(self._new_path())
+        if self.typed_head:
+            for c in batch.columns:
+                if c not in self._first_value:
+                    hit = batch.get_column(c).is_not_null().arg_true()
+                    if len(hit):
+                        self._first_value[c] = self.rows + int(hit[0])
+        self.rows += batch.height
         buf = io.BytesIO()
         batch.write_ndjson(buf)
-        self._fh.write(buf.getvalue())
+        data = buf.getvalue()
+        self._batches.append((dict(batch.schema), len(data)))
+        self._fh.write(data)
+
+    def _fix_jsonl(self, tmp: Path) -> None:
+        """Rewrite the jsonl part if its batches differ in schema or a column's first value lies past the
+        rows polars infers from: conform every batch to the common schema, move the first row holding
+        each late column's value to the front (rejects only). Most parts need neither."""
+        common = common_schema(s for s, _ in self._batches)
+        mixed = any(list(s.items()) != list(common.items()) for s, _ in self._batches)
+        front = sorted({r for r in self._first_value.values() if r >= _INFER_ROWS}) if self.typed_head else []
+        if not mixed and not front:
+            return
+        from curate.io.readers import _open_binary
+
+        fixed = tmp.with_name(tmp.name + ".fix")
+        parts: list[pl.DataFrame] = []
+        with _open_binary(str(tmp)) as src:
+            for schema, n in self._batches:
+                df = pl.read_ndjson(io.BytesIO(src.read(n)), schema=schema)
+                parts.append(conform(df, common))
+        # the part is one shard's rows of one step: held once here, only in this rare case
+        df = pl.concat(parts, how="vertical")
+        if front:
+            pick = pl.Series(range(df.height)).is_in(front)
+            df = pl.concat([df.filter(pick), df.filter(~pick)])
+        fh = self._open_jsonl(fixed)
+        buf = io.BytesIO()
+        df.write_ndjson(buf)
+        fh.write(buf.getvalue())
+        fh.close()
+        if self._raw is not None:
+            self._raw.close()
+        os.replace(fixed, tmp)
 
     def _write_parquet(self, batch: pl.DataFrame) -> None:
         import pyarrow.parquet as pq
@@ -120,8 +191,17 @@ class ShardWriter:
             self._fh.close()
             if getattr(self, "_raw", None) is not None:
                 self._raw.close()
+            self._fix_jsonl(self._tmp[0][0])
         if self._pq is not None:
             self._pq.close()
+        if self.id_hashes is not None:
+            import numpy as np
+
+            self.id_hashes.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.id_hashes.with_name(f".tmp-{os.getpid()}-{self.id_hashes.name}")
+            with open(tmp, "wb") as f:
+                np.save(f, np.concatenate(self._hashes) if self._hashes else np.zeros(0, dtype=np.uint64))
+            os.replace(tmp, self.id_hashes)
         finals = []
         for tmp, final in self._tmp:
             os.replace(tmp, final)
@@ -137,6 +217,59 @@ class ShardWriter:
                     pass
         for tmp, _ in self._tmp:
             tmp.unlink(missing_ok=True)
+
+
+_PART = re.compile(r"^part-\d{5}(-\d+)?\.parquet$")
+
+
+def curate_parts(folder: str | Path) -> list[Path]:
+    """The parquet part files curate writes in ``folder`` (``part-00000.parquet``, ``part-00000-1.parquet``),
+    never a user's or another tool's files beside them (``part-00000-3f2a-c000.snappy.parquet``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _PART.match(p.name))
+
+
+def unify_parts(parts: Sequence[Path]) -> list[Path]:
+    """Give parquet ``parts`` one schema (each column's supertype by :mod:`curate.io.schema`, columns in
+    one order): parts that differ are rewritten atomically, the others are not touched. Returns the
+    parts rewritten."""
+    schemas = [pl.read_parquet_schema(p) for p in parts]
+    common = common_schema(schemas)
+    done: list[Path] = []
+    for p, schema in zip(parts, schemas):
+        if list(schema.items()) == list(common.items()):
+            continue
+        tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
+        conform(pl.read_parquet(p), common).write_parquet(tmp, compression="zstd")
+        os.replace(tmp, p)
+        done.append(p)
+    return done
+
+
+def unify_output(output: OutputSpec, rejects: RejectsSpec | None = None) -> list[Path]:
+    """End of a run: one schema across the parquet parts of the output, and of each rejects step.
+    Returns the parts rewritten (their completion markers must record the new sizes)."""
+    done = unify_parts(curate_parts(output.path)) if output.format == "parquet" else []
+    if rejects is not None and rejects.format == "parquet" and Path(rejects.path).is_dir():
+        for step in sorted(p for p in Path(rejects.path).iterdir() if p.is_dir()):
+            done += unify_parts(curate_parts(step))
+    return done
+
+
+def count_duplicate_ids(hash_files: Iterable[Path]) -> int:
+    """Documents whose ``id`` equals an earlier one's, from the per-shard 64-bit id hashes (8 bytes a
+    document in memory; a false match needs a 64-bit collision, ~N^2/2^65)."""
+    import numpy as np
+
+    arrays = [np.load(f) for f in hash_files if Path(f).exists()]
+    if not arrays:
+        return 0
+    h = np.concatenate(arrays)
+    del arrays
+    h.sort()
+    return int(np.count_nonzero(h[1:] == h[:-1])) if h.size > 1 else 0
 
 
 def write(path: str, format: Format = "jsonl", **kwargs) -> OutputSpec:  # noqa: A002
