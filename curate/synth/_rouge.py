@@ -14,46 +14,12 @@ row over the threshold), which the tests check against brute force.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-_SPLIT = re.compile(r"[^a-z0-9]+")
-
-
-def rouge_tokens(text: str) -> list[str]:
-    """rouge-score's default tokens (lowercase alphanumeric runs, no stemming)."""
-    return [t for t in _SPLIT.split(text.lower()) if t]
-
-
-def lcs_len(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence (row-by-row DP, O(len(a)*len(b)) time, O(len(b)) memory)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else (cur[j] if cur[j] > prev[j + 1] else prev[j + 1]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l_tokens(cand: Sequence[str], ref: Sequence[str]) -> float:
-    if not cand or not ref:
-        return 0.0
-    lcs = lcs_len(cand, ref)
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(cand), lcs / len(ref)
-    return 2 * p * r / (p + r)
-
-
-def rouge_l(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 between two texts (symmetric), equal to rouge-score's ``rougeL`` fmeasure."""
-    return rouge_l_tokens(rouge_tokens(candidate), rouge_tokens(reference))
+from curate.metrics.text import lcs_length, rouge_l_tokens, rouge_tokens
 
 
 class _Postings:

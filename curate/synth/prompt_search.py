@@ -6,7 +6,7 @@ Sec. 3.1); each proposal is scored by execution accuracy on held-out examples (S
 is kept. Defaults follow the released APE configuration: 5 demonstration subsets of 5 pairs, 10
 proposals each (50 candidates), proposals sampled at temperature 0.9; the evaluation here decodes
 greedily and compares the extracted final answer with the label (exact match after number
-normalisation, :mod:`curate.synth._answers`). Same data, seed and teacher give the same winner.
+normalisation, :mod:`curate.metrics.answers`). Same data, seed and teacher give the same winner.
 
 The winner is written to ``<state>/ape.json`` (every candidate with its score) and added to every row as
 ``output_column``, so a later step can use it (e.g. ``rationale`` with ``template: "{best_instruction}..."``).
@@ -24,7 +24,7 @@ from pydantic import Field
 from curate.core.errors import ConfigError
 from curate.core.operator import UID, FitContext, GlobalStage, RunContext
 from curate.core.registry import register
-from curate.synth._answers import answers_match, extract_answer, gsm8k_label, normalize_number
+from curate.metrics.answers import answers_match, extract_answer, gsm8k_label, normalize_number
 from curate.synth._base import GeneratorMixin, GenParams
 from curate.synth._teach import SamplingParams
 

