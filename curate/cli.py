@@ -15,6 +15,7 @@ from curate.core.errors import DISTRIBUTION, CurateError
 #: modules that add subcommands, each with ``add_commands(subparsers)``; every one must import.
 _COMMAND_MODULES = (
     "curate.commands.fasttext", "curate.commands.lm", "curate.commands.distill", "curate.commands.report",
+    "curate.commands.synth",
 )
 
 

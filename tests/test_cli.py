@@ -23,3 +23,17 @@ def test_every_listed_command_module_exists_and_adds_commands():
     for name in cli._COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
     assert {"train-fasttext", "train-lm", "distill", "distill-cache"} <= set(sub.choices)
+
+
+def test_every_command_group_is_registered():
+    """`curate synth` was left out of the command list once (its module moved): every module under
+    curate/commands must be listed and give its subcommand."""
+    import pkgutil
+
+    import curate.commands
+    from curate.cli import _COMMAND_MODULES, build_parser
+
+    modules = {f"curate.commands.{m.name}" for m in pkgutil.iter_modules(curate.commands.__path__)}
+    assert modules == set(_COMMAND_MODULES)
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {"run", "validate", "ops", "synth", "report", "distill", "train-lm"} <= set(sub.choices)
