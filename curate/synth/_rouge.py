@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from curate.metrics.text import lcs_length, rouge_l_tokens, rouge_tokens
+from curate.metrics.text import rouge_l_tokens, rouge_tokens
 
 
 class _Postings:

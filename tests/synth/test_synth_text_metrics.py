@@ -9,8 +9,8 @@ import random
 import pytest
 
 from curate.metrics.answers import answers_match, extract_answer, gsm8k_label, normalize_number
-from curate.synth._judge_parse import parse_score
 from curate.metrics.text import rouge_l
+from curate.synth._judge_parse import parse_score
 from curate.synth._rouge import RougeIndex
 from curate.synth.report import distinct_n, self_bleu_scores
 from tests.conftest import shared_file
