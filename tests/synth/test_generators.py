@@ -193,3 +193,20 @@ def test_smollm2_rationale_and_judge(tmp_path):
     assert out.get_column("judge_complexity").null_count() + out.get_column("judge_complexity").drop_nulls().len() == 2
     rep = json.loads(paths[0].read_text())
     assert rep["diversity"]["embedding_diversity"] is not None and 0 < rep["diversity"]["distinct_1"] <= 1
+
+
+def test_generator_teacher_passes_the_api_key_variable_to_the_backend(tmp_path, monkeypatch):
+    """A generator's `teacher: {api_key_env: NAME}` reaches the OpenAI backend (it was dropped once, so a
+    served teacher needing a key got none); the key itself is read from the environment only."""
+    from curate.core.errors import CurateError
+    from curate.synth._teach import Teacher, TeacherParams
+
+    monkeypatch.delenv("CURATE_TEST_KEY", raising=False)
+    params = TeacherParams(backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                           api_key_env="CURATE_TEST_KEY", cache=None)
+    with pytest.raises(CurateError, match="CURATE_TEST_KEY"):
+        Teacher(params, tmp_path)
+    monkeypatch.setenv("CURATE_TEST_KEY", "sk-secret-value")
+    t = Teacher(params, tmp_path)
+    assert t.backend.client.api_key == "sk-secret-value"
+    assert "sk-secret-value" not in json.dumps(t.backend.fingerprint(), default=str)
