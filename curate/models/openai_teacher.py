@@ -32,7 +32,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from curate.core.errors import CurateError, pip_hint
-from curate.models.teachers import (
+from curate.models.generation import (
     ChatMessage,
     Generation,
     GenerationRequest,
