@@ -16,7 +16,7 @@ import polars as pl
 from pydantic import Field
 
 from curate.core.errors import ConfigError
-from curate.core.operator import OpParams, RunContext
+from curate.core.operator import Column, OpParams, RunContext
 from curate.synth._teach import (
     SamplingParams,
     Teacher,
@@ -27,6 +27,20 @@ from curate.synth._teach import (
 )
 
 PROVENANCE = ("generator", "teacher", "prompt_id", "gen_params")
+
+
+def provenance_columns(prefix: dict[str, str] | None = None) -> dict[str, Column]:
+    """The provenance columns a generator adds (renamed by ``prefix``, as the judge's ``judge_*``)."""
+    docs = {
+        "generator": Column(pl.String, "registry name of the generator that wrote the row",
+                            "null on rows the generator did not write"),
+        "teacher": Column(pl.String, "fingerprint id of the teacher (backend, weights, tokenizer)",
+                          "null on rows the generator did not write"),
+        "prompt_id": Column(pl.String, "hash of the exact prompt sent to the teacher", "null when nothing was asked"),
+        "gen_params": Column(pl.String, "JSON of the sampling parameters and the row's seed",
+                             "null when nothing was asked"),
+    }
+    return {(prefix or {}).get(k, k): v for k, v in docs.items()}
 
 
 class GenParams(OpParams):

@@ -30,9 +30,9 @@ import re
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import Filter, Rule, RunContext
+from curate.core.operator import Column, Filter, Rule, RunContext
 from curate.core.registry import register
-from curate.synth._base import GeneratorMixin, GenParams, row_seed
+from curate.synth._base import GeneratorMixin, GenParams, provenance_columns, row_seed
 from curate.synth._teach import SamplingParams
 
 _DEPTH = ("I want you to act as a Prompt Rewriter. Rewrite the given prompt into a more complex version that "
@@ -123,6 +123,16 @@ class EvolInstruct(GeneratorMixin, Filter):
 
             raise ConfigError(f"evol_instruct.mutations: unknown {bad} (choose from {list(MUTATIONS)})")
         self.setup_teacher(ctx)
+
+    def adds(self) -> dict[str, Column]:
+        return {"instruction_original": Column(pl.String, "the instruction before evolution"),
+                "response": Column(pl.String, "the teacher's answer to the evolved instruction",
+                                   "null when answers are not generated"),
+                "evol_mutations": Column(pl.String, "JSON list of the mutations applied, in order"),
+                "evol_rounds": Column(pl.Int32, "mutations that survived the elimination rules"),
+                "evol_stopped": Column(pl.String, "the elimination rule that stopped evolution",
+                                       "null when every round survived"),
+                **provenance_columns()}
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params

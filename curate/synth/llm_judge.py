@@ -22,9 +22,9 @@ import polars as pl
 from pydantic import Field
 
 from curate.core.errors import ConfigError
-from curate.core.operator import Filter, OpParams, Rule, RunContext
+from curate.core.operator import Column, Filter, OpParams, Rule, RunContext
 from curate.core.registry import register
-from curate.synth._base import GeneratorMixin, GenParams, check_template, fill
+from curate.synth._base import GeneratorMixin, GenParams, check_template, fill, provenance_columns
 from curate.synth._judge_parse import parse_score
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,13 @@ class LLMJudge(GeneratorMixin, Filter):
     def setup(self, ctx: RunContext) -> None:
         check_template(self.template, where="llm_judge.template")
         self.setup_teacher(ctx)
+
+    def adds(self) -> dict[str, Column]:
+        col = self.params.score_column or "judge_" + self.params.prompt.split("_", 1)[-1]
+        return {col: Column(pl.Float64, "the judge's score on its scale", "null when the answer held no score"),
+                col + "_error": Column(pl.String, "why no score could be parsed", "null when a score was parsed"),
+                col + "_raw": Column(pl.String, "the judge's raw answer", "null when nothing was asked"),
+                **provenance_columns(_RENAME)}
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         cols = self.params.columns

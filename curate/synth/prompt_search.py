@@ -22,7 +22,7 @@ import polars as pl
 from pydantic import Field
 
 from curate.core.errors import ConfigError
-from curate.core.operator import UID, FitContext, GlobalStage, RunContext
+from curate.core.operator import UID, Column, FitContext, GlobalStage, RunContext
 from curate.core.registry import register
 from curate.metrics.answers import answers_match, extract_answer, gsm8k_label, normalize_number
 from curate.synth._base import GeneratorMixin, GenParams
@@ -64,6 +64,13 @@ class APE(GeneratorMixin, GlobalStage):
         eval_template: str = Field("{instruction}\n\nQuestion: {input}",
                                    description="how a candidate instruction meets a dev question")
         output_column: str = Field("best_instruction", description="column receiving the winner")
+
+    def needs(self) -> list[str]:
+        return [self.params.label_column]
+
+    def adds(self) -> dict[str, Column]:
+        return {self.params.output_column: Column(pl.String, "the instruction that scored best on the dev set",
+                                                  "null when no candidate was scored")}
 
     def fit(self, ctx: FitContext) -> None:
         p = self.params

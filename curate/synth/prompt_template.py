@@ -11,9 +11,9 @@ import polars as pl
 from pydantic import Field
 
 from curate.core.errors import ConfigError
-from curate.core.operator import Filter, Rule, RunContext
+from curate.core.operator import Column, Filter, Rule, RunContext
 from curate.core.registry import register
-from curate.synth._base import GeneratorMixin, GenParams, check_template, fill
+from curate.synth._base import GeneratorMixin, GenParams, check_template, fill, provenance_columns
 
 
 @register("prompt_template")
@@ -39,6 +39,11 @@ class PromptTemplate(GeneratorMixin, Filter):
         if self.params.text_template:
             check_template(self.params.text_template, where="prompt_template.text_template")
         self.setup_teacher(ctx)
+
+    def adds(self) -> dict[str, Column]:
+        return {self.params.output_column: Column(pl.String, "the teacher's answer to the filled template",
+                                                  "null when a template field was missing (the row is dropped)"),
+                **provenance_columns()}
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params

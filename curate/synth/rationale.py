@@ -14,10 +14,10 @@ import polars as pl
 from pydantic import Field
 
 from curate.core.errors import ConfigError
-from curate.core.operator import Filter, Rule, RunContext
+from curate.core.operator import Column, Filter, Rule, RunContext
 from curate.core.registry import register
 from curate.metrics.answers import answers_match, extract_answer, gsm8k_label, normalize_number
-from curate.synth._base import GeneratorMixin, GenParams, check_template, fill
+from curate.synth._base import GeneratorMixin, GenParams, check_template, fill, provenance_columns
 
 DEFAULT_PROMPT = ("Solve this math word problem. Reason step by step, then finish with the sentence "
                   "\"The answer is <number>.\"\n\nQuestion: {text}")
@@ -43,6 +43,18 @@ class Rationale(GeneratorMixin, Filter):
         if self.params.label_format not in ("gsm8k", "plain"):
             raise ConfigError("rationale.label_format must be 'gsm8k' or 'plain'")
         self.setup_teacher(ctx)
+
+    def needs(self) -> list[str]:
+        return [self.params.label_column]
+
+    def adds(self) -> dict[str, Column]:
+        return {"rationale": Column(pl.String, "the teacher's step-by-step solution", "null when nothing was asked"),
+                "pred_answer": Column(pl.String, "final answer extracted from the rationale (normalised number)",
+                                      "null when the rationale states no answer (the row is dropped)"),
+                "gold_answer": Column(pl.String, "the label's final answer (GSM8K '#### n', normalised)",
+                                      "null when the label has none (the row is dropped)"),
+                "answer_correct": Column(pl.Boolean, "pred_answer equals gold_answer", "null when either is null"),
+                **provenance_columns()}
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params

@@ -31,9 +31,9 @@ from typing import Any
 import polars as pl
 from pydantic import Field
 
-from curate.core.operator import UID, FitContext, GlobalStage, OpParams, Rule, RunContext
+from curate.core.operator import UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
-from curate.synth._base import GeneratorMixin, GenParams
+from curate.synth._base import GeneratorMixin, GenParams, provenance_columns
 from curate.synth._rouge import RougeIndex
 from curate.synth._teach import SamplingParams, gen_params_json, prompt_id
 
@@ -116,6 +116,12 @@ class SelfInstruct(GeneratorMixin, GlobalStage):
         self._gen: pl.DataFrame | None = None
 
     # -------------------------------------------------------------------------------------------- fit
+    def adds(self) -> dict[str, Column]:
+        return {"is_seed": Column(pl.Boolean, "true for the seed tasks, false for generated instructions"),
+                "rouge_l_max": Column(pl.Float64, "highest ROUGE-L of a new instruction to any kept one",
+                                      "null on seed rows"),
+                **provenance_columns()}
+
     def fit(self, ctx: FitContext) -> None:
         p = self.params
         frames = [b.select("text", UID) for b in ctx.iter_batches(["text", UID])]
