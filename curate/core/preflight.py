@@ -27,14 +27,12 @@ input file stops the run with an error naming the file and the field; finished s
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -67,25 +65,16 @@ class InputPeek:
         return {f for fs in self.fields.values() for f in fs}
 
 
-def _open(path: str) -> IO[bytes]:
-    p = path.lower()
-    if p.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if p.endswith((".zst", ".zstd")):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
-
-
 def _peek_jsonl(path: str, rows: int) -> tuple[list[str], int, bool] | None:
     """(fields in order of first appearance, rows parsed, whether a row could not be parsed) of the first ``rows`` JSON objects, or None when no
     object could be read (damaged or empty file: the reader counts those)."""
+    from curate.io.readers import open_binary
+
     seen: dict[str, None] = {}
     n = read = 0
     unreadable = False
     try:
-        with _open(path) as f:
+        with open_binary(path) as f:
             for line in f:
                 read += len(line)
                 if read > PEEK_BYTES or n >= rows:

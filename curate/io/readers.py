@@ -173,7 +173,7 @@ def _chunks(shard: Shard) -> Iterator[bytes]:
                     d, fed = _decoder(kind), False
 
 
-def _open_binary(path: str) -> IO[bytes]:
+def open_binary(path: str) -> IO[bytes]:
     """A file's decompressed bytes as a file object (for whole-file reads; damage raises OSError)."""
     p = path.lower()
     if p.endswith(".gz"):

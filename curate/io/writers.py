@@ -141,11 +141,11 @@ class ShardWriter:
         front = sorted({r for r in self._first_value.values() if r >= _INFER_ROWS}) if self.typed_head else []
         if not mixed and not front:
             return
-        from curate.io.readers import _open_binary
+        from curate.io.readers import open_binary
 
         fixed = tmp.with_name(tmp.name + ".fix")
         parts: list[pl.DataFrame] = []
-        with _open_binary(str(tmp)) as src:
+        with open_binary(str(tmp)) as src:
             for schema, n in self._batches:
                 df = pl.read_ndjson(io.BytesIO(src.read(n)), schema=schema)
                 parts.append(conform(df, common))
@@ -295,8 +295,8 @@ def read_output(path: str | Path) -> pl.DataFrame:
         elif p.name.endswith(".jsonl"):
             frames.append(pl.read_ndjson(p, infer_schema_length=None))
         elif p.name.endswith((".gz", ".zst")):
-            from curate.io.readers import _open_binary
+            from curate.io.readers import open_binary
 
-            with _open_binary(str(p)) as fh:
+            with open_binary(str(p)) as fh:
                 frames.append(pl.read_ndjson(io.BytesIO(fh.read()), infer_schema_length=None))
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()

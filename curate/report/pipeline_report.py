@@ -45,9 +45,9 @@ def _read_part(path: Path, columns: list[str] | None, max_rows: int) -> pl.DataF
         if path.name.endswith((".gz", ".zst", ".zstd")):
             import io
 
-            from curate.io.readers import _open_binary
+            from curate.io.readers import open_binary
 
-            with _open_binary(str(path)) as fh:
+            with open_binary(str(path)) as fh:
                 data = io.BytesIO(fh.read())
             df = pl.read_ndjson(data, infer_schema_length=None, n_rows=max_rows)
         else:

@@ -23,7 +23,7 @@ from curate import Pipeline, read, write
 from curate.core.errors import InputError
 from curate.filters.exact_dedup import ExactDedup
 from curate.filters.length import LengthFilter
-from curate.io.readers import _open_binary
+from curate.io.readers import open_binary
 
 READ_REASONS = {"invalid_json", "non_utf8", "missing_text", "empty_text", "non_string_text", "invalid_unicode",
                 "too_deeply_nested", "truncated_file", "corrupt_file", "unreadable_file"}
@@ -95,7 +95,7 @@ def _digest(root: Path, skip: set[str]) -> str:
 def _count_rows(folder: Path) -> int:
     n = 0
     for p in folder.rglob("part-*"):
-        with _open_binary(str(p)) as f:
+        with open_binary(str(p)) as f:
             n += sum(1 for line in f if line.strip())
     return n
 
