@@ -43,3 +43,33 @@ def shared_file(rel: str) -> Path:
     if not p.exists():
         pytest.skip(f"shared data file {p} not found")
     return p
+
+
+def make_tiny_teacher(root: Path, *, layers: int = 2, examples: int = 40, max_response: int = 15) -> Path:
+    """A tiny real Llama teacher with a 32-word tokenizer saved under ``root/teacher`` and ``examples``
+    random prompt/response pairs of those words in ``root/train.jsonl`` (seeded); returns ``root``."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<unk>", "</s>", "<pad>"] + [f"w{i}" for i in range(29)]
+    t = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    t.pre_tokenizer = Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", eos_token="</s>", pad_token="<pad>")
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                     num_attention_heads=2, num_key_value_heads=1, eos_token_id=1, pad_token_id=2))
+    m.save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    g = torch.Generator().manual_seed(1)
+    with open(root / "train.jsonl", "w") as f:
+        for _ in range(examples):
+            n = int(torch.randint(5, max_response, (), generator=g))
+            q = " ".join(f"w{int(i)}" for i in torch.randint(0, 29, (3,), generator=g))
+            r = " ".join(f"w{int(i)}" for i in torch.randint(0, 29, (n,), generator=g))
+            f.write(json.dumps({"q": q, "a": r}) + "\n")
+    return root

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from tests.conftest import make_tiny_teacher
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
@@ -15,30 +17,8 @@ from curate.core.errors import ConfigError  # noqa: E402
 
 @pytest.fixture
 def teacher_dir(tmp_path):
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     torch.set_num_threads(1)
-    words = ["<unk>", "</s>", "<pad>"] + [f"w{i}" for i in range(29)]
-    t = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    t.pre_tokenizer = Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", eos_token="</s>", pad_token="<pad>")
-    torch.manual_seed(0)
-    m = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                     num_attention_heads=2, num_key_value_heads=1, eos_token_id=1, pad_token_id=2))
-    d = tmp_path / "teacher"
-    m.save_pretrained(d)
-    tok.save_pretrained(d)
-    g = torch.Generator().manual_seed(1)
-    with open(tmp_path / "train.jsonl", "w") as f:
-        for _ in range(30):
-            n = int(torch.randint(5, 12, (), generator=g))
-            q = " ".join(f"w{int(i)}" for i in torch.randint(0, 29, (3,), generator=g))
-            r = " ".join(f"w{int(i)}" for i in torch.randint(0, 29, (n,), generator=g))
-            f.write(json.dumps({"q": q, "a": r}) + "\n")
-    return tmp_path
+    return make_tiny_teacher(tmp_path, layers=3, examples=30, max_response=12)
 
 
 def _cfg(root, **kw):

@@ -76,32 +76,14 @@ def test_pipeline_run_report_renders_in_a_browser(tmp_path):
 
 
 def test_distill_run_report_has_curves_retention_and_samples(tmp_path):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     from curate.distill import distill
     from curate.distill.config import DistillConfig
     from curate.report import write_report
+    from tests.conftest import make_tiny_teacher
 
-    words = ["<unk>", "</s>", "<pad>"] + [f"w{i}" for i in range(29)]
-    t = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    t.pre_tokenizer = Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", eos_token="</s>", pad_token="<pad>")
-    torch.manual_seed(0)
-    m = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=2, num_key_value_heads=1, eos_token_id=1, pad_token_id=2))
-    m.save_pretrained(tmp_path / "teacher")
-    tok.save_pretrained(tmp_path / "teacher")
-    g = torch.Generator().manual_seed(1)
-    with open(tmp_path / "train.jsonl", "w") as f:
-        for _ in range(40):
-            q = " ".join(f"w{int(i)}" for i in torch.randint(0, 29, (3,), generator=g))
-            r = " ".join(f"w{int(i)}" for i in torch.randint(0, 29, (8,), generator=g))
-            f.write(json.dumps({"q": q, "a": r}) + "\n")
+    make_tiny_teacher(tmp_path, max_response=9)
     cfg = DistillConfig.model_validate(dict(
         teacher={"path": str(tmp_path / "teacher")},
         student={"from_config": {"base": "teacher", "num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32}},
@@ -111,13 +93,13 @@ def test_distill_run_report_has_curves_retention_and_samples(tmp_path):
         threads=1, log_every=1))
     distill(cfg)
     run = tmp_path / "run"
-    (run / "samples.jsonl").write_text(json.dumps({"prompt": "w1 w2", "teacher": "w3 w4", "student": "w5"}) + "\n")
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]  # written by distill
     html, _ = write_report(run)
     assert html.name == "run_report.html"  # the run's own report.md is kept
     text = html.read_text()
     rep = json.loads((run / "report.json").read_text())
     assert f"{rep['eval']['student']['ppl']:.4g}" in text
-    assert "w5" in text and "id='curves'" in text
+    assert samples and samples[0]["prompt"][:200] in text and "id='curves'" in text
     dom, _ = _browser(html, tmp_path)
     total, ok = _rendered(dom)
     assert total >= 1 and ok == total
