@@ -86,3 +86,15 @@ def test_rationale_example_tiny_feeds_distill(at_repo, tmp_path, tiny_teacher): 
 
     data = tokenize_records(read_records(dc.data.train), byte_tokenizer(), dc.data)
     assert sorted(set(data.task)) == [0, 1]
+    # and the student trains on them: curate distill in rationale mode, end to end on the tiny teacher
+    from curate.distill import distill
+
+    d["teacher"] = {"path": str(tiny_teacher)}
+    d["student"] = {"from_config": {"base": "teacher", "num_hidden_layers": 1}}
+    d["optim"] = {"batch_size": 2, "max_steps": 2}
+    d.update(progress=False, plot=False, threads=1)
+    d["eval"] = {"samples": 0}
+    y.write_text(yaml.safe_dump(d))
+    res = distill(DistillConfig.from_yaml(y))
+    assert res.train["steps"] == 2 and res.train["train_tokens"] > 0 and 0 < res.train["final_loss"] < 20
+    assert (tmp_path / "distill" / "student" / "config.json").is_file()
