@@ -73,3 +73,17 @@ def make_tiny_teacher(root: Path, *, layers: int = 2, examples: int = 40, max_re
             r = " ".join(f"w{int(i)}" for i in torch.randint(0, 29, (n,), generator=g))
             f.write(json.dumps({"q": q, "a": r}) + "\n")
     return root
+
+
+def planted_copies_corpus(d: Path, *, files: int, rows: int) -> Path:
+    """The first ``rows`` documents of the bundled real web sample dealt round-robin into ``files`` jsonl
+    files, each with exact copies (ids ``copy-<file>-<j>``) of ten earlier documents planted; returns ``d``."""
+    import gzip
+    import json
+
+    sample = REPO / "examples" / "data" / "web_sample.jsonl.gz"
+    docs = [json.loads(line) for line in gzip.open(sample, "rt")][:rows]
+    for k in range(files):
+        part = docs[k::files] + [dict(docs[j], id=f"copy-{k}-{j}") for j in range(0, 10 * files, files)]
+        (d / f"part{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return d

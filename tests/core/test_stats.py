@@ -4,7 +4,6 @@ one or two workers, shown in the run table, and reported unchanged by a resumed 
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -17,21 +16,15 @@ from curate.core.stats import StepNumbers, StepStats, merge_stats
 from curate.core.text import split_lines
 from curate.filters.c4 import C4Quality
 from curate.filters.exact_dedup import ExactDedup
+from tests.conftest import planted_copies_corpus
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "data" / "web_sample.jsonl.gz"
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """Three files of the bundled real sample, each with copies of earlier documents planted."""
-    d = tmp_path_factory.mktemp("corpus")
-    rows = [json.loads(line) for line in gzip.open(EXAMPLE, "rt")][:240]
-    for k in range(3):
-        part = rows[k::3] + [dict(rows[j], id=f"copy-{k}-{j}") for j in range(0, 30, 3)]
-        with open(d / f"part{k}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in part)
-    return d
+    return planted_copies_corpus(tmp_path_factory.mktemp("corpus"), files=3, rows=240)
 
 
 def _run(corpus: Path, root: Path, workers: int):

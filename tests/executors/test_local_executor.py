@@ -4,7 +4,6 @@ with reasons, stats, resume and the run lock are the executor's own work."""
 from __future__ import annotations
 
 import ast
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -17,20 +16,15 @@ from curate.core.run import RunSpec
 from curate.executors.local import LocalExecutor
 from curate.filters.c4 import C4Quality
 from curate.filters.exact_dedup import ExactDedup
+from tests.conftest import planted_copies_corpus
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "data" / "web_sample.jsonl.gz"
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """Two files of the bundled real sample with exact copies of earlier documents planted."""
-    d = tmp_path_factory.mktemp("corpus")
-    rows = [json.loads(line) for line in gzip.open(EXAMPLE, "rt")][:200]
-    for k in range(2):
-        part = rows[k::2] + [dict(rows[j], id=f"copy-{k}-{j}") for j in range(0, 20, 2)]
-        (d / f"part{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
-    return d
+    return planted_copies_corpus(tmp_path_factory.mktemp("corpus"), files=2, rows=200)
 
 
 def _spec(corpus: Path, root: Path, workers: int = 1) -> RunSpec:
