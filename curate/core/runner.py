@@ -117,10 +117,7 @@ def writing(path: Path | str | Callable[[], Path | str]) -> Iterator[None]:
 
 def _current_file(w: ShardWriter | SpillWriter, default: Path) -> Callable[[], Path]:
     """The file a writer is writing now (its final name), for error messages."""
-    def get() -> Path:
-        tmp = getattr(w, "_tmp", None)
-        return tmp[-1][1] if isinstance(tmp, list) and tmp else default
-    return get
+    return lambda: (w.current if isinstance(w, ShardWriter) else None) or default
 
 
 def id_hash_path(marker: Path) -> Path:

@@ -87,6 +87,11 @@ class ShardWriter:
         self._batches: list[tuple[dict, int]] = []
         self._first_value: dict[str, int] = {}
 
+    @property
+    def current(self) -> Path | None:
+        """The final name of the part file being written now (None before the first write)."""
+        return self._tmp[-1][1] if self._tmp else None
+
     def _new_path(self) -> Path:
         n = len(self._tmp)
         ext = self.fmt if self.fmt != "parquet" else "parquet"
