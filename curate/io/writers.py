@@ -290,18 +290,31 @@ def write_parquet(path: str, **kwargs) -> OutputSpec:
     return OutputSpec(path=path, format="parquet", **kwargs)
 
 
+_PART_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".jsonl.zst")
+
+
+def read_part(path: str | Path, *, columns: list[str] | None = None, n_rows: int | None = None) -> pl.DataFrame:
+    """One part file (parquet, jsonl, jsonl.gz, jsonl.zst): only ``columns`` (those it has) and the first
+    ``n_rows`` rows when given."""
+    p = Path(path)
+    if p.suffix == ".parquet":
+        lf = pl.scan_parquet(p)
+        if columns is not None:
+            have = lf.collect_schema().names()
+            lf = lf.select([c for c in columns if c in have])
+        return (lf.head(n_rows) if n_rows is not None else lf).collect()
+    if p.name.endswith((".gz", ".zst")):
+        from curate.io.readers import open_binary
+
+        with open_binary(str(p)) as fh:
+            df = pl.read_ndjson(io.BytesIO(fh.read()), infer_schema_length=None, n_rows=n_rows)
+    else:
+        df = pl.read_ndjson(p, infer_schema_length=None, n_rows=n_rows)
+    return df.select([c for c in columns if c in df.columns]) if columns is not None else df
+
+
 def read_output(path: str | Path) -> pl.DataFrame:
     """Read back every part file of an output folder in shard order (for tests and notebooks)."""
     parts = sorted(p for p in Path(path).iterdir() if p.name.startswith("part-") or p.name.startswith("shard-"))
-    frames = []
-    for p in parts:
-        if p.suffix == ".parquet":
-            frames.append(pl.read_parquet(p))
-        elif p.name.endswith(".jsonl"):
-            frames.append(pl.read_ndjson(p, infer_schema_length=None))
-        elif p.name.endswith((".gz", ".zst")):
-            from curate.io.readers import open_binary
-
-            with open_binary(str(p)) as fh:
-                frames.append(pl.read_ndjson(io.BytesIO(fh.read()), infer_schema_length=None))
+    frames = [read_part(p) for p in parts if p.name.endswith(_PART_SUFFIXES)]
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()

@@ -18,6 +18,7 @@ import polars as pl
 import yaml
 
 from curate.core.errors import pip_hint
+from curate.io.writers import read_part
 from curate.report.html import Page, have_matplotlib
 
 log = logging.getLogger("curate.report")
@@ -35,30 +36,12 @@ def _parts(folder: Path) -> list[Path]:
 
 
 def _read_part(path: Path, columns: list[str] | None, max_rows: int) -> pl.DataFrame:
-    """Up to ``max_rows`` rows of one part file (parquet or jsonl, optionally compressed)."""
+    """Up to ``max_rows`` rows of one part file; a part that cannot be read is logged and skipped."""
     try:
-        if path.suffix == ".parquet":
-            lf = pl.scan_parquet(path)
-            have = lf.collect_schema().names()
-            cols = [c for c in columns if c in have] if columns is not None else have
-            return lf.select(cols).head(max_rows).collect() if cols else pl.DataFrame()
-        if path.name.endswith((".gz", ".zst", ".zstd")):
-            import io
-
-            from curate.io.readers import open_binary
-
-            with open_binary(str(path)) as fh:
-                data = io.BytesIO(fh.read())
-            df = pl.read_ndjson(data, infer_schema_length=None, n_rows=max_rows)
-        else:
-            df = pl.read_ndjson(path, infer_schema_length=None, n_rows=max_rows)
+        return read_part(path, columns=columns, n_rows=max_rows)
     except Exception as e:  # noqa: BLE001 - a report never fails on one unreadable part; it says so
         log.warning("report: cannot read %s: %s", path, e)
         return pl.DataFrame()
-    if columns is not None:
-        df = df.select([c for c in columns if c in df.columns])
-    return df
-
 
 def _column(folders: list[Path], column: str, max_rows: int) -> list[float]:
     vals: list[float] = []
