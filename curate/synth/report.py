@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curate.io.writers import read_output
 from curate.metrics.representation import embedding_diversity as representation_diversity
 from curate.metrics.text import distinct_n, self_bleu_scores
 
@@ -53,17 +54,11 @@ def embedding_diversity(texts: Sequence[str], model: str | None = None, batch_si
     return representation_diversity(e)
 
 
-def _read_output(path: Path) -> pl.DataFrame:
-    from curate.io.writers import read_output
-
-    return read_output(path)
-
-
 def build_report(output: str | Path, work_dir: str | Path, *, text_column: str = "text", max_docs: int = 2000,
                  embeddings: bool = True) -> dict[str, Any]:
     """Collect every figure for the set written to ``output`` by the run in ``work_dir``."""
     output, work_dir = Path(output), Path(work_dir)
-    df = _read_output(output)
+    df = read_output(output)
     rep: dict[str, Any] = {"output": str(output), "rows": df.height}
     gen = df.filter(pl.col("generator").is_not_null()) if "generator" in df.columns else df
     rep["generated_rows"] = gen.height
