@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curate.core.errors import ConfigError
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
@@ -23,6 +25,10 @@ th{background:#f3f3f3}td.t,th.t{text-align:left}figure{display:inline-block;marg
 figcaption{font-size:.85em;color:#555;text-align:center}pre{white-space:pre-wrap;background:#f7f7f7;padding:.5em;
 font-size:.85em;max-height:12em;overflow:auto}.note{color:#666;font-size:.9em}
 """
+
+#: marks a page as curate's own, so a later report replaces it and never a user's file of the same name
+_GENERATOR_HTML = "<meta name='generator' content='curate report'>"
+_GENERATOR_MD = "<!-- generator: curate report -->"
 
 # the page records how many of its images decoded, so a headless browser's DOM dump proves the plots render
 _ONLOAD = """
@@ -89,7 +95,7 @@ class Page:
     # -- rendering ---------------------------------------------------------------------------------
     def html(self) -> str:
         e = html.escape
-        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(self.title)}</title>",
+        out = [f"<!doctype html><html><head><meta charset='utf-8'>{_GENERATOR_HTML}<title>{e(self.title)}</title>",
                f"<style>{_CSS}</style><script>{_ONLOAD}</script></head><body>", f"<h1>{e(self.title)}</h1>",
                "<nav>" + " · ".join(f"<a href='#{s.anchor}'>{e(s.title)}</a>" for s in self.sections) + "</nav>"]
         for s in self.sections:
@@ -118,7 +124,7 @@ class Page:
         return "\n".join(out)
 
     def markdown(self, fig_dir: Path | None = None) -> str:
-        lines = [f"# {self.title}", ""]
+        lines = [_GENERATOR_MD, f"# {self.title}", ""]
         for s in self.sections:
             lines += [f"## {s.title}", ""]
             for kind, v in s.blocks:
@@ -143,6 +149,9 @@ class Page:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         ph, pm = out / f"{stem}.html", out / f"{stem}.md"
+        for f, mark in ((ph, _GENERATOR_HTML), (pm, _GENERATOR_MD)):  # never replace a file curate did not write
+            if f.exists() and mark not in f.read_text(encoding="utf-8", errors="replace")[:2000]:
+                raise ConfigError(f"'{f}' exists and was not written by curate report; choose another --out")
         ph.write_text(self.html(), encoding="utf-8")
         pm.write_text(self.markdown(out / f"{stem}_figures"), encoding="utf-8")
         return ph, pm

@@ -111,3 +111,22 @@ def test_report_refuses_a_folder_that_is_no_run(tmp_path):
 
     with pytest.raises(ConfigError):
         build_report(tmp_path)
+
+
+def test_report_never_replaces_a_file_it_did_not_write(tmp_path):
+    """`curate report RUN --out DIR` into a folder holding the user's own report.html is refused; a
+    report curate wrote there before is replaced."""
+    from curate.core.errors import ConfigError
+    from curate.report.html import Page
+
+    page = Page("t")
+    page.text(page.section("s", "s"), "hello")
+    mine = tmp_path / "report.html"
+    mine.write_text("<html>the user's own notes</html>")
+    with pytest.raises(ConfigError, match="not written by curate report"):
+        page.write(tmp_path)
+    assert mine.read_text() == "<html>the user's own notes</html>" and not (tmp_path / "report.md").exists()
+    other = tmp_path / "again"
+    page.write(other)
+    page.write(other)  # its own earlier report is replaced
+    assert "hello" in (other / "report.html").read_text()
