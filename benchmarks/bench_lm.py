@@ -1,5 +1,7 @@
 """KenLM language-model benchmark: ``train-lm`` time / peak memory vs corpus size, and perplexity scoring
-docs/s against a raw ``kenlm.Model.score`` loop, plus multi-worker scaling of a perplexity pipeline.
+docs/s against a raw ``kenlm.Model.score`` loop, the load time of the ARPA model against its KenLM binaries
+(``build_binary``, from ``scripts/build-kenlm-tools.sh``), plus multi-worker scaling of a perplexity pipeline
+with either model.
 
     python benchmarks/bench_lm.py [--small]
 
@@ -152,6 +154,38 @@ def bench_score(model: Path, docs: list[str], repeats: int = 3) -> list[str]:
     return out
 
 
+def _load_child(model: str, q) -> None:
+    import kenlm
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    m = kenlm.Model(model)
+    q.put((time.perf_counter() - t0, time.process_time() - c0, m.order))
+
+
+def bench_load(arpa: Path, tmp: Path) -> tuple[list[str], dict[str, Path]]:
+    """Load time of the ARPA model vs its KenLM binaries (each in a fresh process, best of 3), and sizes.
+    Every worker of a perplexity pipeline pays this once."""
+    from curate.models.kenlm import build_binary, kenlm_tool
+
+    models = {"arpa": arpa}
+    rows = ["| model | MB on disk | build s | load s (wall, best of 3) | load CPU s |", "|---|---:|---:|---:|---:|"]
+    build = {"arpa": 0.0}
+    if kenlm_tool("build_binary") is None:
+        print("build_binary not found (bash scripts/build-kenlm-tools.sh): binary rows skipped", flush=True)
+    else:
+        for st in ("probing", "trie"):
+            t = time.perf_counter()
+            models[st] = build_binary(arpa, tmp / f"m.{st}.binary", structure=st, overwrite=True)
+            build[st] = time.perf_counter() - t
+    for name, path in models.items():
+        runs = [in_child(_load_child, str(path)) for _ in range(3)]
+        wall, cpu, _ = min(runs)
+        mb = path.stat().st_size / 1e6
+        print(f"load {name}: {mb:.1f} MB, {wall:.3f} s wall, {cpu:.3f} s CPU", flush=True)
+        rows.append(f"| {name} | {mb:.1f} | {build[name]:.2f} | {wall:.3f} | {cpu:.3f} |")
+    return rows, models
+
+
 def bench_workers(model: Path, docs: list[str], tmp: Path, workers: list[int]) -> list[str]:
     from curate import Pipeline, read, write
     from curate.selectors.perplexity import Perplexity
@@ -162,18 +196,25 @@ def bench_workers(model: Path, docs: list[str], tmp: Path, workers: list[int]) -
     for i in range(k):  # several shards so workers have something to share
         pl.DataFrame({"id": [f"{i}-{j}" for j in range(len(docs[i::k]))], "text": docs[i::k]}).write_ndjson(
             src / f"part{i}.jsonl")
-    rows = ["| workers | docs/s (end to end: read, score, write) | speed-up |", "|---:|---:|---:|"]
+    rows = [f"model: {model.name}", "",
+            "| workers | docs/s (end to end: read, score, write) | speed-up | CPU s (all processes) | docs per CPU s |",
+            "|---:|---:|---:|---:|---:|"]
     base = None
     for w in workers:
         work = tmp / f"work{w}"
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(tmp / f"out{w}", ignore_errors=True)
+        r0s, r0c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         Pipeline(read(str(src)), Perplexity(model=str(model)), write(str(tmp / f"out{w}"))).run(
             work_dir=str(work), workers=w, progress=False)
         secs = time.perf_counter() - t
+        r1s, r1c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = sum(getattr(b, f) - getattr(a, f) for a, b in ((r0s, r1s), (r0c, r1c)) for f in ("ru_utime", "ru_stime"))
         base = base or secs
-        print(f"pipeline workers={w}: {len(docs) / secs:,.0f} docs/s (x{base / secs:.2f})", flush=True)
-        rows.append(f"| {w} | {len(docs) / secs:,.0f} | {base / secs:.2f} |")
+        print(f"pipeline {model.name} workers={w}: {len(docs) / secs:,.0f} docs/s (x{base / secs:.2f}), "
+              f"{cpu:.1f} CPU s", flush=True)
+        rows.append(f"| {w} | {len(docs) / secs:,.0f} | {base / secs:.2f} | {cpu:.1f} | {len(docs) / cpu:,.0f} |")
     return rows
 
 
@@ -194,11 +235,15 @@ def main() -> None:
         model = tmp / f"m{sizes[1]}.arpa"
         docs = paragraphs(n_docs * 80, skip_books=150)[:n_docs]
         score_rows = bench_score(model, docs)
-        worker_rows = bench_workers(model, docs, tmp, [1, 2])
+        load_rows, models = bench_load(model, tmp)
+        worker_rows = bench_workers(model, docs, tmp, [1, 2, 1, 2])
+        if "probing" in models:
+            worker_rows += ["", *bench_workers(models["probing"], docs, tmp, [1, 2, 1, 2])]
     cmd = "python benchmarks/bench_lm.py" + (" --small" if args.small else "")
     print("\n".join([f"\n## `{cmd}`", "", f"### train-lm (order {args.order}, whitespace tokens)", *train_rows,
                      "", f"### perplexity scoring ({len(docs):,} held-out Gutenberg paragraphs, model from "
-                     f"{sizes[1]:,} words)", *score_rows, "", "### workers", *worker_rows]))
+                     f"{sizes[1]:,} words)", *score_rows, "", "### model load (per worker process)", *load_rows,
+                     "", "### workers (run in the order 1, 2, 1, 2)", *worker_rows]))
 
 
 if __name__ == "__main__":

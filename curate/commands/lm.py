@@ -1,4 +1,5 @@
-"""``curate train-lm``: estimate an n-gram LM (interpolated modified Kneser-Ney) and write an ARPA file."""
+"""``curate train-lm``: estimate an n-gram LM (interpolated modified Kneser-Ney) and write an ARPA file;
+``curate binarize-lm``: convert an ARPA file to KenLM's mmap-able binary format (KenLM's ``build_binary``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,21 @@ def _cmd_train_lm(args: argparse.Namespace) -> int:
     counts = " ".join(f"{n}-grams={c}" for n, c in enumerate(rep.ngram_counts, 1))
     print(f"{rep.path}: order {rep.order} ({rep.backend}), {texts.len()} documents, {rep.lines} lines, "
           f"{rep.tokens} tokens, {counts}; {time.perf_counter() - t0:.1f}s")
+    if args.binary:
+        _binarize(rep.path, None, "probing", overwrite=args.force)
+    return 0
+
+
+def _binarize(arpa, out, structure: str, *, overwrite: bool) -> None:
+    from curate.models.kenlm import build_binary
+
+    t0 = time.perf_counter()
+    dst = build_binary(arpa, out, structure=structure, overwrite=overwrite)
+    print(f"{dst}: KenLM binary ({structure}), {dst.stat().st_size / 1e6:.1f} MB; {time.perf_counter() - t0:.1f}s")
+
+
+def _cmd_binarize_lm(args: argparse.Namespace) -> int:
+    _binarize(args.model, args.output, args.structure, overwrite=args.force)
     return 0
 
 
@@ -37,4 +53,19 @@ def add_commands(subparsers) -> None:
     p.add_argument("--no-normalize", action="store_true", help="skip CCNet normalisation")
     p.add_argument("--lmplz", choices=["auto", "never", "always"], default="auto",
                    help="use KenLM's lmplz when on PATH (auto), never, or require it")
+    p.add_argument("--binary", action="store_true", help="also write OUTPUT with suffix .binary (KenLM's "
+                   "build_binary, probing): loads by mmap, shared by every worker")
+    p.add_argument("--force", action="store_true", help="with --binary: replace an existing .binary file")
     p.set_defaults(fn=_cmd_train_lm)
+
+    b = subparsers.add_parser(
+        "binarize-lm", help="convert an ARPA model to KenLM's binary format (mmap; shared across workers)",
+        description="Runs KenLM's build_binary (build it with `bash scripts/build-kenlm-tools.sh`; found on "
+                    "PATH, next to the Python, or in $CURATE_KENLM_BIN). The model's .json tokeniser sidecar "
+                    "is copied next to the output. Scores equal the ARPA model's.")
+    b.add_argument("model", help="ARPA file, e.g. models/books.arpa")
+    b.add_argument("-o", "--output", default=None, help="binary file to write (default: MODEL with suffix .binary)")
+    b.add_argument("--structure", choices=["probing", "trie"], default="probing",
+                   help="probing: KenLM's default, fastest queries; trie: smaller, slower")
+    b.add_argument("--force", action="store_true", help="replace an existing output file")
+    b.set_defaults(fn=_cmd_binarize_lm)

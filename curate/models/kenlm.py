@@ -5,7 +5,8 @@ The pip ``kenlm`` package queries models but cannot build them (no ``lmplz``), s
 them itself, vectorised: every n-gram gets a dense integer id per order (an order-n id is the dense rank
 of ``(order-(n-1) id of its prefix) * |V| + last word``), so counting, adjusted counts, count-of-counts,
 discounts and interpolation are ``np.unique`` / ``np.bincount`` over id arrays - no per-n-gram Python loop.
-When ``lmplz`` is on PATH it is used instead (``use_lmplz="auto"``).
+When ``lmplz`` is on PATH it is used instead (``use_lmplz="auto"``). :func:`build_binary` turns an ARPA file
+into KenLM's mmap-able binary format with KenLM's ``build_binary`` (``scripts/build-kenlm-tools.sh`` builds it).
 
 Estimation (Chen & Goodman 1998, as KenLM's lmplz; reference: ``shared/reference/kn_arpa.py``):
 
@@ -410,6 +411,66 @@ def _arpa_counts(path: Path) -> list[int]:
             elif line.startswith("\\1-grams"):
                 break
     return counts
+
+
+# --------------------------------------------------------------------------------------------- binary
+def kenlm_tool(name: str) -> str | None:
+    """Path of KenLM's command-line tool ``name`` (``build_binary``, ``query``, ``lmplz``): in
+    ``$CURATE_KENLM_BIN``, on PATH, or next to the running Python (a venv's ``bin/``, where
+    ``scripts/build-kenlm-tools.sh`` puts them); None when absent. The pip ``kenlm`` wheel ships none."""
+    import os
+    import sys
+
+    for d in (os.environ.get("CURATE_KENLM_BIN"), None, str(Path(sys.executable).parent)):
+        found = shutil.which(name, path=d) if d is not None else shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def build_binary(arpa: str | Path, out: str | Path | None = None, *, structure: Literal["probing", "trie"] = "probing",
+                 overwrite: bool = False) -> Path:
+    """Convert an ARPA model into KenLM's binary format with KenLM's ``build_binary``; returns the path.
+
+    A binary model loads by mmap (milliseconds, not a text parse) and its pages are shared by every worker
+    process that opens it, so ``perplexity`` with several workers loads it once per machine. ``probing``
+    (KenLM's default, a hash table) is the fastest to query; ``trie`` is smaller and slower. Both store the
+    ARPA's probabilities unquantised, so scores equal the ARPA model's. The ``<model>.json`` tokeniser
+    sidecar is copied next to the output (``sp_model`` re-pointed), so scorers tokenise the same way.
+    ``out`` defaults to the ARPA path with suffix ``.binary``; an existing ``out`` is replaced only with
+    ``overwrite``. Written to a temporary name and renamed, so a failed build leaves no partial model.
+    """
+    arpa = Path(arpa)
+    if not arpa.is_file():
+        raise ConfigError(f"ARPA model {arpa} not found")
+    dst = Path(out) if out is not None else arpa.with_suffix(".binary")
+    if dst.resolve() == arpa.resolve():
+        raise ConfigError(f"the binary model would replace its ARPA input {arpa}: give another output path")
+    if dst.exists() and not overwrite:
+        raise ConfigError(f"{dst} exists: pass overwrite (--force) to replace it")
+    tool = kenlm_tool("build_binary")
+    if tool is None:
+        raise ConfigError("KenLM's build_binary was not found (the pip kenlm wheel has no tools): run "
+                          "`bash scripts/build-kenlm-tools.sh` (about 1.5 min with g++), or set CURATE_KENLM_BIN")
+    if structure not in ("probing", "trie"):
+        raise ConfigError(f"structure must be 'probing' or 'trie', not {structure!r}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        res = subprocess.run([tool, "-S", "20%", "-T", str(dst.parent), structure, str(arpa), str(tmp)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise ConfigError(f"build_binary failed on {arpa}: {(res.stderr or res.stdout).strip()[-500:]}")
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = read_meta(arpa)
+    if meta:
+        meta = dict(meta, binary_of=str(arpa.resolve()), structure=structure)
+        if meta.get("sp_model") and not Path(meta["sp_model"]).is_absolute():
+            meta["sp_model"] = _rel(arpa.parent / meta["sp_model"], dst.parent)
+        Path(str(dst) + ".json").write_text(json.dumps(meta, indent=1))
+    return dst
 
 
 # --------------------------------------------------------------------------------------------- loading

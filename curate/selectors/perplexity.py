@@ -40,6 +40,10 @@ class Perplexity(Filter):
 
     With ``per_paragraph``, also ``<column>_paragraphs``: one value per line, 10^(-score/(tokens+1)), CCNet's
     ``SentencesLM``.
+
+    ``model`` may be an ARPA file or a KenLM binary (``curate binarize-lm``): each worker process parses an ARPA
+    file again, while a binary is mmapped and its pages shared by all workers (load times in
+    ``benchmarks/RESULTS.md``); scores are the same.
     """
 
     requires: ClassVar[tuple[str, ...]] = ("kenlm",)
