@@ -85,6 +85,22 @@ class ModelSpec(_Strict):
         return resolve_model_path(self.path) if self.path else None
 
 
+class KPODSpec(_Strict):
+    """KPOD (Feng et al. 2024, "Keypoint-based Progressive Chain-of-Thought Distillation"): reasoning steps,
+    their difficulty (the weighted token generation loss of the step's tokens under the teacher) and the
+    progressive schedule (the loss covers the final steps first); see :mod:`curate.distill.modes_uncert`."""
+
+    stages: int = Field(0, ge=0, description="progressive distillation stages (0: off); stage s of S covers "
+                        "each example's last steps within (s+1)/S of its total difficulty, the last stage all "
+                        "(toolkit default off; the paper's scheduler is a submodular value function)")
+    step_pattern: str = Field(r"\n|[.!?]\s*$", description="regex on a token's decoded text: the token ends "
+                              "a reasoning step (default: a newline or sentence-final punctuation; as "
+                              "curate.models.teacher_student.DEFAULT_STEP_PATTERN)")
+    significance: Literal["uniform", "teacher_confidence"] = Field(
+        "uniform", description="token weights inside the step difficulty: uniform, or the teacher's "
+        "1 - H/log V (KPOD learns them with a mask module, not implemented), normalised to mean 1")
+
+
 class DataSpec(_Strict):
     """Training text: jsonl files (``.jsonl``, ``.jsonl.gz``) or curate output folders (``part-*``).
 
@@ -112,10 +128,14 @@ class DataSpec(_Strict):
     min_tokens: int = Field(4, ge=2, description="drop examples with fewer tokens")
     add_eos: bool = True
     order: Literal["random", "teacher_entropy_asc", "teacher_entropy_desc", "teacher_nll_asc",
-                   "teacher_nll_desc", "teacher_confidence_asc", "teacher_confidence_desc"] = Field(
+                   "teacher_nll_desc", "teacher_confidence_asc", "teacher_confidence_desc",
+                   "teacher_student_kl_asc", "teacher_student_kl_desc", "student_nll_asc", "student_nll_desc",
+                   "kpod_difficulty_asc", "kpod_difficulty_desc"] = Field(
         "random", description="training order: random (reshuffled each epoch) or a curriculum by the teacher "
         "cache's per-example signal (needs teacher_signal.mode: cache), e.g. teacher_entropy_asc = what the "
-        "teacher is surest of first")
+        "teacher is surest of first; teacher_student_kl / student_nll score the student as initialised "
+        "against the cache; kpod_difficulty = mean KPOD step difficulty (data.kpod)")
+    kpod: KPODSpec = Field(KPODSpec(), description="KPOD steps, step difficulty and progressive schedule")
 
     @model_validator(mode="after")
     def _fields(self) -> DataSpec:
@@ -147,6 +167,24 @@ class LossSpec(_Strict):
     chunk_tokens: int = Field(1024, ge=16, description="loss computed over this many tokens at a time")
     rationale_weight: float = Field(0.5, ge=0.0, le=1.0, description="data.mode rationale: weight*L_label + "
                                     "(1-weight)*L_rationale (Hsieh et al. 2023, reference --alpha 0.5)")
+    token_weighting: Literal["none", "teacher_entropy", "teacher_exp_entropy"] = Field(
+        "none", description="per-token weight of the KD term by teacher confidence, normalised to mean 1 over "
+        "each micro-batch: teacher_entropy = 1 - H/log V, teacher_exp_entropy = exp(-H) (survey section 3.2; "
+        "curate.distill.modes_uncert)")
+    teacher_prior: Literal["none", "label_smoothing"] = Field(
+        "none", description="label_smoothing: the teacher target mixed with the label-smoothed reference token, "
+        "by prior_weight * H/log V (Yuan et al. 2020 KD as label smoothing; curate.distill.modes_uncert)")
+    prior_weight: float = Field(0.5, ge=0.0, le=1.0, description="teacher_prior: the mix at a uniform teacher "
+                                "(toolkit default: half label prior)")
+    prior_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="teacher_prior: label smoothing eps of the "
+                                   "prior (Szegedy et al. 2016, 0.1)")
+
+    @model_validator(mode="after")
+    def _uncertainty(self) -> LossSpec:
+        if (self.token_weighting != "none" or self.teacher_prior != "none") and self.name in ("hinton", "ce"):
+            raise ValueError(f"token_weighting / teacher_prior weight a divergence; loss '{self.name}' has none "
+                             "to weight (use forward_kl with alpha for Hinton's mix)")
+        return self
 
 
 class TeacherSignal(_Strict):

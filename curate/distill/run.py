@@ -181,11 +181,17 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
     trainer = DistillTrainer(cfg, p.student, p.train, teacher=t_train if online or cache is None else None,
                              cache=cache, eval_data=p.eval, vocab=p.vocab, pad_id=p.pad_id, eos_id=p.eos_id)
     if cfg.data.order != "random" and cache is not None:
+        from curate.distill.modes_uncert import ORDERS, order_values
         from curate.models.topk_cache import cache_signals, curriculum
 
         signal, direction = cfg.data.order.rsplit("_", 1)
-        vals = cache_signals(cache.dir, starts=[max(1, n) for n in p.train.n_prompt])[signal]
+        vals = (order_values(signal, cfg, p, cache, trainer.device) if signal in ORDERS else
+                cache_signals(cache.dir, starts=[max(1, n) for n in p.train.n_prompt])[signal])
         trainer.fixed_order = curriculum(vals, descending=direction == "desc")
+    if cfg.data.kpod.stages:  # KPOD progressive distillation: final reasoning steps first
+        from curate.distill.modes_uncert import kpod_schedule
+
+        trainer.prompt_schedule = kpod_schedule(cfg, p, cache, trainer.total_steps, trainer.device)
     summary = trainer.train(resume=resume)
     sd = out / "student"
     p.student.save_pretrained(sd, safe_serialization=True)

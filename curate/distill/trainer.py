@@ -138,6 +138,10 @@ class DistillTrainer:
         self.scratch = Scratch(self.device)
         self.loss: TokenLoss = loss if loss is not None else SpecLoss(cfg.loss, self.scratch.like)
         self.signal = signal if signal is not None else self._default_signal()
+        if loss is None and (cfg.loss.token_weighting != "none" or cfg.loss.teacher_prior != "none"):
+            from curate.distill.modes_uncert import uncertainty_mode  # uncertainty-aware KD (issue 13.3)
+
+            self.loss, self.signal = uncertainty_mode(cfg.loss, self.signal, vocab=self.vocab, scratch=self.scratch.like)
         if self.loss.needs_teacher and self.signal is None:
             raise ValueError(f"loss '{getattr(self.loss, 'name', type(self.loss).__name__)}' needs a teacher "
                              "or a teacher cache")
@@ -166,6 +170,8 @@ class DistillTrainer:
         self._perm_cache: tuple[int, list[int]] | None = None
         # a curriculum (data.order): the same example order every epoch instead of a reshuffle
         self.fixed_order: list[int] | None = None
+        # KPOD progressive distillation (data.kpod.stages): step -> the examples' prompt lengths
+        self.prompt_schedule: Callable[[int], list[int]] | None = None
         self.out = Path(cfg.output_dir)
         self.history: list[dict[str, Any]] = []
 
@@ -277,6 +283,8 @@ class DistillTrainer:
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches; returns the logged record."""
         ga = self.cfg.optim.grad_accum
+        if self.prompt_schedule is not None:  # the loss covers a growing suffix of each rationale
+            self.train_data.n_prompt = self.prompt_schedule(self.step)
         on_policy = self.on_policy.draw()
         micro = []
         for j in range(ga):
