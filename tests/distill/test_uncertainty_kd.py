@@ -355,3 +355,42 @@ def test_readme_snippet_is_a_valid_distill_config(tmp_path):
     cfg = DistillConfig.model_validate(base)
     assert cfg.loss.token_weighting != "none" and cfg.loss.teacher_prior == "label_smoothing"
     assert cfg.data.kpod.stages > 0 and cfg.data.order.startswith("kpod_difficulty")
+
+
+def test_teacher_student_orders_are_the_dense_signal_orders(teacher_dir):
+    """data.order teacher_student_kl / student_nll: the student as initialised against the k = V cache equals
+    a dense float64 loop computation, and the curriculum sorts by it; distill() runs with the order."""
+    from curate.distill import distill
+    from curate.distill.modes_uncert import order_values
+    from curate.distill.run import build_cache, prepare
+    from curate.distill.trainer import DistillTrainer
+    from curate.models.topk_cache import curriculum
+
+    data = {"train": [str(teacher_dir / "train.jsonl")], "prompt_field": "q", "response_field": "a",
+            "template": "{prompt} {response}", "eval_fraction": 0.2, "max_len": 32, "order": "teacher_student_kl_desc"}
+    cfg = _cfg(teacher_dir, data=data, teacher_signal={"mode": "cache", "dir": str(teacher_dir / "c"), "k": 32})
+    p = prepare(cfg)
+    cache = build_cache(cfg, p)
+    kl_ref, nll_ref = [], []
+    t64, s64 = p.teacher.double().eval(), p.student.double().eval()
+    for seq, n_p in zip(p.train.seqs, p.train.n_prompt, strict=True):
+        with torch.no_grad():
+            pt = torch.softmax(t64(input_ids=torch.tensor([seq])).logits[0], -1).numpy()
+            ps = torch.softmax(s64(input_ids=torch.tensor([seq])).logits[0], -1).numpy()
+        js = range(max(1, n_p), len(seq))
+        kl_ref.append(np.mean([sum(pt[j - 1][v] * math.log(pt[j - 1][v] / ps[j - 1][v]) for v in range(32)) for j in js]))
+        nll_ref.append(np.mean([-math.log(ps[j - 1][seq[j]]) for j in js]))
+    p.teacher.float()
+    p.student.float()
+    dev = torch.device("cpu")
+    kl = order_values("teacher_student_kl", cfg, p, cache, dev)
+    nll = order_values("student_nll", cfg, p, cache, dev)
+    np.testing.assert_allclose(kl, kl_ref, rtol=1e-4)
+    np.testing.assert_allclose(nll, nll_ref, rtol=1e-4)
+    want = curriculum(kl_ref, descending=True)
+    assert curriculum(kl, descending=True) == want and kl_ref[want[0]] >= kl_ref[want[-1]]
+    tr = DistillTrainer(cfg, p.student, p.train, cache=cache, vocab=p.vocab, pad_id=p.pad_id)
+    tr.fixed_order = curriculum(kl, descending=True)
+    assert tr.batch_indices(0) == want[:4]
+    res = distill(cfg)
+    assert res.train["steps"] == 4 and (res.output_dir / "report.json").exists()
