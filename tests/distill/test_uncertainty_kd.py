@@ -394,3 +394,27 @@ def test_teacher_student_orders_are_the_dense_signal_orders(teacher_dir):
     assert tr.batch_indices(0) == want[:4]
     res = distill(cfg)
     assert res.train["steps"] == 4 and (res.output_dir / "report.json").exists()
+
+
+@pytest.mark.gpu
+def test_weights_prior_and_loss_on_cuda_match_cpu():
+    g = torch.Generator().manual_seed(4)
+    n, v, k = 300, 50, 8
+    t, s = torch.randn(n, v, generator=g) * 3, torch.randn(n, v, generator=g)
+    y = torch.randint(0, v, (n,), generator=g)
+    spec = LossSpec(token_weighting="teacher_entropy", teacher_prior="label_smoothing", chunk_tokens=64)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        from curate.distill.signals import MicroBatch
+
+        mb = MicroBatch(torch.zeros(1, n + 1, dtype=torch.long, device=dev), torch.ones(1, n + 1, device=dev),
+                        torch.ones(1, n, dtype=torch.bool, device=dev), y.to(dev), None)
+        for name, tgt in (("dense", LogitTargets(t.to(dev))), ("topk", TopKTargets(TopK.from_logits(t, k).to(dev)))):
+            tg = UncertaintySignal(_Fixed(tgt), spec, vocab=v).targets(mb)
+            sd = s.to(dev).requires_grad_(True)
+            per, _ = UncertaintyLoss(spec)(sd, tg.chunk(0, n), y.to(dev))
+            per.sum().backward()
+            out[dev, name] = (tg.weight.cpu(), per.detach().cpu(), sd.grad.cpu())
+    for name in ("dense", "topk"):
+        for a, b in zip(out["cpu", name], out["cuda", name], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
