@@ -27,8 +27,9 @@ is not (the label is as reliable where the teacher hesitates). Down-weighting th
 distribution is flat follows the uncertainty-aware KD line of the survey (§3.2) and ATKD (Zhong et al.
 2024, "Revisiting Knowledge Distillation for Autoregressive Language Models", which splits tokens by the
 teacher's uncertainty); the exact forms and the per-micro-batch normalisation are this toolkit's choice.
-Cost: the teacher's entropy needs its distribution for every row before the first chunk's loss, so an
-online teacher's head is applied twice per micro-batch (its body once); a cached teacher costs nothing.
+Cost: the weights need the teacher's entropy of every row before the first chunk's loss, so an online
+teacher whose head the trainer applies per chunk (hidden-state targets) has its head applied twice per
+micro-batch (its body once); full-logit and cached teachers cost one entropy pass over what is there.
 
 **Teacher-informed prior** (``loss.teacher_prior: label_smoothing``). The teacher's target becomes
 ``p~_t = (1 - lambda_t) p_t + lambda_t * s_t`` with ``s_t = (1 - eps) onehot(y_t) + eps / V`` the

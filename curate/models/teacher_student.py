@@ -104,7 +104,7 @@ def topk_token_nll(teacher: TopK, next_ids: torch.Tensor) -> torch.Tensor:
 def step_end_table(tokenizer: Any, vocab: int, pattern: str = DEFAULT_STEP_PATTERN) -> torch.Tensor:
     """Bool ``[vocab]``: whether token id v ends a reasoning step (its decoded text matches ``pattern``).
 
-    One decode per id, once per run (about a second for a 50k vocabulary)."""
+    One decode per id, once per run."""
     rx = re.compile(pattern)
     size = min(vocab, len(tokenizer)) if hasattr(tokenizer, "__len__") else vocab
     texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False,
