@@ -230,6 +230,12 @@ def test_kpod_step_difficulty_and_schedule_match_reference():
             want = first_tok[min(min(ok), 3)] if min(ok) > 0 else n_prompt
         assert got[s][0] == want, (s, got, d_ref)
     assert got[0][0] > n_prompt  # the first stage trains the final step(s) only
+    # data.mode rationale: only the rationale rows are scheduled, the label rows keep their whole answer
+    from curate.distill.data import TASK_LABEL, TASK_RATIONALE
+
+    two = kpod_prompts(TokenData([seq, seq], [n_prompt, n_prompt], [TASK_LABEL, TASK_RATIONALE]), [row, row], ends,
+                       vocab=v, stages=stages)
+    assert [st[0] for st in two] == [n_prompt] * stages and [st[1] for st in two] == [st[0] for st in got]
     sched = PromptSchedule(got, total_steps=6)
     assert [sched.stage(i) for i in range(6)] == [0, 0, 1, 1, 2, 2]
 
