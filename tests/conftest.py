@@ -45,9 +45,11 @@ def shared_file(rel: str) -> Path:
     return p
 
 
-def make_tiny_teacher(root: Path, *, layers: int = 2, examples: int = 40, max_response: int = 15) -> Path:
+def make_tiny_teacher(root: Path, *, layers: int = 2, examples: int = 40, max_response: int = 15,
+                      seed: int = 0) -> Path:
     """A tiny real Llama teacher with a 32-word tokenizer saved under ``root/teacher`` and ``examples``
-    random prompt/response pairs of those words in ``root/train.jsonl`` (seeded); returns ``root``."""
+    random prompt/response pairs of those words in ``root/train.jsonl`` (seeded); returns ``root``.
+    ``seed`` seeds the teacher's weights only (the data and tokenizer are the same for every seed)."""
     import json
 
     import torch
@@ -60,7 +62,7 @@ def make_tiny_teacher(root: Path, *, layers: int = 2, examples: int = 40, max_re
     t = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     t.pre_tokenizer = Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", eos_token="</s>", pad_token="<pad>")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     m = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                                      num_attention_heads=2, num_key_value_heads=1, eos_token_id=1, pad_token_id=2))
     m.save_pretrained(root / "teacher")

@@ -101,6 +101,32 @@ class KPODSpec(_Strict):
         "1 - H/log V (KPOD learns them with a mask module, not implemented), normalised to mean 1")
 
 
+class TeacherEntry(ModelSpec):
+    """One teacher of multi-teacher KD (``teachers:``): a model like ``teacher:`` plus its mixing weight.
+    Every teacher must use the first one's tokenizer (:mod:`curate.distill.multi_teacher`)."""
+
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="prior mixing weight (> 0; the weights "
+                          "are normalised to sum to 1): the fixed mixture weight, or the prior that the "
+                          "confidence/agreement weights multiply (equal weights = the plain average, Hinton et "
+                          "al. 2015's ensemble soft targets)")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="label in the report and the "
+                             "teacher's cache folder under teacher_signal.dir (default: t0, t1, ...)")
+
+
+class MultiTeacherSpec(_Strict):
+    """How ``teachers:`` are mixed per token into one target distribution (in probability space, see
+    :mod:`curate.distill.multi_teacher` for the definitions and sources)."""
+
+    mixing: Literal["fixed", "confidence", "agreement"] = Field(
+        "fixed", description="fixed: the prior weights; confidence: per example softmax(log w - mean "
+        "teacher entropy / tau) (entropy as confidence, EBKD, Kwon et al. 2020); agreement: per example "
+        "softmax(log w + mean log p_teacher(gold token) / tau) (weight by the gold-token probability, "
+        "MT-BERT / CA-MKD, Zhang et al. 2022)")
+    tau: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="temperature of the confidence/agreement "
+                       "softmax in nats; 0 = hard choice of the best teacher per example (the lowest mean "
+                       "entropy / the highest gold-token log-prob; ties split by the prior)")
+
+
 class DataSpec(_Strict):
     """Training text: jsonl files (``.jsonl``, ``.jsonl.gz``) or curate output folders (``part-*``).
 
@@ -261,6 +287,11 @@ class DistillConfig(_Strict):
     progress: bool = True
     plot: bool = Field(True, description="loss-curve PNG (needs matplotlib; skipped with a log line)")
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads on CPU")
+    teachers: list[TeacherEntry] | None = Field(
+        None, min_length=2, description="multi-teacher KD: the teachers mixed into one target (the first is "
+        "the reference: tokenizer, student base config, the main report; `teacher:` may then be omitted)")
+    multi_teacher: MultiTeacherSpec | None = Field(None, description="how `teachers` are mixed (default: fixed "
+                                                   "weights)")
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
@@ -273,6 +304,38 @@ class DistillConfig(_Strict):
         if self.teacher_signal.mode == "cache" and self.loss.name == "bild":
             raise ValueError("bild needs the dense teacher (its student-led half needs teacher logits at the "
                              "student's top-k ids); use teacher_signal.mode: online")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_teacher(cls, data: Any) -> Any:
+        """With ``teachers:`` and no ``teacher:``, the first teacher is the reference ``teacher``."""
+        if isinstance(data, dict) and data.get("teacher") is None and isinstance(data.get("teachers"), list) \
+                and data["teachers"] and isinstance(data["teachers"][0], dict):
+            data = {**data, "teacher": {k: v for k, v in data["teachers"][0].items() if k not in ("weight", "name")}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_teachers(self) -> DistillConfig:
+        if self.teachers is None:
+            if self.multi_teacher is not None:
+                raise ValueError("`multi_teacher` mixes the `teachers` list: give `teachers` (two or more)")
+            return self
+        first = ModelSpec(**self.teachers[0].model_dump(exclude={"weight", "name"}))
+        if first != self.teacher:
+            raise ValueError("`teacher` must be the first of `teachers` (the reference teacher) or be omitted")
+        for i, t in enumerate(self.teachers):
+            if t.from_teacher is not None:
+                raise ValueError(f"teachers[{i}]: `from_teacher` is for the student only")
+            if t.name is None:
+                t.name = f"t{i}"
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teachers: names must be distinct, got {names}")
+        if self.loss.name == "ce":
+            raise ValueError("`teachers` are mixed into a KD target; loss `ce` uses no teacher")
+        if self.data.order != "random":
+            raise ValueError(f"data.order '{self.data.order}' reads one teacher cache; not available with `teachers`")
         return self
 
     @classmethod
@@ -298,6 +361,11 @@ class DistillConfig(_Strict):
                 m.path = rel(m.path)
             if m.tokenizer:
                 m.tokenizer = rel(m.tokenizer)
+        for t in cfg.teachers or []:
+            if t.path:
+                t.path = rel(t.path)
+            if t.tokenizer:
+                t.tokenizer = rel(t.tokenizer)
         if cfg.teacher_signal.dir:
             cfg.teacher_signal.dir = rel(cfg.teacher_signal.dir)
         cfg.output_dir = rel(cfg.output_dir)

@@ -167,7 +167,7 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
     p = prepare(cfg)
     cache = None
     cache_info: dict[str, Any] | None = None
-    if cfg.teacher_signal.mode == "cache" and cfg.loss.name != "ce":
+    if cfg.teacher_signal.mode == "cache" and cfg.loss.name != "ce" and not cfg.teachers:
         cache = build_cache(cfg, p)
         cache_info = {k: cache.meta.get(k) for k in ("num_sequences", "num_tokens", "bytes_per_token", "build_seconds")}
     online = cfg.teacher_signal.mode == "online" or cfg.on_policy_fraction > 0
@@ -178,8 +178,15 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
         import torch
 
         t_train = copy.deepcopy(p.teacher).to(getattr(torch, cfg.teacher_signal.dtype))
+    multi = None
+    if cfg.teachers:  # multi-teacher KD: one signal mixing the teachers (curate.distill.multi_teacher)
+        from curate.distill.multi_teacher import MultiTeacher
+
+        multi = MultiTeacher.setup(cfg, p, t_train)
+        multi.make_signal(torch_device(cfg.device), autocast_dtype(cfg.precision, torch_device(cfg.device)))
     trainer = DistillTrainer(cfg, p.student, p.train, teacher=t_train if online or cache is None else None,
-                             cache=cache, eval_data=p.eval, vocab=p.vocab, pad_id=p.pad_id, eos_id=p.eos_id)
+                             cache=cache, eval_data=p.eval, vocab=p.vocab, pad_id=p.pad_id, eos_id=p.eos_id,
+                             signal=multi.signal if multi else None)
     if cfg.data.order != "random" and cache is not None:
         from curate.distill.modes_uncert import ORDERS, order_values
         from curate.models.topk_cache import cache_signals, curriculum
@@ -213,5 +220,12 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
                                     eos_id=p.eos_id, device=device))
         report = {"name": out.name, "eval": ev, "train": summary, "cache": cache_info,
                   "config": cfg.model_dump(mode="json"), "student_init": p.init}
+        if multi is not None:
+            from curate.distill.multi_teacher import contributions_markdown
+
+            report["teachers"] = multi.contributions(p.student, p.eval, device=device, pad_id=p.pad_id)
         write_report(out, report)
+        if multi is not None:
+            with open(out / "report.md", "a", encoding="utf-8") as f:
+                f.write(contributions_markdown(report["teachers"]))
     return DistillResult(out, summary, report)
