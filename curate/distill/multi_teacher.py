@@ -78,7 +78,7 @@ from curate.distill.signals import CachedTopK, MicroBatch, OnlineTeacher, Teache
 from curate.models.topk import TopK
 
 __all__ = ["MultiCachedTopK", "MultiOnline", "MultiTargets", "MultiTeacher", "dense_scores", "example_means",
-           "merge_topk", "mix_logprobs", "mixing_weights", "topk_scores"]
+           "merge_topk", "mix_logprobs", "mixing_weights", "online_signal", "topk_scores"]
 
 Autocast = Callable[[], contextlib.AbstractContextManager]
 
@@ -269,6 +269,25 @@ class MultiOnline:
         return MultiTargets(parts, w)
 
 
+def online_signal(models: list[Any], spec: MultiTeacherSpec, prior: torch.Tensor, *, vocab: int,
+                  device: torch.device, amp: torch.dtype | None = None, chunk: int = 1024) -> MultiOnline:
+    """A :class:`MultiOnline` over causal LMs ``models`` (moved to ``device``, frozen, eval mode; each with its
+    own scratch buffers), e.g. ``DistillTrainer(cfg, student, data, signal=online_signal(...))``."""
+    from curate.models.causal_lm import lm_parts
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if amp is None else torch.autocast(device.type, dtype=amp)
+
+    online = []
+    for m in models:
+        m = m.to(device).eval()
+        for q in m.parameters():
+            q.requires_grad_(False)
+        online.append(OnlineTeacher(m, vocab=vocab, device=device, parts=lm_parts(m), autocast=autocast, amp=amp,
+                                    scratch=Scratch(device)))
+    return MultiOnline(online, spec, prior, chunk=chunk)
+
+
 class MultiCachedTopK:
     """Cached multi-teacher signal: each teacher's top-k cache rows, merged (:func:`merge_topk`); batches
     without example indices (on-policy samples, held-out data) go to ``fallback``."""
@@ -354,20 +373,9 @@ class MultiTeacher:
     def make_signal(self, device: torch.device, amp: torch.dtype | None) -> Any:
         """The training signal on ``device`` (autocast to ``amp``, None = fp32): online teachers, or the merged
         caches with the online teachers as fallback (on-policy samples, held-out data)."""
-        from curate.models.causal_lm import lm_parts
-
-        def autocast() -> contextlib.AbstractContextManager:
-            return contextlib.nullcontext() if amp is None else torch.autocast(device.type, dtype=amp)
-
-        online = []
-        for m in self.train_models:
-            m = m.to(device).eval()
-            for q in m.parameters():
-                q.requires_grad_(False)
-            online.append(OnlineTeacher(m, vocab=self.vocab, device=device, parts=lm_parts(m), autocast=autocast,
-                                        amp=amp, scratch=Scratch(device)))
         spec = self.cfg.multi_teacher or MultiTeacherSpec()
-        on = MultiOnline(online, spec, self.prior, chunk=self.cfg.loss.chunk_tokens)
+        on = online_signal(self.train_models, spec, self.prior, vocab=self.vocab, device=device, amp=amp,
+                           chunk=self.cfg.loss.chunk_tokens)
         self.online = on
         self.signal = on if self.caches is None else MultiCachedTopK(self.caches, spec, self.prior, vocab=self.vocab,
                                                                       device=device, fallback=on)

@@ -424,3 +424,28 @@ def test_a_teacher_of_another_tokenizer_is_refused_with_a_pointer_to_cross_token
     cfg.teachers.append(cfg.teachers[1].model_copy(update={"path": str(c / "teacher"), "name": "other"}))
     with pytest.raises(ConfigError, match=r"teachers\[2\] \(other\) has another tokenizer.*cross-tokenizer KD"):
         distill(cfg)
+
+
+def test_readme_snippet_validates_and_its_settings_run(tmp_path, two_teachers):
+    """The ``teachers:`` YAML of examples/distill/README.md loads as written; then with the two tiny teachers
+    at its teacher paths it runs through ``distill`` (its mixing, loss and cached signal)."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    from curate.distill import distill
+
+    readme = (Path(__file__).resolve().parents[2] / "examples" / "distill" / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"^```yaml\n(.*?)^```", readme, re.S | re.M) if "teachers:" in b]
+    a, b = two_teachers
+    shutil.copy(a / "train.jsonl", tmp_path / "train.jsonl")
+    (tmp_path / "distill.yaml").write_text(snippet)
+    cfg = DistillConfig.from_yaml(tmp_path / "distill.yaml")
+    assert [t.name for t in cfg.teachers] == ["a", "b"] and cfg.multi_teacher.mixing == "agreement"
+    (tmp_path / "models").mkdir()
+    shutil.copytree(a / "teacher", tmp_path / "models" / "teacher-a")
+    shutil.copytree(b / "teacher", tmp_path / "models" / "teacher-b")
+    cfg.optim.max_steps, cfg.progress, cfg.plot, cfg.eval.samples = 2, False, False, 0
+    res = distill(cfg)
+    assert [t["name"] for t in res.report["teachers"]["teachers"]] == ["a", "b"]
+    assert (tmp_path / "cache" / "b" / "meta.json").exists()
