@@ -381,6 +381,13 @@ class MultiTeacher:
                                                                       device=device, fallback=on)
         return self.signal
 
+    def train_weights(self) -> list[float] | None:
+        """Mean mixing weight per teacher over the training tokens (cached rows and, through the fallback,
+        on-policy samples); None before any training step."""
+        stats = [self.online.stats] + ([self.signal.stats] if self.signal is not self.online else [])
+        tokens = sum(s.tokens for s in stats)
+        return (sum(s.weight_sum for s in stats) / tokens).tolist() if tokens else None
+
     @torch.no_grad()
     def contributions(self, student: Any, data: TokenData, *, device: torch.device, pad_id: int) -> dict[str, Any]:
         """Held-out contribution of each teacher (module docstring) with the training weights' rule."""
@@ -418,7 +425,7 @@ class MultiTeacher:
                     nll[t] -= float(lp.gather(-1, mb.labels[a:e, None]).sum())
                 kl_mix += float(forward_kl(s, mix_logprobs(lps, w)).sum())
             n_tok += mb.n
-        train_w = self.signal.stats.means() if self.signal is not None else None
+        train_w = self.train_weights()
         n = max(1, n_tok)
         rows = []
         for t, name in enumerate(self.names):

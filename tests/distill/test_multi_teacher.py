@@ -449,3 +449,16 @@ def test_readme_snippet_validates_and_its_settings_run(tmp_path, two_teachers):
     res = distill(cfg)
     assert [t["name"] for t in res.report["teachers"]["teachers"]] == ["a", "b"]
     assert (tmp_path / "cache" / "b" / "meta.json").exists()
+
+
+def test_on_policy_steps_with_cached_teachers_are_scored_online_and_counted(tmp_path, two_teachers):
+    from curate.distill import distill
+
+    a, b = two_teachers
+    cfg = _cfg(tmp_path / "run", a, b, multi_teacher={"mixing": "confidence"}, on_policy_fraction=1.0,
+               on_policy={"max_new_tokens": 4}, teacher_signal={"mode": "cache", "dir": str(tmp_path / "c"), "k": 4})
+    res = distill(cfg)
+    rows = [json.loads(x) for x in (res.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["on_policy"] for r in rows)
+    w = [t["mean_weight_train"] for t in res.report["teachers"]["teachers"]]
+    assert None not in w and sum(w) == pytest.approx(1.0)  # the rollouts went to the online teachers
