@@ -341,6 +341,8 @@ def two_teachers(tmp_path_factory):
     steps on the training answers with CE, so it is both surer and closer to the labels."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module-scoped: runs before the one_thread fixture (2 threads spin on a busy box)
     root = tmp_path_factory.mktemp("mt")
     a = make_tiny_teacher(root / "a", seed=0)
     b = make_tiny_teacher(root / "b", seed=1)
@@ -357,6 +359,7 @@ def two_teachers(tmp_path_factory):
         loss.backward()
         opt.step()
     m.save_pretrained(b / "teacher")
+    torch.set_num_threads(threads)
     return a, b
 
 
