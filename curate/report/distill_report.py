@@ -42,6 +42,12 @@ def distill_report(run_dir: str | Path) -> Page:
     if isinstance(base, dict):
         page.table(sec, ["baseline (" + str(base.get("name", "baseline")) + ")", "value"],
                    [[label, base.get(k)] for k, label in _PAIR_ROWS if k in base])
+    multi = rep.get("teachers")  # multi-teacher KD (curate.distill.multi_teacher): each teacher's contribution
+    if isinstance(multi, dict) and multi.get("teachers"):
+        page.table(sec, [f"teacher (mixing: {multi.get('mixing')})", "prior weight", "mean weight (train)",
+                         "mean weight (held-out)", "held-out ppl", "KL(teacher || student)"],
+                   [[r.get("name"), r.get("prior_weight"), r.get("mean_weight_train"), r.get("mean_weight_eval"),
+                     r.get("eval_ppl"), r.get("kl_teacher_student")] for r in multi["teachers"]])
 
     sec = page.section("Training curves", "curves")
     hist = _jsonl(run / "metrics.jsonl")

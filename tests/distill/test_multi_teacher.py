@@ -403,6 +403,11 @@ def test_distill_with_two_teachers_reports_each_contribution(tmp_path, two_teach
     assert rep["kl_mixture_student"] > 0
     md = (res.output_dir / "report.md").read_text()
     assert "## Teachers (mixing: " + mixing in md and "| trained |" in md and "KL(mixture || student)" in md
+    if mixing == "agreement":  # `curate report RUN_DIR` shows the teachers too
+        from curate.report.distill_report import distill_report
+
+        page = distill_report(res.output_dir).markdown()
+        assert "teacher (mixing: agreement)" in page and "trained" in page
     if signal == "cache":
         assert (tmp_path / "cache" / "rand" / "meta.json").exists() and (tmp_path / "cache" / "trained").is_dir()
         assert res.report["cache"] is None  # no single-teacher cache was built
