@@ -51,7 +51,9 @@ positive float).
 
 **Report**: ``report.json`` ``teachers`` (and a table in ``report.md``): per teacher its prior weight, its mean
 mixing weight over the training tokens and over the held-out tokens, its held-out perplexity and the
-held-out mean token KL(teacher || student); and KL(mixture || student).
+held-out mean token KL(teacher || student); and KL(mixture || student). The held-out figures use the loaded
+teachers (not the ``teacher_signal.dtype`` training copies); after ``--resume`` the training means cover the
+steps run since the resume.
 
 Same tokenizer required: a teacher with another token->id map is a ConfigError pointing at cross-tokenizer
 KD; logit rows padded differently are sliced to the shared vocabulary.
@@ -395,6 +397,13 @@ class MultiTeacher:
 
         ev = self.cfg.eval
         sig = self.online
+        if any(m is not t for m, t in zip(self.models, self.train_models, strict=True)):
+            # teacher_signal.dtype trained on reduced-precision copies; the report uses the loaded teachers
+            from curate.distill.trainer import autocast_dtype
+
+            sig = online_signal(self.models, self.cfg.multi_teacher or MultiTeacherSpec(), self.prior,
+                                vocab=self.vocab, device=device, amp=autocast_dtype(self.cfg.precision, device),
+                                chunk=self.cfg.loss.chunk_tokens)
         k = len(self.names)
         w_sum = torch.zeros(k, dtype=torch.float64)
         kl = torch.zeros(k, dtype=torch.float64)

@@ -375,15 +375,20 @@ def _cfg(root, a, b, **kw):
     return DistillConfig.model_validate(d)
 
 
+SIGNALS = {"online": {"mode": "online"}, "online-bf16": {"mode": "online", "dtype": "bfloat16"},
+           "cache": {"mode": "cache", "k": 4}}
+
+
 @pytest.mark.parametrize(("mixing", "signal"), [("fixed", "online"), ("confidence", "online"),
-                                                ("agreement", "online"), ("agreement", "cache")])
-def test_distill_with_two_teachers_reports_each_contribution(tmp_path, two_teachers, mixing, signal):
+                                                ("agreement", "online"), ("agreement", "cache"),
+                                                ("confidence", "online-bf16")])
+def test_distill_with_two_teachers_reports_each_contribution(tmp_path, two_teachers, mixing, signal, device="cpu"):
     from curate.distill import distill
 
     a, b = two_teachers
-    ts = {"mode": "cache", "dir": str(tmp_path / "cache"), "k": 4} if signal == "cache" else {"mode": "online"}
+    ts = SIGNALS[signal] | ({"dir": str(tmp_path / "cache")} if signal == "cache" else {})
     cfg = _cfg(tmp_path / "run", a, b, multi_teacher={"mixing": mixing, "tau": 1.0}, teacher_signal=ts,
-               loss={"name": "forward_kl", "alpha": 0.0})
+               loss={"name": "forward_kl", "alpha": 0.0}, device=device)
     if mixing == "fixed":
         cfg.teachers[0].weight = 3.0  # prior 0.75 : 0.25
     res = distill(cfg)
@@ -411,6 +416,14 @@ def test_distill_with_two_teachers_reports_each_contribution(tmp_path, two_teach
     if signal == "cache":
         assert (tmp_path / "cache" / "rand" / "meta.json").exists() and (tmp_path / "cache" / "trained").is_dir()
         assert res.report["cache"] is None  # no single-teacher cache was built
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("signal", ["online", "cache"])
+def test_distill_with_two_teachers_on_cuda(tmp_path, two_teachers, signal):
+    """The same run on CUDA (bf16 autocast by precision auto): devices of the weights, merge and report."""
+    test_distill_with_two_teachers_reports_each_contribution(tmp_path, two_teachers, "agreement", signal,
+                                                             device="cuda")
 
 
 def test_a_teacher_of_another_tokenizer_is_refused_with_a_pointer_to_cross_tokenizer_kd(tmp_path, two_teachers):
