@@ -20,6 +20,13 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         cfg.optim.max_steps = args.max_steps
     if args.no_progress:
         cfg.progress = False
+    if args.cache_only and cfg.teachers:  # one cache per teacher (curate.distill.multi_teacher)
+        from curate.distill.multi_teacher import build_caches
+
+        for cache in build_caches(cfg):
+            print(json.dumps({"cache": str(cache.dir), **{k: cache.meta.get(k) for k in
+                              ("num_sequences", "num_tokens", "bytes_per_token", "build_seconds")}}))
+        return 0
     if args.cache_only:
         cache = build_cache(cfg)
         print(json.dumps({"cache": str(cache.dir), **{k: cache.meta.get(k) for k in

@@ -79,7 +79,7 @@ from curate.distill.fused import Scratch
 from curate.distill.signals import CachedTopK, MicroBatch, OnlineTeacher, TeacherSignal, TopKTargets
 from curate.models.topk import TopK
 
-__all__ = ["MultiCachedTopK", "MultiOnline", "MultiTargets", "MultiTeacher", "dense_scores", "example_means",
+__all__ = ["MultiCachedTopK", "build_caches", "MultiOnline", "MultiTargets", "MultiTeacher", "dense_scores", "example_means",
            "merge_topk", "mix_logprobs", "mixing_weights", "online_signal", "topk_scores"]
 
 Autocast = Callable[[], contextlib.AbstractContextManager]
@@ -447,6 +447,20 @@ class MultiTeacher:
         spec = self.cfg.multi_teacher or MultiTeacherSpec()
         return {"mixing": spec.mixing, "tau": spec.tau, "signal": self.cfg.teacher_signal.mode,
                 "tokens_scored": n_tok, "kl_mixture_student": kl_mix / n, "teachers": rows}
+
+
+def build_caches(cfg: DistillConfig) -> list[Any]:
+    """``curate distill-cache`` for ``teachers:``: build (or reuse) one top-k cache per teacher under
+    ``teacher_signal.dir/<name>``; returns the TeacherCaches in teacher order."""
+    from curate.distill.run import prepare
+
+    if not cfg.teacher_signal.dir:
+        raise ConfigError("teacher_signal.dir is not set (where the caches go)")
+    p = prepare(cfg, need_student=False)
+    cached = cfg.model_copy(update={"teacher_signal": cfg.teacher_signal.model_copy(update={"mode": "cache"})})
+    mt = MultiTeacher.setup(cached, p, p.teacher)
+    assert mt.caches is not None
+    return mt.caches
 
 
 def contributions_markdown(rep: dict[str, Any]) -> str:

@@ -483,3 +483,23 @@ def test_on_policy_steps_with_cached_teachers_are_scored_online_and_counted(tmp_
     assert len(rows) == 3 and all(r["on_policy"] for r in rows)
     w = [t["mean_weight_train"] for t in res.report["teachers"]["teachers"]]
     assert None not in w and sum(w) == pytest.approx(1.0)  # the rollouts went to the online teachers
+
+
+def test_cli_distill_cache_builds_one_cache_per_teacher_that_distill_reuses(tmp_path, two_teachers, capsys):
+    import yaml
+
+    from curate.cli import main
+    from curate.distill import distill
+
+    a, b = two_teachers
+    cfg = _cfg(tmp_path / "run", a, b, teacher_signal={"mode": "cache", "dir": str(tmp_path / "c"), "k": 4})
+    p = tmp_path / "d.yaml"
+    p.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["distill-cache", str(p), "--no-progress"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [x["cache"] for x in lines] == [str(tmp_path / "c" / "rand"), str(tmp_path / "c" / "trained")]
+    assert all(x["num_sequences"] == 32 for x in lines)  # 40 examples, 8 held out
+    metas = [tmp_path / "c" / n / "meta.json" for n in ("rand", "trained")]
+    before = [m.stat().st_mtime_ns for m in metas]
+    distill(cfg)
+    assert [m.stat().st_mtime_ns for m in metas] == before  # reused, not rebuilt
