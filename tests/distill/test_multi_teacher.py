@@ -503,3 +503,17 @@ def test_cli_distill_cache_builds_one_cache_per_teacher_that_distill_reuses(tmp_
     before = [m.stat().st_mtime_ns for m in metas]
     distill(cfg)
     assert [m.stat().st_mtime_ns for m in metas] == before  # reused, not rebuilt
+
+
+def test_multi_teacher_composes_with_uncertainty_weighting(tmp_path, two_teachers):
+    """``loss.token_weighting`` (curate.distill.modes_uncert) wraps whatever signal the run has: here the
+    teachers' mixture, whose entropy then weights each token's KD term."""
+    from curate.distill import distill
+
+    a, b = two_teachers
+    cfg = _cfg(tmp_path / "run", a, b, multi_teacher={"mixing": "agreement"},
+               loss={"name": "forward_kl", "alpha": 0.0, "token_weighting": "teacher_entropy"})
+    res = distill(cfg)
+    w = [t["mean_weight_train"] for t in res.report["teachers"]["teachers"]]
+    assert sum(w) == pytest.approx(1.0) and w[1] > 0.6
+    assert all(r["kd"] > 0 for r in map(json.loads, (res.output_dir / "metrics.jsonl").read_text().splitlines()))
