@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from curate.core.operator import UID, FitContext
 from curate.core.registry import register
+from curate.models.kcenter import kcenter_greedy as _kcenter_greedy
 from curate.selectors._features import FeatureSource, features, resolve_source
 from curate.selectors._threads import single_threaded
 from curate.selectors.base import _SELECTED, Selector, SelectParams
@@ -31,41 +32,10 @@ def _sqdist(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 def kcenter_greedy(X: np.ndarray, k: int | None = None, *, radius: float | None = None, first: int = 0,
                    tokens: np.ndarray | None = None, budget: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy k-center (Gonzalez 1985; Sener & Savarese 2018 "core-set"): start at ``first``, repeatedly
-    add the point farthest from the chosen set. Its radius is at most twice the optimum.
-
-    Stops after ``k`` centres, when the coverage radius is <= ``radius``, or before the chosen points'
-    ``tokens`` would exceed ``budget``. Returns (chosen indices in order, distance of each to the set when
-    chosen - the first centre gets its own coverage radius -, every point's final distance to the set).
-    """
-    X = np.asarray(X, dtype=np.float64)
-    n = len(X)
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
-    sq = (X * X).sum(1)
-
-    def dist_to(c: int) -> np.ndarray:
-        return np.sqrt(np.maximum(sq + sq[c] - 2.0 * (X @ X[c]), 0.0))
-
+    """Greedy k-center (:func:`curate.models.kcenter.kcenter_greedy`, the one kernel) with BLAS limited to one
+    thread: many tiny products, where thread hand-offs dominate on a loaded machine."""
     with single_threaded():
-        d = dist_to(first)
-        d[first] = 0.0
-        chosen, gains = [first], [float(d.max())]
-        used = float(tokens[first]) if tokens is not None else 0.0
-        while True:
-            nxt = int(np.argmax(d))
-            g = float(d[nxt])
-            if (k is not None and len(chosen) >= k) or (radius is not None and g <= radius) or g <= 0.0:
-                break
-            if tokens is not None and budget is not None:
-                if used + tokens[nxt] > budget:
-                    break
-                used += float(tokens[nxt])
-            chosen.append(nxt)
-            gains.append(g)
-            d = np.minimum(d, dist_to(nxt))
-            d[nxt] = 0.0
-    return np.asarray(chosen, dtype=np.int64), np.asarray(gains), d
+        return _kcenter_greedy(X, k, radius=radius, first=first, tokens=tokens, budget=budget)
 
 
 def _sim(A: np.ndarray, V: np.ndarray) -> np.ndarray:
