@@ -264,6 +264,75 @@ class EvalSpec(_Strict):
     sample_tokens: int = Field(48, ge=1, description="max new tokens per greedy answer")
 
 
+DatasetDistillMethod = Literal["random", "kcenter", "random_kd", "sre2l", "gm", "dm"]
+
+
+class GradientMatchSpec(_Strict):
+    """Gradient matching (DC, Zhao, Mopuri & Bilen ICLR 2021; VICO-UoE/DatasetCondensation ``main.py``): per
+    iteration a freshly initialised student; ``outer_loop`` times: one step on the synthetic set towards equal
+    layer-wise gradients on a real batch, then ``inner_loop`` SGD steps of the student on the synthetic set."""
+
+    iterations: int = Field(20, ge=1, description="fresh student initialisations (DC: Iteration 1000 for images; "
+                            "20 keeps a CPU run of a tiny student near a minute)")
+    outer_loop: int = Field(5, ge=1, description="synthetic-set updates per initialisation (DC get_loops: 10 at "
+                            "10 images/class, 50 at 50)")
+    inner_loop: int = Field(5, ge=0, description="student SGD steps on the synthetic set between them (DC "
+                            "get_loops: 50 at 10 images/class, 10 at 50)")
+    lr: float = Field(0.1, gt=0, description="Adam lr of the soft-token logits (DC: SGD lr_img 0.1, momentum 0.5, "
+                      "on pixels; logit gradients are orders of magnitude smaller and setup-dependent -- SGD at lr "
+                      "1 did not move the char-level set -- so Adam, which is scale-free)")
+    lr_net: float = Field(0.01, gt=0, description="SGD lr (momentum 0.5) of the inner student steps (DC lr_net)")
+    batch_real: int = Field(64, ge=1, description="real sequences per gradient (DC batch_real 256 images)")
+
+
+class DistributionMatchSpec(_Strict):
+    """Distribution matching (DM, Zhao & Bilen WACV 2023; ``main_DM.py`` / ``main_DM_text.py``): per iteration a
+    freshly initialised, untrained student embeds real and synthetic sequences; the synthetic set moves to
+    make the mean embeddings equal (linear-kernel MMD)."""
+
+    iterations: int = Field(200, ge=1, description="random embedding networks (DM: 20000 images, 10000 text)")
+    lr: float = Field(0.1, gt=0, description="Adam lr of the soft-token logits (DM: SGD lr_img 1.0, momentum 0.5, on "
+                      "pixels / token embeddings; Adam for the reason in gm.lr: measured MMD 0.023 -> 0.023 with SGD "
+                      "lr 1, -> 0.007 with Adam 0.1, 100 iterations)")
+    batch_real: int = Field(64, ge=1, description="real sequences per mean embedding (DM batch_real 256)")
+
+
+class DatasetDistillSpec(_Strict):
+    """Dataset distillation for text (:mod:`curate.distill.dataset_distill`): learn ``size`` synthetic
+    soft-token sequences (``gm``, ``dm``), or pick ``size`` real ones (``random``, ``kcenter``, ``sre2l``), train
+    one student per method from the same initialisation for ``optim`` steps, and report held-out KL to the
+    teacher and perplexity side by side."""
+
+    methods: list[DatasetDistillMethod] = Field(
+        ["random", "kcenter", "sre2l", "gm", "dm"], min_length=1,
+        description="random / kcenter: a random subset / k-center coreset trained on its hard labels (CE); "
+        "random_kd / sre2l: the same subsets relabelled by the teacher (cached top-k KD; SRe2L = the coreset, "
+        "Yin et al. 2023); gm / dm: synthetic soft-token sequences with teacher soft labels")
+    size: int = Field(16, ge=1, description="sequences in every set (synthetic or selected): the compared budget")
+    seq_len: int | None = Field(None, ge=2, description="tokens per synthetic sequence (default: the median "
+                                "training sequence length)")
+    init: Literal["real", "noise"] = Field("real", description="synthetic start: random real sequences (DM "
+                                           "default) or random logits (DC default; 'similar performance')")
+    init_prob: float = Field(0.9, gt=0.0, lt=1.0, description="init real: probability of the real token in each "
+                             "soft token (the rest spread uniformly)")
+    labels: Literal["teacher", "learned"] = Field(
+        "teacher", description="teacher: the teacher's next-token distribution on the synthetic inputs, "
+        "recomputed as they move (SRe2L-style relabelling); learned: free label logits optimised by gm too "
+        "(Sucholutsky & Schonlau 2021 soft labels; dm has no label term)")
+    pool: int | None = Field(4096, ge=1, description="training sequences (a seeded sample) that the coreset and the "
+                             "real batches draw from (null: all)")
+    temperature: float = Field(1.0, gt=0, description="KD temperature of the soft-label methods (SRe2L train_KD.py "
+                               "uses 3 for ImageNet classifiers; 1 = the teacher's own next-token distribution)")
+    gm: GradientMatchSpec = GradientMatchSpec()
+    dm: DistributionMatchSpec = DistributionMatchSpec()
+
+    @model_validator(mode="after")
+    def _labels(self) -> DatasetDistillSpec:
+        if self.labels == "learned" and "gm" not in self.methods:
+            raise ValueError("dataset_distill.labels 'learned' is learned by gm only; add gm to methods")
+        return self
+
+
 class DistillConfig(_Strict):
     """The schema of ``distill.yaml`` (see module docstring)."""
 
@@ -292,6 +361,8 @@ class DistillConfig(_Strict):
         "the reference: tokenizer, student base config, the main report; `teacher:` may then be omitted)")
     multi_teacher: MultiTeacherSpec | None = Field(None, description="how `teachers` are mixed (default: fixed "
                                                    "weights)")
+    dataset_distill: DatasetDistillSpec | None = Field(
+        None, description="run dataset distillation (gm, dm, sre2l and subset baselines) instead of one KD run")
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:

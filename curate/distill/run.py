@@ -165,6 +165,10 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     p = prepare(cfg)
+    if cfg.dataset_distill is not None:  # dataset distillation: its own comparison of sets (and its report)
+        from curate.distill.dataset_distill import run_dataset_distill
+
+        return run_dataset_distill(cfg, p)
     cache = None
     cache_info: dict[str, Any] | None = None
     if cfg.teacher_signal.mode == "cache" and cfg.loss.name != "ce" and not cfg.teachers:
