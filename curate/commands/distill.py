@@ -33,6 +33,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
                           ("num_sequences", "num_tokens", "bytes_per_token", "build_seconds")}}))
         return 0
     res = distill(cfg, resume=args.resume)
+    if res.report.get("kind") == "dataset_distill":  # a comparison of sets: the table is the result
+        print((res.output_dir / "report.md").read_text(encoding="utf-8"))
+        print(f"report: {res.output_dir / 'report.md'}  sets: {res.output_dir / 'synthetic'}")
+        return 0
     if res.report:
         print((res.output_dir / "report.md").read_text(encoding="utf-8"))
     print(f"student: {res.output_dir / 'student'}  report: {res.output_dir / 'report.md'}  "

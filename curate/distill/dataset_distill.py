@@ -16,7 +16,8 @@ relabelling applied to learned data) or free label logits learned by gradient ma
 learned``, the learned soft labels of Sucholutsky & Schonlau 2021). The soft-label loss is the KD loss
 ``T^2 * KL(p_T^T || p_S^T)`` (:func:`curate.distill.losses.forward_kl`'s KL). Memory is ``size x L x V``
 floats for the set (plus as much for the labels): fine for character or small vocabularies; a 50k
-vocabulary at 16 x 128 is 400 MB.
+vocabulary at 16 x 128 is 400 MB. A synthetic sequence has a label at every position (it has no prompt);
+real subsets keep their data's prompt/response split (loss on the response only).
 
 **Gradient matching** (DC; Zhao, Mopuri & Bilen, ICLR 2021, Algorithm 1; VICO-UoE/DatasetCondensation
 ``main.py``/``utils.py``). For ``iterations`` fresh initialisations theta_0 of the student; ``outer_loop``

@@ -287,3 +287,41 @@ def test_soft_label_loss_is_the_kd_loss():
     y = t.clone().requires_grad_(True)
     _kd(s, y, None, 1.0).backward()
     assert y.grad is not None and float(y.grad.abs().sum()) > 0
+
+
+def _tiny_cfg(root: Path, out: Path, **dd) -> dict:
+    return {"teacher": {"path": str(root / "teacher")},
+            "student": {"from_config": {"base": "teacher", "num_hidden_layers": 1, "hidden_size": 16,
+                                        "intermediate_size": 32}},
+            "data": {"train": [str(root / "train.jsonl")], "prompt_field": "q", "response_field": "a",
+                     "template": "{prompt} {response}", "eval_fraction": 0.2, "max_len": 24},
+            "output_dir": str(out), "optim": {"max_steps": 3, "batch_size": 4}, "progress": False, "plot": False,
+            "threads": 1, "dataset_distill": {"size": 4, "gm": {"iterations": 1, "outer_loop": 2, "inner_loop": 1,
+                                                                "batch_real": 8},
+                                              "dm": {"iterations": 3, "batch_real": 8}} | dd}
+
+
+def test_cli_distill_prints_the_comparison(tmp_path, capsys, one_thread):
+    import yaml
+
+    from curate.cli import main
+
+    root = make_tiny_teacher(tmp_path, examples=30)
+    p = tmp_path / "dd.yaml"
+    p.write_text(yaml.safe_dump(_tiny_cfg(root, tmp_path / "out", methods=["random", "dm"])))
+    assert main(["distill", str(p), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| random | 4 |" in out and "| dm | 4 |" in out and "synthetic" in out
+    assert (tmp_path / "out" / "synthetic" / "dm.safetensors").exists()
+
+
+@pytest.mark.gpu
+def test_every_method_runs_on_cuda(tmp_path):
+    from curate.distill import distill
+
+    root = make_tiny_teacher(tmp_path, examples=30)
+    cfg = DistillConfig.model_validate(_tiny_cfg(root, tmp_path / "out", methods=["kcenter", "sre2l", "gm", "dm"])
+                                       | {"device": "cuda"})
+    rep = distill(cfg).report
+    assert [r["method"] for r in rep["table"]] == ["kcenter", "sre2l", "gm", "dm"]
+    assert all(r["kl_teacher_student"] > 0 for r in rep["table"])
