@@ -78,10 +78,11 @@ def main() -> None:
                    "warmup_steps": 10, "batch_size": 8 if "dataset_distill" in kw else 12, "max_steps": steps,
                    "clip": 1.0}))
 
-    WORK.mkdir(parents=True, exist_ok=True)
+    work = WORK / f"seed{args.seed}"
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     teacher = make(4, 4, 128, seed=0)
-    DistillTrainer(config(WORK / "teacher", {"name": "ce"}, args.teacher_steps), teacher, train).train()
+    DistillTrainer(config(work / "teacher", {"name": "ce"}, args.teacher_steps), teacher, train).train()
     teacher.eval()
     t_teacher = time.perf_counter() - t0
 
@@ -90,7 +91,7 @@ def main() -> None:
     dd = {"size": args.size, "pool": args.pool, "methods": ["random", "kcenter", "random_kd", "sre2l", "gm", "dm"],
           "gm": {"iterations": args.gm_iterations, "outer_loop": 5, "inner_loop": 5, "batch_real": 64},
           "dm": {"iterations": args.dm_iterations, "batch_real": 64}}
-    cfg = config(WORK / "run", {"name": "forward_kl", "alpha": 0.0}, args.steps, dataset_distill=dd,
+    cfg = config(work / "run", {"name": "forward_kl", "alpha": 0.0}, args.steps, dataset_distill=dd,
                  eval={"batch_size": 16})
     p = Prepared(teacher=teacher, student=student, tokenizer=None, train=train, eval=held, vocab=V, pad_id=0, eos_id=None)
     t1 = time.perf_counter()
@@ -102,7 +103,7 @@ def main() -> None:
     for name, loss in (("full data, hard labels", {"name": "ce"}), ("full data, teacher KD", {"name": "forward_kl", "alpha": 0.0})):
         s = make(1, 2, 32, seed=1)
         s.load_state_dict(init)
-        rc = config(WORK / name.replace(" ", "_").replace(",", ""), loss, args.steps, dataset_distill=dd)
+        rc = config(work / name.replace(" ", "_").replace(",", ""), loss, args.steps, dataset_distill=dd)
         rc.dataset_distill = None
         DistillTrainer(rc, s, train, teacher=teacher if loss["name"] != "ce" else None).train()
         ev = evaluate_models(s, teacher, held, device=torch.device("cpu"), vocab=V, batch_size=16)
@@ -127,7 +128,7 @@ def main() -> None:
               f"{r['top1_agreement']:.4f} | - | - |")
     print(f"\nwall {total:.0f} s (teacher {t_teacher:.0f} s, sets + students {t_sets:.0f} s); "
           f"load average {os.getloadavg()[0]:.1f}; report: {res.output_dir / 'report.md'}")
-    (WORK / "bench.json").write_text(json.dumps({"rows": rows, "reference": ref_rows, "args": vars(args),
+    (work / "bench.json").write_text(json.dumps({"rows": rows, "reference": ref_rows, "args": vars(args),
                                                  "wall_s": total, "loadavg": os.getloadavg()}, indent=1, default=str))
 
 

@@ -445,12 +445,16 @@ def _train_subset(cfg: DistillConfig, p: Prepared, student: Any, subset: TokenDa
         k = min(cfg.teacher_signal.k, p.vocab)
         update["loss"] = LossSpec(name="forward_kl", alpha=0.0, temperature=spec.temperature,
                                   chunk_tokens=cfg.loss.chunk_tokens)
-        update["teacher_signal"] = TeacherSignalSpec(mode="cache", dir=str(arm / "cache"), k=k)
+        # one cache per subset: a rerun with other settings picks other sequences and must not hit a cache
+        # of different data (build_teacher_cache refuses that)
+        fp = subset.fingerprint()
+        cdir = arm / f"cache-{fp[:16]}"
+        update["teacher_signal"] = TeacherSignalSpec(mode="cache", dir=str(cdir), k=k)
         seqs = subset.seqs
         bs = 16
         tc = time.perf_counter()
         cache = build_teacher_cache(teacher_backend(cfg, p), (seqs[i:i + bs] for i in range(0, len(seqs), bs)),
-                                    arm / "cache", k, max_len=cfg.data.max_len, dataset_fingerprint=subset.fingerprint(),
+                                    cdir, k, max_len=cfg.data.max_len, dataset_fingerprint=fp,
                                     pad_id=p.pad_id)
         cache_s = time.perf_counter() - tc
     else:

@@ -325,3 +325,17 @@ def test_every_method_runs_on_cuda(tmp_path):
     rep = distill(cfg).report
     assert [r["method"] for r in rep["table"]] == ["kcenter", "sre2l", "gm", "dm"]
     assert all(r["kl_teacher_student"] > 0 for r in rep["table"])
+
+
+def test_rerun_with_another_size_relabels_its_own_subset(tmp_path, one_thread):
+    """A second run into the same output dir with another set size builds a new relabelling cache instead of
+    failing on the first run's (a cache of other data is refused by build_teacher_cache)."""
+    from curate.distill import distill
+
+    root = make_tiny_teacher(tmp_path, examples=30)
+    for size in (4, 5):
+        cfg = _tiny_cfg(root, tmp_path / "out", methods=["sre2l"])
+        cfg["dataset_distill"]["size"] = size
+        rep = distill(DistillConfig.model_validate(cfg)).report
+        assert rep["table"][0]["sequences"] == size
+    assert len(list((tmp_path / "out" / "sre2l").glob("cache-*"))) == 2
