@@ -365,6 +365,12 @@ class DistillConfig(_Strict):
         None, description="run dataset distillation (gm, dm, sre2l and subset baselines) instead of one KD run")
 
     @model_validator(mode="after")
+    def _one_teacher_for_dataset_distill(self) -> DistillConfig:
+        if self.dataset_distill is not None and self.teachers:
+            raise ValueError("dataset_distill labels its sets with one teacher: give `teacher`, not `teachers`")
+        return self
+
+    @model_validator(mode="after")
     def _check(self) -> DistillConfig:
         if self.on_policy_fraction > 0 and self.loss.name == "ce":
             raise ValueError("on_policy_fraction > 0 needs a teacher loss, not `ce`")

@@ -339,3 +339,10 @@ def test_rerun_with_another_size_relabels_its_own_subset(tmp_path, one_thread):
         rep = distill(DistillConfig.model_validate(cfg)).report
         assert rep["table"][0]["sequences"] == size
     assert len(list((tmp_path / "out" / "sre2l").glob("cache-*"))) == 2
+
+
+def test_dataset_distill_refuses_several_teachers():
+    base = {"student": {"path": "s"}, "data": {"train": ["x"]}, "output_dir": "o", "dataset_distill": {"size": 4},
+            "teachers": [{"path": "a"}, {"path": "b"}]}
+    with pytest.raises(ValueError, match="one teacher"):
+        DistillConfig.model_validate(base)
