@@ -176,7 +176,7 @@ class DataSpec(_Strict):
 
 
 LossName = Literal["forward_kl", "reverse_kl", "generalized_jsd", "skew_kl", "skew_reverse_kl",
-                   "bild", "hinton", "ce"]
+                   "bild", "hinton", "ce", "uld"]
 
 
 class LossSpec(_Strict):
@@ -237,6 +237,44 @@ class OnPolicy(_Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1.0)
     prompt_tokens: int = Field(32, ge=1, description="text data: the first N tokens act as the prompt")
+
+
+class CrossTokenizer(_Strict):
+    """Teacher and student with different tokenizers (``loss.name: uld``; :mod:`curate.distill.xtok`): each
+    example's text is tokenised by both, the teacher scores its own tokens, and the student is trained on
+    ``alpha * CE + (1 - alpha) * ULD`` (Boizard et al. 2024), ULD being the L1 distance between the sorted
+    probability vectors of the aligned teacher and student predictions."""
+
+    alignment: Literal["spans", "position"] = Field(
+        "spans", description="spans: GOLD (TRL GOLDTrainer, use_extended_uld=True, its default) -- tokens grouped "
+        "where both tokenizations end at the same character, a group's probabilities merged by the chain rule; "
+        "position: the ULD reference code (Nicolas-BZRD/llm-recipes) -- the k-th predicted response token of one "
+        "paired with the k-th of the other, cut to the shorter")
+    skip_eos: bool = Field(False, description="leave the end-of-sequence predictions out of the loss (the ULD "
+                           "reference's skip_student_eos/skip_teacher_eos default False; TRL GOLD defaults True)")
+    teacher_max_len: int = Field(1024, ge=8, description="the teacher's tokens per example are cut to this many "
+                                 "(its tokenization may be longer than the student's data.max_len)")
+
+
+class HiddenStates(_Strict):
+    """Hidden-state KD as DistillKit's ``hs_mse`` / ``hs_cosine`` (:mod:`curate.distill.hidden`): chosen student
+    hidden states are mapped to teacher hidden states through learned linear projections (trained with the
+    student, saved in the checkpoint, not in the exported student) and ``weight * loss`` is added to the
+    logit loss; linear CKA of each pair is reported before and after training."""
+
+    layers: list[tuple[int, int]] | Literal["uniform"] = Field(
+        ..., description="(student, teacher) indices into the models' hidden states as transformers' "
+        "output_hidden_states numbers them (0: the input of the first decoder layer, i: the output of layer i, "
+        "the last one after the final norm), as DistillKit's layer_mapping; 'uniform': every student layer i "
+        "to teacher layer round(i * L_teacher / L_student)")
+    loss: Literal["cosine", "mse"] = Field("cosine", description="cosine: mean of 1 - cos(W s, t) over tokens; "
+                                           "mse: mean of (W s - t)^2 over tokens and dimensions (DistillKit)")
+    weight: float = Field(0.25, ge=0.0, description="weight of the hidden-state term in the total loss (DistillKit "
+                          "README's example mix: cross_entropy 0.25, kl 0.5, hs_cosine 0.25)")
+    projection: Literal["auto", "always"] = Field(
+        "auto", description="auto: a projection only when the widths differ (DistillKit; else identity); always: "
+        "a learned projection even for equal widths (DistillKit force_hidden_state_projection)")
+    cka_examples: int = Field(64, ge=2, description="held-out examples whose hidden states give the reported CKA")
 
 
 class OptimSpec(_Strict):
@@ -363,6 +401,11 @@ class DistillConfig(_Strict):
                                                    "weights)")
     dataset_distill: DatasetDistillSpec | None = Field(
         None, description="run dataset distillation (gm, dm, sre2l and subset baselines) instead of one KD run")
+    cross_tokenizer: CrossTokenizer | None = Field(
+        None, description="teacher and student with different tokenizers (needs loss.name: uld)")
+    hidden_states: HiddenStates | None = Field(
+        None, description="hidden-state KD: projected student layers matched to teacher layers")
+
 
     @model_validator(mode="after")
     def _one_teacher_for_dataset_distill(self) -> DistillConfig:
@@ -381,6 +424,7 @@ class DistillConfig(_Strict):
         if self.teacher_signal.mode == "cache" and self.loss.name == "bild":
             raise ValueError("bild needs the dense teacher (its student-led half needs teacher logits at the "
                              "student's top-k ids); use teacher_signal.mode: online")
+        self._check_modes()
         return self
 
     @model_validator(mode="before")
@@ -414,6 +458,30 @@ class DistillConfig(_Strict):
         if self.data.order != "random":
             raise ValueError(f"data.order '{self.data.order}' reads one teacher cache; not available with `teachers`")
         return self
+
+    def _check_modes(self) -> None:
+        """Cross-tokenizer and hidden-state KD need the online teacher on its own tokens / the same tokens."""
+        if self.teachers and (self.cross_tokenizer is not None or self.hidden_states is not None):
+            raise ValueError("cross_tokenizer / hidden_states read one online teacher; not available with `teachers`")
+        if self.cross_tokenizer is not None and (self.loss.token_weighting != "none" or self.loss.teacher_prior != "none"):
+            raise ValueError("loss.token_weighting / teacher_prior weight a token-level divergence; ULD has none")
+        if (self.loss.name == "uld") != (self.cross_tokenizer is not None):
+            raise ValueError("loss.name 'uld' and the `cross_tokenizer` section go together (ULD is the "
+                             "cross-tokenizer loss; same-tokenizer runs use the other losses)")
+        if self.cross_tokenizer is not None:
+            if self.teacher_signal.mode != "online" or self.on_policy_fraction > 0:
+                raise ValueError("cross_tokenizer needs teacher_signal.mode: online and on_policy_fraction 0 (the "
+                                 "teacher scores its own tokenization of each training text)")
+            if self.data.mode == "rationale" or self.data.order != "random" or self.student.from_teacher is not None:
+                raise ValueError("cross_tokenizer works with plain text or prompt/response data, random order and "
+                                 "a student with its own tokenizer (not from_teacher)")
+            if self.hidden_states is not None:
+                raise ValueError("hidden_states needs the same tokens in teacher and student; it cannot be "
+                                 "combined with cross_tokenizer")
+        if self.hidden_states is not None:
+            if self.teacher_signal.mode != "online" or self.loss.name == "ce":
+                raise ValueError("hidden_states needs the online teacher (teacher_signal.mode: online and a "
+                                 "teacher loss, not `ce`): its hidden states are read from its forward")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DistillConfig:

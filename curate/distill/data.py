@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,25 +120,9 @@ def tokenize_records(df: pl.DataFrame, tokenizer: Any, spec: DataSpec) -> TokenD
         df = rationale_frame(df, spec)
         tasks_in = df["__task"].to_list()
         spec = spec.model_copy(update={"mode": "auto", "prompt_field": "__prompt", "response_field": "__response"})
-    if spec.prompt_field:
-        for f in (spec.prompt_field, spec.response_field):
-            if f not in df.columns:
-                raise ConfigError(f"data: field '{f}' not in the data (columns: {df.columns})")
-        pre, _, _ = spec.template.partition("{response}")
-        df = df.filter(pl.col(spec.prompt_field).is_not_null() & pl.col(spec.response_field).is_not_null())
-        prompts = [pre.format(prompt=p) for p in df[spec.prompt_field].cast(pl.Utf8).to_list()]
-        fulls = [spec.template.format(prompt=p, response=r) for p, r in
-                 zip(df[spec.prompt_field].cast(pl.Utf8).to_list(), df[spec.response_field].cast(pl.Utf8).to_list(),
-                     strict=True)]
-        p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        f_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"]
-    else:
-        if spec.text_field not in df.columns:
-            raise ConfigError(f"data: field '{spec.text_field}' not in the data (columns: {df.columns}); "
-                              "set data.text_field, or prompt_field + response_field")
-        texts = df.filter(pl.col(spec.text_field).is_not_null())[spec.text_field].cast(pl.Utf8).to_list()
-        f_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        p_ids = [[] for _ in f_ids]
+    prompts, fulls = record_texts(df, spec)
+    f_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"]
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if spec.prompt_field else [[] for _ in f_ids]
     seqs: list[list[int]] = []
     n_prompt: list[int] = []
     task: list[int] = []
@@ -155,6 +139,27 @@ def tokenize_records(df: pl.DataFrame, tokenizer: Any, spec: DataSpec) -> TokenD
     if not seqs:
         raise InputError("no usable examples after tokenisation (all empty, or prompts longer than max_len)")
     return TokenData(seqs, n_prompt, task)
+
+
+def record_texts(df: pl.DataFrame, spec: DataSpec) -> tuple[list[str], list[str]]:
+    """(prompt part, full text) of each usable row: ``template`` over prompt/response (rows lacking either are
+    left out), or ``text_field`` (prompt parts empty)."""
+    if spec.prompt_field:
+        for f in (spec.prompt_field, spec.response_field):
+            if f not in df.columns:
+                raise ConfigError(f"data: field '{f}' not in the data (columns: {df.columns})")
+        pre, _, _ = spec.template.partition("{response}")
+        df = df.filter(pl.col(spec.prompt_field).is_not_null() & pl.col(spec.response_field).is_not_null())
+        prompts = [pre.format(prompt=p) for p in df[spec.prompt_field].cast(pl.Utf8).to_list()]
+        fulls = [spec.template.format(prompt=p, response=r) for p, r in
+                 zip(df[spec.prompt_field].cast(pl.Utf8).to_list(), df[spec.response_field].cast(pl.Utf8).to_list(),
+                     strict=True)]
+        return prompts, fulls
+    if spec.text_field not in df.columns:
+        raise ConfigError(f"data: field '{spec.text_field}' not in the data (columns: {df.columns}); "
+                          "set data.text_field, or prompt_field + response_field")
+    texts = df.filter(pl.col(spec.text_field).is_not_null())[spec.text_field].cast(pl.Utf8).to_list()
+    return ["" for _ in texts], texts
 
 
 def rationale_frame(df: pl.DataFrame, spec: DataSpec) -> pl.DataFrame:
@@ -189,14 +194,19 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def load_data(spec: DataSpec, tokenizer: Any, seed: int) -> tuple[TokenData, TokenData]:
     """Train and held-out :class:`TokenData` per the spec (split is a seeded shuffle of the rows)."""
+    return split_data(spec, seed, lambda df: tokenize_records(df, tokenizer, spec))
+
+
+def split_data(spec: DataSpec, seed: int, tokenize: Callable[[pl.DataFrame], TokenData]) -> tuple[TokenData, TokenData]:
+    """Train and held-out data of ``tokenize`` over the spec's files (the held-out split is a seeded shuffle)."""
     import torch
 
     df = read_records(spec.train)
     if spec.max_examples is not None:
         df = df.head(spec.max_examples)
-    data = tokenize_records(df, tokenizer, spec)
+    data = tokenize(df)
     if spec.eval:
-        ev = tokenize_records(read_records(spec.eval), tokenizer, spec)
+        ev = tokenize(read_records(spec.eval))
         tr = data
     else:
         g = torch.Generator().manual_seed(seed + 7919)

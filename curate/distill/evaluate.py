@@ -136,7 +136,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
     for key, label in (("params", "parameters"), ("ppl", "held-out perplexity"), ("nll", "held-out NLL (nats/token)"),
                        ("ece", "ECE (15 bins)"), ("tokens_per_s", "eval forward tokens/s"),
                        ("peak_memory_mb", "peak memory MiB")):
-        lines.append(f"| {label} | {_f(t.get(key, '-'))} | {_f(s.get(key))} |")
+        if key in s or key in t:  # a mode's own report may not have every metric (cross-tokenizer: no shared ids)
+            lines.append(f"| {label} | {_f(t.get(key, '-'))} | {_f(s.get(key))} |")
     lines += ["", "| teacher vs student | value |", "|---|---|"]
     for key, label in (("retention_ppl", "performance retention (teacher ppl / student ppl)"),
                        ("retention_nll", "retention on NLL (teacher / student)"),

@@ -37,6 +37,7 @@ class Prepared:
     pad_id: int
     eos_id: int | None
     init: dict[str, Any] | None = None   # how the student was initialised from the teacher (pruning info)
+    teacher_tokenizer: Any = None        # cross_tokenizer runs: the teacher's own (``tokenizer`` is the student's)
 
 
 def _as_config(cfg: DistillConfig | dict | str | Path) -> DistillConfig:
@@ -62,6 +63,11 @@ def prepare(cfg: DistillConfig, need_student: bool = True) -> Prepared:
     log.info("teacher loaded in %.1f s", time.perf_counter() - t0)
     if t_tok is None:
         raise ConfigError("the teacher has no tokenizer: give teacher.tokenizer")
+    if cfg.cross_tokenizer is not None:  # the student keeps its own tokenizer (curate.distill.xtok)
+        from curate.distill.xtok import prepare_cross
+
+        student, s_tok, tr, ev, rows, pad = prepare_cross(cfg, teacher, t_tok)
+        return Prepared(teacher, student, s_tok, tr, ev, rows, pad, s_tok.eos_token_id, teacher_tokenizer=t_tok)
     student = s_tok = None
     init = None
     s_rows = vocab_rows(teacher)
@@ -188,9 +194,19 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
 
         multi = MultiTeacher.setup(cfg, p, t_train)
         multi.make_signal(torch_device(cfg.device), autocast_dtype(cfg.precision, torch_device(cfg.device)))
+    modes: dict[str, Any] = {"signal": multi.signal} if multi else {}  # a KD mode's signal= / loss= / aux=
+    if cfg.cross_tokenizer is not None:
+        from curate.distill.xtok import cross_mode
+
+        modes = cross_mode(cfg, t_train, p.tokenizer, p.teacher_tokenizer, p.train, p.eval, torch_device(cfg.device))
+    hidden = None
+    if cfg.hidden_states is not None:
+        from curate.distill.hidden import HiddenStateKD
+
+        hidden = modes["aux"] = HiddenStateKD(cfg.hidden_states, p.student, t_train)
+        cka_before = hidden.cka(p.eval, pad_id=p.pad_id, device=torch_device(cfg.device), batch_size=cfg.eval.batch_size)
     trainer = DistillTrainer(cfg, p.student, p.train, teacher=t_train if online or cache is None else None,
-                             cache=cache, eval_data=p.eval, vocab=p.vocab, pad_id=p.pad_id, eos_id=p.eos_id,
-                             signal=multi.signal if multi else None)
+                             cache=cache, eval_data=p.eval, vocab=p.vocab, pad_id=p.pad_id, eos_id=p.eos_id, **modes)
     if cfg.data.order != "random" and cache is not None:
         from curate.distill.modes_uncert import ORDERS, order_values
         from curate.models.topk_cache import cache_signals, curriculum
@@ -211,7 +227,24 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
     except Exception as e:  # noqa: BLE001 -- a GGUF-converted tokenizer may refuse; the model is still saved
         log.warning("could not save the tokenizer next to the student: %s", e)
     report: dict[str, Any] = {}
-    if cfg.eval.report and len(p.eval):
+    extra: dict[str, Any] = {}
+    if hidden is not None:
+        extra["hidden_states"] = hidden.report(cka_before, hidden.cka(p.eval, pad_id=p.pad_id, device=trainer.device,
+                                                                      batch_size=cfg.eval.batch_size))
+        hidden.close()
+    if cfg.eval.report and len(p.eval) and cfg.cross_tokenizer is not None:
+        from curate.distill.xtok import evaluate_cross
+
+        device = torch_device(cfg.device)
+        ev = evaluate_cross(p.student, p.teacher.to(device), p.eval, modes["signal"], device=device, pad_id=p.pad_id,
+                            batch_size=cfg.eval.batch_size, max_batches=cfg.eval.max_batches,
+                            temperature=cfg.loss.temperature)
+        report = {"name": out.name, "eval": ev, "train": summary, "config": cfg.model_dump(mode="json")}
+        write_report(out, report)
+        from curate.distill.xtok import report_lines as cross_lines
+
+        _append_md(out, cross_lines(ev))
+    elif cfg.eval.report and len(p.eval):
         device = torch_device(cfg.device)
         ev = evaluate_models(p.student, p.teacher.to(device), p.eval, device=device, vocab=p.vocab, pad_id=p.pad_id,
                              batch_size=cfg.eval.batch_size, max_batches=cfg.eval.max_batches,
@@ -223,7 +256,7 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
                                     n=cfg.eval.samples, max_new_tokens=cfg.eval.sample_tokens, pad_id=p.pad_id,
                                     eos_id=p.eos_id, device=device))
         report = {"name": out.name, "eval": ev, "train": summary, "cache": cache_info,
-                  "config": cfg.model_dump(mode="json"), "student_init": p.init}
+                  "config": cfg.model_dump(mode="json"), "student_init": p.init, **extra}
         if multi is not None:
             from curate.distill.multi_teacher import contributions_markdown
 
@@ -232,4 +265,14 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
         if multi is not None:
             with open(out / "report.md", "a", encoding="utf-8") as f:
                 f.write(contributions_markdown(report["teachers"]))
+        if hidden is not None:
+            from curate.distill.hidden import report_lines
+
+            _append_md(out, report_lines(extra["hidden_states"]))
     return DistillResult(out, summary, report)
+
+
+def _append_md(out: Path, lines: list[str]) -> None:
+    """A mode's own section at the end of report.md (after :func:`curate.distill.evaluate.write_report`)."""
+    with open(out / "report.md", "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")

@@ -114,7 +114,7 @@ class DistillTrainer:
     def __init__(self, cfg: DistillConfig, student: torch.nn.Module, train_data: TokenData, *,
                  teacher: Any = None, cache: Any = None, eval_data: TokenData | None = None,
                  vocab: int | None = None, pad_id: int = 0, eos_id: int | None = None,
-                 loss: TokenLoss | None = None, signal: TeacherSignal | None = None) -> None:
+                 loss: TokenLoss | None = None, signal: TeacherSignal | None = None, aux: Any = None) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         if cfg.threads and self.device.type == "cpu":
@@ -156,7 +156,11 @@ class DistillTrainer:
         else:
             self.total_steps = max(1, math.ceil(cfg.optim.epochs * self.batches_per_epoch / cfg.optim.grad_accum))
         o = cfg.optim
+        # aux: an extra loss term on the forward with its own trained parameters (hidden-state KD's projections)
+        self.aux = aux.to(self.device) if aux is not None else None
         decay = [p for n, p in self.student.named_parameters() if p.requires_grad and p.dim() >= 2]
+        if self.aux is not None:
+            decay += [p for p in self.aux.parameters() if p.requires_grad]
         no_decay = [p for n, p in self.student.named_parameters() if p.requires_grad and p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -270,7 +274,16 @@ class DistillTrainer:
                 sums["loss"] = sums["loss"] + per.detach().sum()
                 for k, v in comp.items():
                     sums[k] = sums.get(k, 0.0) + v
-            if backward and rows_d.grad is not None:
+            aux = self.aux(mb) if self.aux is not None else None  # (summed term, components), e.g. hidden states
+            if aux is not None:
+                sums["loss"] = sums["loss"] + aux[0].detach()
+                for k, v in aux[1].items():
+                    sums[k] = sums.get(k, 0.0) + v
+            if backward and aux is not None and aux[0].requires_grad:  # one backward through the body for both
+                a_loss = aux[0] / n_total
+                torch.autograd.backward([rows, self.scaler.scale(a_loss) if self.scaler else a_loss],
+                                        [rows_d.grad if rows_d.grad is not None else torch.zeros_like(rows), None])
+            elif backward and rows_d.grad is not None:
                 rows.backward(rows_d.grad)
         out = {k: float(v) for k, v in sums.items()}  # one device sync per micro-batch
         out["tokens"] = float(mb.attention_mask.sum())
@@ -318,7 +331,7 @@ class DistillTrainer:
         nt = max(1, n_total)
         rec: dict[str, Any] = {"step": self.step, "loss": sums.get("loss", 0.0) / nt, "lr": lr,
                                "tokens": tok, "valid_tokens": n_total, "on_policy": on_policy}
-        for k in ("ce", "kd"):
+        for k in ("ce", "kd", "hidden"):
             if k in sums:
                 rec[k] = sums[k] / nt
         if gnorm is not None:
@@ -385,7 +398,8 @@ class DistillTrainer:
                         scaler=self.scaler, state={
                             "step": self.step, "micro_pos": self.micro_pos, "tokens_seen": self.tokens_seen,
                             "train_time": self.train_time, "total_steps": self.total_steps,
-                            "policy_gen": self.policy_gen.get_state(), "history": json.dumps(self.history)})
+                            "policy_gen": self.policy_gen.get_state(), "history": json.dumps(self.history),
+                            **({"aux": self.aux.state_dict()} if self.aux is not None else {})})
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = load_checkpoint(path, model=self.student, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -397,6 +411,8 @@ class DistillTrainer:
         self.tokens_seen, self.train_time = int(state["tokens_seen"]), float(state["train_time"])
         self.policy_gen.set_state(state["policy_gen"])
         self.history = json.loads(state.get("history", "[]"))
+        if self.aux is not None and "aux" in state:
+            self.aux.load_state_dict(state["aux"])
 
 
 def _task_weights(micro: list[dict[str, Any]], weight: float) -> None:

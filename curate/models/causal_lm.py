@@ -12,7 +12,8 @@ from the same config and saves that, with the tokenizer, as safetensors under
 ``<cache_dir>/<file stem>-<sha256 prefix>/`` (logits are identical). Later loads, by any caller (selectors,
 synth teachers, distillation), read that folder.
 
-Vocabulary contract (logit KD): different tokenizers are an error naming both vocabularies; the same
+Vocabulary contract (logit KD): different tokenizers are an error naming both vocabularies (cross-tokenizer
+KD, ``curate.distill.xtok``, does not call it); the same
 tokenizer with padded embedding matrices of different sizes (Qwen2.5 151936 vs 152064) is handled by
 slicing logits to the shared vocabulary (never zero-padding), see :func:`shared_vocab`.
 """
@@ -245,7 +246,8 @@ def shared_vocab(teacher_tok: Any, student_tok: Any, teacher_rows: int, student_
                 f"teacher and student tokenizers differ: teacher vocabulary {len(tv)} tokens "
                 f"(logits {teacher_rows}), student vocabulary {len(sv)} tokens (logits {student_rows}); "
                 f"{only_t} token->id pairs of the teacher are not in the student. Logit distillation needs "
-                "the same tokenizer (cross-tokenizer KD, e.g. ULD/GOLD, is not supported)")
+                "the same tokenizer; for different tokenizers use cross-tokenizer KD (loss.name: uld with a "
+                "cross_tokenizer section, curate.distill.xtok)")
     n_tok = len(teacher_tok) if teacher_tok is not None else min(teacher_rows, student_rows)
     v = override if override is not None else min(teacher_rows, student_rows)
     if v > min(teacher_rows, student_rows):
