@@ -81,7 +81,7 @@ def test_uld_loss_and_gradient_match_float64_reference(alpha, temperature):
     per.sum().backward()
     ref_per.sum().backward()
     assert x.grad.double().numpy() == pytest.approx(xr.grad.numpy(), abs=1e-5)
-    assert float(per[8]) == pytest.approx(alpha * float(ce[8]), abs=1e-5)  # row 8 is in no group
+    assert float(per[8].detach()) == pytest.approx(alpha * float(ce[8].detach()), abs=1e-5)  # row 8 is in no group
 
 
 def test_uld_value_is_the_same_when_a_chunk_boundary_cuts_a_group():
@@ -183,6 +183,25 @@ def test_real_tokenisations_align_on_the_same_text(shakespeare):
 
 
 # ------------------------------------------------------------------------------------------ end to end
+README = Path(__file__).resolve().parents[2] / "examples" / "distill" / "README.md"
+
+
+def readme_snippet(key: str) -> dict:
+    """The YAML block of examples/distill/README.md that has a top-level ``key``."""
+    import re
+
+    import yaml
+
+    blocks = [yaml.safe_load(b) for b in re.findall(r"^```yaml\n(.*?)^```", README.read_text(), re.S | re.M)]
+    (block,) = [b for b in blocks if key in b]
+    return block
+
+
+def test_readme_snippet_is_a_valid_cross_tokenizer_config():
+    cfg = DistillConfig.model_validate(readme_snippet("cross_tokenizer"))
+    assert cfg.loss.name == "uld" and cfg.cross_tokenizer.alignment == "spans" and cfg.student.tokenizer
+
+
 def _llama(vocab: int, hidden: int, layers: int, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -223,6 +242,7 @@ def cross_setup(tmp_path_factory, shakespeare):
 
 
 def _cfg(root: Path, n_chars: int, out: str, alignment: str, **kw) -> dict:
+    snip = readme_snippet("cross_tokenizer")  # the README's loss and cross_tokenizer sections, as written
     return dict(teacher={"path": str(root / "teacher")},
                 student={"from_config": {"model_type": "llama", "vocab_size": n_chars, "hidden_size": 32,
                                          "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -231,7 +251,7 @@ def _cfg(root: Path, n_chars: int, out: str, alignment: str, **kw) -> dict:
                          "tokenizer": str(root / "student_tok")},
                 data={"train": [str(root / "train.jsonl")], "prompt_field": "q", "response_field": "a",
                       "template": "{prompt}{response}", "max_len": 96, "eval_fraction": 0.1},
-                loss={"name": "uld", "alpha": 0.4}, cross_tokenizer={"alignment": alignment},
+                loss=snip["loss"], cross_tokenizer=snip["cross_tokenizer"] | {"alignment": alignment},
                 optim={"lr": 3e-3, "batch_size": 8, "max_steps": 12, "schedule": "constant"},
                 eval={"samples": 0}, output_dir=str(root / out), progress=False, plot=False, threads=1, **kw)
 
