@@ -143,3 +143,33 @@ def test_hidden_state_kd_end_to_end_reports_cka(tmp_path):
     state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
     assert state["aux"]["projections.0.weight"].shape == (32, 16)  # the projection is in the checkpoint ...
     assert not any("projection" in k for k in load_file(out / "student" / "model.safetensors"))  # ... not the student
+
+
+def test_resume_restores_the_projections_and_reproduces_the_run(tmp_path):
+    from curate.distill.data import TokenData
+    from curate.distill.trainer import DistillTrainer
+
+    g = torch.Generator().manual_seed(0)
+    d = TokenData([torch.randint(3, 32, (int(k),), generator=g).tolist() for k in torch.randint(6, 12, (12,), generator=g)],
+                  [2] * 12)
+    teacher = llama(12, 2, seed=1)
+
+    def run(out: str, seed: int, **train_kw):
+        c = DistillConfig.model_validate(dict(
+            teacher={"from_config": {"model_type": "llama"}}, student={"from_config": {"model_type": "llama"}},
+            data={"train": ["unused.jsonl"]}, output_dir=str(tmp_path / out), progress=False, plot=False,
+            hidden_states={"layers": [[1, 1], [2, 2]], "loss": "mse", "weight": 1.0},
+            optim={"batch_size": 3, "max_steps": 4, "lr": 1e-2}))
+        student = llama(8, 2, seed=seed)
+        torch.manual_seed(seed)  # the projections' init
+        aux = HiddenStateKD(c.hidden_states, student, teacher)
+        t = DistillTrainer(c, student, d, teacher=teacher, aux=aux)
+        t.train(**train_kw)
+        aux.close()
+        return t
+
+    straight = run("a", 2)
+    run("b", 2, max_steps=2)
+    resumed = run("b", 77, resume=True)  # other student and projection weights: all come from the checkpoint
+    assert [r["hidden"] for r in resumed.history] == pytest.approx([r["hidden"] for r in straight.history], rel=1e-5)
+    assert torch.allclose(resumed.aux.projections[1].weight, straight.aux.projections[1].weight, atol=1e-6)
