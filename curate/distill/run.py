@@ -132,6 +132,8 @@ def build_cache(cfg: DistillConfig, p: Prepared | None = None, batch_size: int =
 
     if not cfg.teacher_signal.dir:
         raise ConfigError("teacher_signal.dir is not set (where the cache goes)")
+    if cfg.cross_tokenizer is not None:  # the cache holds teacher rows of the student's tokens
+        raise ConfigError("cross_tokenizer runs score each text with the online teacher on its own tokens (no cache)")
     p = p or prepare(cfg, need_student=False)
     backend = teacher_backend(cfg, p)
     if cfg.teacher_signal.dtype != "auto":  # a copy: the fp32 teacher stays for the held-out report
