@@ -15,7 +15,8 @@ init, the same seed and the same number of steps, batch and lr in every arm:
 Each arm goes through ``distill(cfg)``; reported: the student's held-out NLL per character (the unit every arm
 shares), training tokens/s (student tokens), and, for the hidden arm, linear CKA of each pair before/after.
 
-    python benchmarks/bench_kd_xtok_hidden.py            # about 3 minutes on one CPU thread
+    python benchmarks/bench_kd_xtok_hidden.py            # one CPU thread: teachers ~3.5 min each on the first
+                                                         # run (kept in benchmarks/_work), then ~4 min of arms
     python benchmarks/bench_kd_xtok_hidden.py --steps 400 --teacher-steps 600
 """
 
@@ -80,7 +81,7 @@ def _train_teacher(tok, text: str, out: Path, steps: int) -> float:
     secs = time.perf_counter() - t0
     m.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "train.json").write_text(json.dumps({"seconds": secs, "final_loss": float(loss)}))
+    (out / "train.json").write_text(json.dumps({"seconds": secs, "final_loss": float(loss.detach())}))
     return secs
 
 

@@ -22,7 +22,10 @@ target per teacher + a loss mixing them; self-distillation = an ``OnlineTeacher`
 of the student; uncertainty weighting = a loss weighting tokens by the teacher's entropy; rationale
 distillation = a signal carrying each row's task + a loss weighting label and rationale rows. What is
 trained on can change too: :class:`~curate.distill.signals.OnPolicy` replaces a step's batch with student
-samples (GKD) before the signal scores it.
+samples (GKD) before the signal scores it. A third, optional object, ``aux=``, adds a term computed on the
+forward itself with its own trained parameters (hidden-state KD: :mod:`curate.distill.hidden`); it is
+back-propagated with the body in the same backward. Cross-tokenizer KD is a signal + a loss
+(:mod:`curate.distill.xtok`).
 
 Memory: the student's hidden states are detached at the output head; logits, the teacher's side and the
 loss are built ``loss.chunk_tokens`` tokens at a time and each chunk is back-propagated at once, so only

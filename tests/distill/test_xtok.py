@@ -297,3 +297,20 @@ def test_uld_and_the_cross_tokenizer_section_go_together():
     with pytest.raises(ValueError, match="online"):
         DistillConfig.model_validate(base | {"loss": {"name": "uld"}, "cross_tokenizer": {},
                                              "teacher_signal": {"mode": "cache", "dir": "c"}})
+
+
+def test_a_truncated_student_cuts_the_teacher_to_the_same_text(shakespeare):
+    import polars as pl
+
+    from curate.distill.config import CrossTokenizer
+
+    s_tok, t_tok = _char_tok(shakespeare), _bpe_tok(shakespeare)
+    text = shakespeare[:300]
+    spec = DataSpec(train=["x"], max_len=50)
+    d = tokenize_pairs(pl.DataFrame({"text": [text, "ab"]}), s_tok, t_tok, spec, CrossTokenizer(teacher_max_len=8))
+    assert len(d) == 1  # "ab" + eos is shorter than min_tokens: skipped (and counted in the log)
+    assert len(d.seqs[0]) == 50 and d.seqs[0][-1] != s_tok.eos_token_id and d.s_ends[0][-1] == 50
+    assert len(d.t_seqs[0]) == 8 and d.t_ends[0][-1] <= 50 and t_tok.eos_token_id not in d.t_seqs[0]
+    whole = tokenize_pairs(pl.DataFrame({"text": [text[:40]]}), s_tok, t_tok, spec, CrossTokenizer())
+    assert whole.seqs[0][-1] == s_tok.eos_token_id and whole.t_seqs[0][-1] == t_tok.eos_token_id
+    assert whole.s_ends[0][-1] == whole.t_ends[0][-1] == 40  # both end-of-sequence tokens sit at the text's end
