@@ -15,6 +15,8 @@ Modes (extend ``MODES`` with a new mode's trainer arguments):
   multi:confidence   per-example softmax(-mean entropy), tau 1
   multi:agreement    per-example softmax(mean log p(gold)), tau 1
   multi:conf-hard    confidence with tau 0 (the surer teacher per example)
+  kd:A+hidden        kd:A + hidden-state cosine on (1, 2), (2, 4), weight 0.25 (curate.distill.hidden); CKA
+                     of the pairs before -> after in the row (cross-tokenizer ULD: bench_kd_xtok_hidden.py)
 
     python benchmarks/bench_kd_modes.py                 # about 3 minutes on a quiet 2-core CPU
     python benchmarks/bench_kd_modes.py --steps 300 --teacher-steps 600
@@ -42,6 +44,7 @@ MODES: dict[str, dict[str, Any]] = {
     "multi:confidence": {"teachers": ["A", "B"], "mixing": "confidence", "tau": 1.0},
     "multi:agreement": {"teachers": ["A", "B"], "mixing": "agreement", "tau": 1.0},
     "multi:conf-hard": {"teachers": ["A", "B"], "mixing": "confidence", "tau": 0.0},
+    "kd:A+hidden": {"teachers": ["A"], "hidden": {"layers": [[1, 2], [2, 4]], "loss": "cosine", "weight": 0.25}},
 }
 
 
@@ -56,7 +59,7 @@ def gpt2(vocab: int, layers: int, embd: int, seed: int) -> Any:
 
 
 def config(out: Path, *, steps: int, loss: dict[str, Any], teachers: int = 0, mixing: str = "fixed",
-           tau: float = 1.0) -> Any:
+           tau: float = 1.0, hidden: dict[str, Any] | None = None) -> Any:
     from curate.distill.config import DistillConfig
 
     d: dict[str, Any] = dict(
@@ -68,6 +71,8 @@ def config(out: Path, *, steps: int, loss: dict[str, Any], teachers: int = 0, mi
         d["teachers"] = [{"from_config": {"model_type": "gpt2"}, "name": n} for n in "AB"[:teachers]]
         d["teacher"] = {"from_config": {"model_type": "gpt2"}}
         d["multi_teacher"] = {"mixing": mixing, "tau": tau}
+    if hidden:
+        d["hidden_states"] = hidden
     return DistillConfig.model_validate(d)
 
 
@@ -121,7 +126,7 @@ def main() -> None:
         names = spec.get("teachers", [])
         loss = spec.get("loss", {"name": "forward_kl", "alpha": 0.5, "temperature": 1.0})
         cfg = config(out / mode.replace(":", "_"), steps=args.steps, loss=loss, teachers=len(names),
-                     mixing=spec.get("mixing", "fixed"), tau=spec.get("tau", 1.0))
+                     mixing=spec.get("mixing", "fixed"), tau=spec.get("tau", 1.0), hidden=spec.get("hidden"))
         student = gpt2(vocab, 2, 64, seed=1)
         kw: dict[str, Any] = {}
         mt = None
@@ -131,7 +136,17 @@ def main() -> None:
             mt = MultiTeacher(cfg, names, [teachers[x] for x in names], [teachers[x] for x in names],
                               torch.tensor([0.5, 0.5], dtype=torch.float64), vocab)
             kw["signal"] = mt.make_signal(cpu, None)
+        cka = None
+        if cfg.hidden_states is not None:
+            from curate.distill.hidden import HiddenStateKD
+
+            kw["aux"] = HiddenStateKD(cfg.hidden_states, student, teachers[names[0]])
+            cka = kw["aux"].cka(held, pad_id=0, device=cpu)
         summary = DistillTrainer(cfg, student, train, **kw).train()
+        if cka is not None:
+            cka = [(round(b, 3), round(a, 3)) for b, a in zip(cka, kw["aux"].cka(held, pad_id=0, device=cpu),
+                                                               strict=True)]
+            kw["aux"].close()
         ev = evaluate_models(student, teachers[best], held, device=cpu, vocab=vocab, batch_size=16)
         contrib = probe.contributions(student, held, device=cpu, pad_id=0)  # KL to each teacher and the mix
         row = {"mode": mode, "student_ppl": ev["student"]["ppl"], "retention_ppl": t_ppl[best] / ev["student"]["ppl"],
@@ -140,6 +155,8 @@ def main() -> None:
                "train_tokens_per_s": summary["train_tokens_per_s"], "train_s": summary["train_s"]}
         if mt is not None:
             row["mean_weight_train"] = mt.signal.stats.means()
+        if cka is not None:
+            row["cka_before_after"] = cka
         rows.append(row)
         print(json.dumps(row), flush=True)
     single = [r["train_tokens_per_s"] for r in rows if r["mode"].startswith("kd:")]
