@@ -297,6 +297,12 @@ def test_uld_and_the_cross_tokenizer_section_go_together():
     with pytest.raises(ValueError, match="online"):
         DistillConfig.model_validate(base | {"loss": {"name": "uld"}, "cross_tokenizer": {},
                                              "teacher_signal": {"mode": "cache", "dir": "c"}})
+    with pytest.raises(ValueError, match="ULD has none"):
+        DistillConfig.model_validate(base | {"loss": {"name": "uld", "token_weighting": "teacher_entropy"},
+                                             "cross_tokenizer": {}})
+    with pytest.raises(ValueError, match="not available with `teachers`"):
+        DistillConfig.model_validate(base | {"teachers": [{"path": "t"}, {"path": "u"}],
+                                             "hidden_states": {"layers": [[1, 1]]}})
 
 
 def test_a_truncated_student_cuts_the_teacher_to_the_same_text(shakespeare):
