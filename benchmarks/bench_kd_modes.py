@@ -15,7 +15,7 @@ Modes (extend ``MODES`` with a new mode's trainer arguments):
   multi:confidence   per-example softmax(-mean entropy), tau 1
   multi:agreement    per-example softmax(mean log p(gold)), tau 1
   multi:conf-hard    confidence with tau 0 (the surer teacher per example)
-  kd:A+hidden        kd:A + hidden-state cosine on (1, 2), (2, 4), weight 0.25 (curate.distill.hidden); CKA
+  hidden:A           kd:A + hidden-state cosine on (1, 2), (2, 4), weight 0.25 (curate.distill.hidden); CKA
                      of the pairs before -> after in the row (cross-tokenizer ULD: bench_kd_xtok_hidden.py)
 
     python benchmarks/bench_kd_modes.py                 # about 3 minutes on a quiet 2-core CPU
@@ -44,7 +44,7 @@ MODES: dict[str, dict[str, Any]] = {
     "multi:confidence": {"teachers": ["A", "B"], "mixing": "confidence", "tau": 1.0},
     "multi:agreement": {"teachers": ["A", "B"], "mixing": "agreement", "tau": 1.0},
     "multi:conf-hard": {"teachers": ["A", "B"], "mixing": "confidence", "tau": 0.0},
-    "kd:A+hidden": {"teachers": ["A"], "hidden": {"layers": [[1, 2], [2, 4]], "loss": "cosine", "weight": 0.25}},
+    "hidden:A": {"teachers": ["A"], "hidden": {"layers": [[1, 2], [2, 4]], "loss": "cosine", "weight": 0.25}},
 }
 
 
