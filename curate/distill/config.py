@@ -406,7 +406,6 @@ class DistillConfig(_Strict):
     hidden_states: HiddenStates | None = Field(
         None, description="hidden-state KD: projected student layers matched to teacher layers")
 
-
     @model_validator(mode="after")
     def _one_teacher_for_dataset_distill(self) -> DistillConfig:
         if self.dataset_distill is not None and self.teachers:
