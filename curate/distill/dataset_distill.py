@@ -86,7 +86,7 @@ from curate.models.device import torch_device
 from curate.models.kcenter import kcenter_greedy
 
 if TYPE_CHECKING:
-    from curate.distill.run import DistillResult, Prepared
+    from curate.distill.prepare import DistillResult, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -440,7 +440,7 @@ def _train_subset(cfg: DistillConfig, p: Prepared, student: Any, subset: TokenDa
     cache = None
     if relabel:
         from curate.distill.cache import build_teacher_cache
-        from curate.distill.run import teacher_backend
+        from curate.distill.prepare import teacher_backend
 
         k = min(cfg.teacher_signal.k, p.vocab)
         update["loss"] = LossSpec(name="forward_kl", alpha=0.0, temperature=spec.temperature,
@@ -481,7 +481,7 @@ def run_dataset_distill(cfg: DistillConfig, p: Prepared) -> DistillResult:
     builds each set, trains one student per set from ``p.student``'s initialisation, evaluates each on the
     held-out data, writes ``report.md`` / ``report.json`` (the comparison table) and ``synthetic/<method>.safetensors``."""
     from curate.distill.evaluate import evaluate_models
-    from curate.distill.run import DistillResult
+    from curate.distill.prepare import DistillResult
     from curate.distill.trainer import autocast_dtype
 
     spec = cfg.dataset_distill

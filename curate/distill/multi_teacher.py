@@ -361,7 +361,7 @@ class MultiTeacher:
         return mt
 
     def _build_caches(self, p: Any) -> list[Any]:
-        from curate.distill.run import build_cache
+        from curate.distill.prepare import build_cache
 
         cfg = self.cfg
         assert cfg.teachers is not None and cfg.teacher_signal.dir
@@ -452,7 +452,7 @@ class MultiTeacher:
 def build_caches(cfg: DistillConfig) -> list[Any]:
     """``curate distill-cache`` for ``teachers:``: build (or reuse) one top-k cache per teacher under
     ``teacher_signal.dir/<name>``; returns the TeacherCaches in teacher order."""
-    from curate.distill.run import prepare
+    from curate.distill.prepare import prepare
 
     if not cfg.teacher_signal.dir:
         raise ConfigError("teacher_signal.dir is not set (where the caches go)")
