@@ -237,6 +237,60 @@ class OnPolicy(_Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1.0)
     prompt_tokens: int = Field(32, ge=1, description="text data: the first N tokens act as the prompt")
+    stop_token_ids: list[int] | None = Field(
+        None, description="generation stops at the first of these ids and every token after it is masked (TRL's "
+        "rollouts mask after the first EOS); default: the tokenizer's eos plus the model's generation_config "
+        "eos_token_id list (e.g. Llama 3's <|eot_id|>)")
+
+
+class SelfDistill(_Strict):
+    """The student's own copy as teacher (survey Sec. 3.4; :mod:`curate.distill.self_distill`), trained with the
+    ``loss:`` section: ``ema`` (a Mean-Teacher EMA of the student), ``checkpoint`` (a frozen earlier student),
+    ``born_again`` (Furlanello et al. 2018: ``rounds`` generations, each from the same init taught by the last),
+    ``mutual`` (deep mutual learning, Zhang et al. 2018: the student and a peer both train, each with
+    ``alpha * CE + (1 - alpha) * T^2 * KL(other || self)``). The configured ``teacher:`` stays the reference of the
+    report (and, for ``born_again``, the teacher of round 1)."""
+
+    mode: Literal["ema", "checkpoint", "born_again", "mutual"] = Field(
+        ..., description="ema | checkpoint | born_again | mutual (see the class docstring)")
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="ema: teacher = decay * teacher + (1 - decay) * "
+                             "student after each optimizer step (Mean Teacher, Tarvainen & Valpola 2017: 0.999 "
+                             "after its ramp-up, 0.99 during it)")
+    ema_warmup: bool = Field(True, description="ema: use min(decay, 1 - 1/(step + 1)) as Mean Teacher's code does, so "
+                             "the early teacher follows the student instead of its random init")
+    checkpoint: str | None = Field(None, description="checkpoint: folder of the frozen teacher -- an earlier run's "
+                                   "`student/` (save_pretrained) or `checkpoint/` (model.safetensors of this student "
+                                   "architecture)")
+    rounds: int = Field(2, ge=2, description="born_again: generations trained in turn (the paper trains up to 3 "
+                        "born-again generations after the first; 2 = one teacher round + one born-again round)")
+    first_round: Literal["teacher", "labels"] = Field(
+        "teacher", description="born_again: round 1 learns from the configured teacher (KD), or from the labels "
+                               "only (`ce`, the paper's setting where generation 1 is trained normally)")
+    peer: Literal["teacher", "copy"] = Field(
+        "teacher", description="mutual: the co-trained peer is a copy of the configured teacher (co-training where the "
+                               "teacher also updates) or a second student from seed + 1 (DML's cohort of two)")
+    peer_lr: float | None = Field(None, gt=0, description="mutual: the peer's learning rate (default: optim.lr)")
+
+
+class SeqKD(_Strict):
+    """Sequence-level KD (Kim & Rush 2016; :mod:`curate.distill.seq_kd`): the teacher answers every training
+    prompt once (cached on disk, resumable, keyed by teacher + prompts + these settings) and the student trains
+    on prompt + teacher answer with the ``loss:`` section: ``ce`` is Seq-KD, a KD loss with ``alpha`` adds their
+    Word-KD term (Seq-KD + Word-KD, their best combination)."""
+
+    decoding: Literal["greedy", "beam", "sample"] = Field(
+        "greedy", description="greedy | beam (Kim & Rush's approximation of the teacher's mode) | sample (TRL GKD's "
+        "seq_kd samples)")
+    num_beams: int = Field(5, ge=1, description="beam: beam width (Kim & Rush decode with beam size 5)")
+    temperature: float = Field(1.0, gt=0, description="sample: sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="sample: nucleus mass")
+    max_new_tokens: int = Field(64, ge=1, description="longest teacher answer (as on_policy.max_new_tokens)")
+    prompt_tokens: int = Field(32, ge=1, description="text data: the first N tokens act as the prompt")
+    batch_size: int = Field(8, ge=1, description="prompts per teacher generate call")
+    dir: str | None = Field(None, description="cache folder (default: <output_dir>/seq_kd); one subfolder per "
+                            "fingerprint, so other settings never reuse these answers")
+    stop_token_ids: list[int] | None = Field(None, description="as on_policy.stop_token_ids (default: the "
+                                             "tokenizer's eos plus the teacher's generation_config eos ids)")
 
 
 class CrossTokenizer(_Strict):
@@ -406,6 +460,10 @@ class DistillConfig(_Strict):
     hidden_states: HiddenStates | None = Field(
         None, description="hidden-state KD: projected student layers matched to teacher layers")
 
+    self_distill: SelfDistill | None = Field(None, description="the student's EMA / checkpoint / born-again "
+                                             "rounds / a co-trained peer as teacher (default: off)")
+    seq_kd: SeqKD | None = Field(None, description="train on the teacher's generated answers (default: off)")
+
     @model_validator(mode="after")
     def _one_teacher_for_dataset_distill(self) -> DistillConfig:
         if self.dataset_distill is not None and self.teachers:
@@ -423,6 +481,21 @@ class DistillConfig(_Strict):
         if self.teacher_signal.mode == "cache" and self.loss.name == "bild":
             raise ValueError("bild needs the dense teacher (its student-led half needs teacher logits at the "
                              "student's top-k ids); use teacher_signal.mode: online")
+        sd = self.self_distill
+        if sd is not None:
+            if sd.mode != "born_again" and self.teacher_signal.mode != "online":
+                raise ValueError(f"self_distill.mode '{sd.mode}' is its own online teacher: set teacher_signal.mode: "
+                                 "online")
+            if self.loss.name == "ce":
+                raise ValueError(f"self_distill.mode '{sd.mode}' needs a teacher loss, not `ce`")
+            if sd.mode == "born_again" and self.data.order != "random":
+                raise ValueError("self_distill.mode 'born_again': rounds after the first have no teacher cache, so "
+                                 "data.order must be random")
+            if sd.mode == "checkpoint" and not sd.checkpoint:
+                raise ValueError("self_distill.mode 'checkpoint' needs `checkpoint` (the frozen teacher's folder)")
+            if sd.mode == "mutual" and self.on_policy_fraction > 0:
+                raise ValueError("self_distill.mode 'mutual' does not take on-policy steps (both models would need "
+                                 "each other's rollouts)")
         self._check_modes()
         return self
 
@@ -513,6 +586,10 @@ class DistillConfig(_Strict):
         if cfg.teacher_signal.dir:
             cfg.teacher_signal.dir = rel(cfg.teacher_signal.dir)
         cfg.output_dir = rel(cfg.output_dir)
+        if cfg.self_distill is not None and cfg.self_distill.checkpoint:
+            cfg.self_distill.checkpoint = rel(cfg.self_distill.checkpoint)
+        if cfg.seq_kd is not None and cfg.seq_kd.dir:
+            cfg.seq_kd.dir = rel(cfg.seq_kd.dir)
         missing = [f"data file not found: '{x}'" for x in cfg.data.train + (cfg.data.eval or []) if not Path(x).exists()]
         if missing:
             raise ConfigError(missing)

@@ -44,11 +44,20 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    if cfg.self_distill is not None and cfg.self_distill.mode == "born_again":  # a distill run per round
+        from curate.distill.self_distill import born_again
+
+        return born_again(cfg, resume=resume)
     p = prepare(cfg)
     if cfg.dataset_distill is not None:  # dataset distillation: its own comparison of sets (and its report)
         from curate.distill.dataset_distill import run_dataset_distill
 
         return run_dataset_distill(cfg, p)
+    seq_info: dict[str, Any] | None = None
+    if cfg.seq_kd is not None:  # train on the teacher's own answers (Kim & Rush 2016)
+        from curate.distill.seq_kd import teacher_sequences
+
+        p.train, seq_info = teacher_sequences(cfg, p)
     cache = None
     cache_info: dict[str, Any] | None = None
     if cfg.teacher_signal.mode == "cache" and cfg.loss.name != "ce" and not cfg.teachers:
@@ -68,7 +77,15 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
 
         multi = MultiTeacher.setup(cfg, p, t_train)
         multi.make_signal(torch_device(cfg.device), autocast_dtype(cfg.precision, torch_device(cfg.device)))
+    self_t = None
+    if cfg.self_distill is not None:  # the student's EMA copy, an earlier checkpoint or a co-trained peer
+        from curate.distill.self_distill import SelfTeacher
+
+        self_t = SelfTeacher.build(cfg, p)
+        t_train = self_t.teacher
     modes: dict[str, Any] = {"signal": multi.signal} if multi else {}  # a KD mode's signal= / loss= / aux=
+    if self_t is not None:
+        modes.update({"hooks": self_t.hooks, **({"signal": self_t.signal} if self_t.signal is not None else {})})
     if cfg.cross_tokenizer is not None:
         from curate.distill.xtok import cross_mode
 
@@ -106,6 +123,7 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
         extra["hidden_states"] = hidden.report(cka_before, hidden.cka(p.eval, pad_id=p.pad_id, device=trainer.device,
                                                                       batch_size=cfg.eval.batch_size))
         hidden.close()
+    sd_info = self_t.finish(cfg, p) if self_t is not None else None
     if cfg.eval.report and len(p.eval) and cfg.cross_tokenizer is not None:
         from curate.distill.xtok import evaluate_cross
 
@@ -135,6 +153,10 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
             from curate.distill.multi_teacher import contributions_markdown
 
             report["teachers"] = multi.contributions(p.student, p.eval, device=device, pad_id=p.pad_id)
+        if seq_info is not None:
+            report["seq_kd"] = seq_info
+        if sd_info is not None:
+            report["self_distill"] = sd_info
         write_report(out, report)
         if multi is not None:
             with open(out / "report.md", "a", encoding="utf-8") as f:
@@ -143,6 +165,10 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
             from curate.distill.hidden import report_lines
 
             _append_md(out, report_lines(extra["hidden_states"]))
+        if sd_info is not None:
+            from curate.distill.self_distill import append_markdown
+
+            append_markdown(out, sd_info)
     return DistillResult(out, summary, report)
 
 

@@ -30,6 +30,7 @@ import torch
 from curate.distill.config import OnPolicy as OnPolicySpec
 from curate.distill.data import TokenData, collate
 from curate.distill.fused import Scratch, plain_head_weight
+from curate.distill.stops import cut, stop_token_ids
 from curate.models.causal_lm import IGNORE, hidden_states
 from curate.models.topk import TopK
 
@@ -185,20 +186,17 @@ class OnPolicy:
         was_training = student.training
         student.eval()
         kw: dict[str, Any] = {"pad_token_id": self.pad_id}
-        if self.eos_id is not None:
-            kw["eos_token_id"] = self.eos_id
+        stops = stop_token_ids(op.stop_token_ids, eos_id=self.eos_id, model=student)
+        if stops:
+            kw["eos_token_id"] = stops
         with autocast():
             out = student.generate(input_ids=ids.to(device), attention_mask=att.to(device),
                                    max_new_tokens=op.max_new_tokens, do_sample=True,
                                    temperature=op.temperature, top_p=op.top_p, top_k=0, **kw)
         student.train(was_training)
-        gen = out[:, lp:].cpu().tolist()
+        gen = cut(out[:, lp:].cpu(), stops, self.pad_id)  # up to the first stop id of any kind
         seqs, n_prompt = [], []
         for p, g in zip(prompts, gen, strict=True):
-            if self.eos_id is not None and self.eos_id in g:
-                g = g[: g.index(self.eos_id) + 1]
-            elif self.pad_id in g and self.pad_id != self.eos_id:
-                g = g[: g.index(self.pad_id)]
             if not g:
                 g = [self.eos_id if self.eos_id is not None else self.pad_id]
             seqs.append(list(p) + g)

@@ -48,9 +48,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -94,6 +94,21 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * decay
 
 
+class StepHook(Protocol):
+    """Runs after every optimizer step (``DistillTrainer(hooks=...)``); its state is saved in the checkpoint
+    under ``name`` (tensors, numbers and dicts of them: ``state.pt`` is read with ``weights_only``)."""
+
+    name: str
+
+    def after_step(self, trainer: DistillTrainer) -> dict[str, Any] | None:
+        """Called once the optimizer step is taken (``trainer.step`` counts it); what it returns is logged."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class _Schedule:
     """Picklable-free callable for LambdaLR (its state_dict then holds only numbers)."""
 
@@ -117,8 +132,11 @@ class DistillTrainer:
     def __init__(self, cfg: DistillConfig, student: torch.nn.Module, train_data: TokenData, *,
                  teacher: Any = None, cache: Any = None, eval_data: TokenData | None = None,
                  vocab: int | None = None, pad_id: int = 0, eos_id: int | None = None,
-                 loss: TokenLoss | None = None, signal: TeacherSignal | None = None, aux: Any = None) -> None:
+                 loss: TokenLoss | None = None, signal: TeacherSignal | None = None, aux: Any = None,
+                 hooks: Sequence[StepHook] = ()) -> None:
         self.cfg = cfg
+        # after each optimizer step, e.g. the EMA teacher's update (their state goes into checkpoints)
+        self.hooks = list(hooks)
         self.device = resolve_device(cfg.device)
         if cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
@@ -329,6 +347,9 @@ class DistillTrainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        logged: dict[str, Any] = {}
+        for h in self.hooks:
+            logged.update(h.after_step(self) or {})
         tok = int(sums.pop("tokens", 0))
         self.tokens_seen += tok
         nt = max(1, n_total)
@@ -339,6 +360,7 @@ class DistillTrainer:
                 rec[k] = sums[k] / nt
         if gnorm is not None:
             rec["grad_norm"] = gnorm
+        rec.update(logged)
         return rec
 
     def train(self, resume: bool = False, max_steps: int | None = None,
@@ -402,7 +424,8 @@ class DistillTrainer:
                             "step": self.step, "micro_pos": self.micro_pos, "tokens_seen": self.tokens_seen,
                             "train_time": self.train_time, "total_steps": self.total_steps,
                             "policy_gen": self.policy_gen.get_state(), "history": json.dumps(self.history),
-                            **({"aux": self.aux.state_dict()} if self.aux is not None else {})})
+                            **({"aux": self.aux.state_dict()} if self.aux is not None else {}),
+                            **({"hooks": {h.name: h.state_dict() for h in self.hooks}} if self.hooks else {})})
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = load_checkpoint(path, model=self.student, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -416,6 +439,10 @@ class DistillTrainer:
         self.history = json.loads(state.get("history", "[]"))
         if self.aux is not None and "aux" in state:
             self.aux.load_state_dict(state["aux"])
+        for h in self.hooks:
+            if h.name not in state.get("hooks", {}):
+                raise ValueError(f"checkpoint {path} has no state for '{h.name}' (made without it)")
+            h.load_state_dict(state["hooks"][h.name])
 
 
 def _task_weights(micro: list[dict[str, Any]], weight: float) -> None:
