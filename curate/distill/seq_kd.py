@@ -125,7 +125,7 @@ def generate(model: Any, prompts: list[list[int]], sk: SeqKD, *, stops: list[int
     model.eval()
     out = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), **kw)
     model.train(was)
-    return cut(out[:, lp:].cpu(), stops, pad_id)
+    return cut(out[:, lp:].cpu(), stops)
 
 
 def cached_answers(model: Any, prompts: list[list[int]], root: Path, fp: dict[str, Any], sk: SeqKD, *,

@@ -194,7 +194,7 @@ class OnPolicy:
                                    max_new_tokens=op.max_new_tokens, do_sample=True,
                                    temperature=op.temperature, top_p=op.top_p, top_k=0, **kw)
         student.train(was_training)
-        gen = cut(out[:, lp:].cpu(), stops, self.pad_id)  # up to the first stop id of any kind
+        gen = cut(out[:, lp:].cpu(), stops)  # up to the first stop id of any kind
         seqs, n_prompt = [], []
         for p, g in zip(prompts, gen, strict=True):
             if not g:

@@ -6,7 +6,7 @@ past the end of the turn and trains on what follows. :func:`stop_token_ids` gath
 :func:`completion_mask` keeps each generated row up to and including its first stop id of any kind and
 masks everything after it, as TRL's trainers do for their completions (``is_eos`` -> first index ->
 ``arange <= eos_idx``; ``tests/experimental/test_gkd_trainer.py`` checks their prompt/completion masks). A row
-without a stop id ends at its first pad id (``generate`` pads rows that finished), or is kept whole.
+without a stop id is kept whole.
 """
 
 from __future__ import annotations
@@ -36,25 +36,19 @@ def stop_token_ids(configured: Sequence[int] | None, *, eos_id: int | None, mode
     return list(dict.fromkeys(_ids(eos_id) + _ids(getattr(gen_cfg, "eos_token_id", None))))
 
 
-def completion_mask(gen: torch.Tensor, stop_ids: Iterable[int], pad_id: int | None = None) -> torch.Tensor:
+def completion_mask(gen: torch.Tensor, stop_ids: Iterable[int]) -> torch.Tensor:
     """Bool mask ``[B, L]`` of the generated tokens ``gen`` (prompt excluded) that are kept: each row up to and
-    including its first stop id; a row without one up to (excluding) its first ``pad_id`` when the pad is not a
-    stop id; else the whole row."""
+    including its first stop id, a row without one whole. (``generate`` pads only rows that already stopped,
+    so a pad id in a row without a stop id is a token the model chose, and is kept.)"""
     stops = torch.as_tensor(sorted(set(stop_ids)), dtype=gen.dtype, device=gen.device)
     length = gen.shape[1]
     pos = torch.arange(length, device=gen.device).expand_as(gen)
-    big = torch.full_like(pos, length)
     is_stop = torch.isin(gen, stops) if stops.numel() else torch.zeros_like(gen, dtype=torch.bool)
-    first_stop = torch.where(is_stop, pos, big).min(dim=1).values  # L when the row has no stop id
-    end = torch.where(first_stop < length, first_stop + 1, first_stop)
-    if pad_id is not None and pad_id not in set(stops.tolist()):
-        first_pad = torch.where(gen == pad_id, pos, big).min(dim=1).values
-        end = torch.where(first_stop < length, end, first_pad)
-    return pos < end[:, None]
+    first_stop = torch.where(is_stop, pos, torch.full_like(pos, length)).min(dim=1).values  # L: no stop id
+    return pos <= first_stop[:, None]
 
 
-def cut(gen: torch.Tensor, stop_ids: Iterable[int], pad_id: int | None = None) -> list[list[int]]:
+def cut(gen: torch.Tensor, stop_ids: Iterable[int]) -> list[list[int]]:
     """The kept tokens of each row of ``gen`` (:func:`completion_mask`) as lists."""
-    keep = completion_mask(gen, stop_ids, pad_id)
-    n = keep.sum(dim=1).tolist()
+    n = completion_mask(gen, stop_ids).sum(dim=1).tolist()
     return [row[:k] for row, k in zip(gen.tolist(), n, strict=True)]
