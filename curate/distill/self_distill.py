@@ -182,6 +182,8 @@ def mutual_peer(cfg: DistillConfig, p: Prepared) -> tuple[torch.nn.Module, Any, 
         torch.manual_seed(cfg.seed + 1)
         peer, _, _ = load_causal_lm(cfg.student, device="cpu", base_config=p.teacher.config, tokenizer=p.tokenizer)
         torch.set_rng_state(state)
+    for w in peer.parameters():  # a trainer that had the teacher as its teacher froze it
+        w.requires_grad_(True)
     optim = cfg.optim.model_copy(update={"lr": sd.peer_lr or cfg.optim.lr})
     peer_cfg = cfg.model_copy(update={"optim": optim, "output_dir": str(Path(cfg.output_dir) / "peer"),
                                       "self_distill": None})
