@@ -180,6 +180,26 @@ def test_mutual_hook_steps_the_peer_against_the_updated_student(tmp_path):
         assert torch.allclose(v, state(p_ref)[k], atol=1e-6), k
 
 
+def test_mutual_resume_restores_the_peer(tmp_path):
+    """The peer's weights, optimizer and schedule ride in the student's checkpoint: 2 + 2 steps == 4 steps."""
+    d = data()
+
+    def run(out: Path, steps: int | None, resume: bool = False, seed: int = 2):
+        s, peer = llama(seed), llama(seed + 3)
+        c = cfg(out, loss={"name": "forward_kl", "alpha": 0.5})
+        p_tr = DistillTrainer(c, peer, d, signal=online_signal(s, c, V))
+        tr = DistillTrainer(c, s, d, signal=online_signal(peer, c, V), hooks=[MutualHook(p_tr)])
+        tr.train(resume=resume, max_steps=steps)
+        return tr, peer
+
+    tr, peer = run(tmp_path / "a", None)
+    run(tmp_path / "b", 2)
+    tr2, peer2 = run(tmp_path / "b", None, resume=True, seed=9)
+    assert [r["peer_loss"] for r in tr2.history] == pytest.approx([r["peer_loss"] for r in tr.history], rel=1e-6)
+    for k, v in state(peer).items():
+        assert torch.allclose(v, state(peer2)[k], atol=1e-6), k
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 @pytest.fixture
 def tiny(tmp_path):
