@@ -491,6 +491,8 @@ class DistillConfig(_Strict):
             if sd.mode == "born_again" and self.data.order != "random":
                 raise ValueError("self_distill.mode 'born_again': rounds after the first have no teacher cache, so "
                                  "data.order must be random")
+            if self.teachers:
+                raise ValueError("self_distill uses the student's own copy as teacher; drop `teachers`")
             if sd.mode == "checkpoint" and not sd.checkpoint:
                 raise ValueError("self_distill.mode 'checkpoint' needs `checkpoint` (the frozen teacher's folder)")
             if sd.mode == "mutual" and self.on_policy_fraction > 0:

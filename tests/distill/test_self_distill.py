@@ -297,6 +297,9 @@ def test_self_distill_config_errors(tiny):
         tiny_cfg(tiny, self_distill={"mode": "ema"}, teacher_signal={"mode": "cache", "dir": "c"})
     with pytest.raises(ValueError, match="teacher loss"):
         tiny_cfg(tiny, self_distill={"mode": "born_again"}, loss={"name": "ce"})
+    t = str(tiny / "teacher")
+    with pytest.raises(ValueError, match="drop `teachers`"):
+        tiny_cfg(tiny, teachers=[{"path": t}, {"path": t, "name": "b"}], self_distill={"mode": "ema"})
 
 
 def readme_snippets() -> list[dict]:
