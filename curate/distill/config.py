@@ -493,6 +493,12 @@ class DistillConfig(_Strict):
                                  "data.order must be random")
             if self.teachers:
                 raise ValueError("self_distill uses the student's own copy as teacher; drop `teachers`")
+            if self.cross_tokenizer is not None or self.dataset_distill is not None:
+                raise ValueError("self_distill shares the student's tokenizer and trains one student: drop "
+                                 "`cross_tokenizer` / `dataset_distill`")
+            if sd.mode == "mutual" and self.hidden_states is not None:
+                raise ValueError("self_distill.mode 'mutual' with hidden_states: the peer has no frozen hidden "
+                                 "states to match; use ema or checkpoint")
             if sd.mode == "checkpoint" and not sd.checkpoint:
                 raise ValueError("self_distill.mode 'checkpoint' needs `checkpoint` (the frozen teacher's folder)")
             if sd.mode == "mutual" and self.on_policy_fraction > 0:

@@ -47,7 +47,7 @@ def distill(cfg: DistillConfig | dict | str | Path, resume: bool = False) -> Dis
     if cfg.self_distill is not None and cfg.self_distill.mode == "born_again":  # a distill run per round
         from curate.distill.self_distill import born_again
 
-        return born_again(cfg, resume=resume)
+        return born_again(cfg, run=distill, resume=resume)
     p = prepare(cfg)
     if cfg.dataset_distill is not None:  # dataset distillation: its own comparison of sets (and its report)
         from curate.distill.dataset_distill import run_dataset_distill

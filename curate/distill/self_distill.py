@@ -52,7 +52,9 @@ import torch
 from curate.distill.config import DistillConfig, SelfDistill, TeacherSignal
 
 if TYPE_CHECKING:
-    from curate.distill.run import DistillResult, Prepared
+    from collections.abc import Callable
+
+    from curate.distill.prepare import DistillResult, Prepared
     from curate.distill.trainer import DistillTrainer
 
 log = logging.getLogger(__name__)
@@ -300,11 +302,12 @@ def _round_row(r: int, res: Any) -> dict[str, Any]:
             "train_s": res.train.get("train_s")}
 
 
-def born_again(cfg: DistillConfig, *, resume: bool = False) -> DistillResult:
-    """``rounds`` born-again generations (see the module docstring); ``resume`` skips finished rounds and
-    continues the interrupted one from its checkpoint."""
+def born_again(cfg: DistillConfig, *, run: Callable[..., DistillResult], resume: bool = False) -> DistillResult:
+    """``rounds`` born-again generations (see the module docstring), each a ``run(round_cfg, resume=...)``
+    (:func:`curate.distill.run.distill`, passed in so this module does not import its caller); ``resume`` skips
+    finished rounds and continues the interrupted one from its checkpoint."""
     from curate.distill.evaluate import write_report
-    from curate.distill.run import DistillResult, distill
+    from curate.distill.prepare import DistillResult
 
     sd = cfg.self_distill
     assert sd is not None
@@ -322,7 +325,7 @@ def born_again(cfg: DistillConfig, *, resume: bool = False) -> DistillResult:
             log.info("born-again round %d: done, resumed", r)
         else:
             done.unlink(missing_ok=True)
-            res = distill(rcfg, resume=resume and (rdir / "checkpoint" / "state.pt").is_file())
+            res = run(rcfg, resume=resume and (rdir / "checkpoint" / "state.pt").is_file())
             last = {"row": _round_row(r, res), "train": res.train, "eval": res.report.get("eval")}
             done.write_text(json.dumps(last, default=str), encoding="utf-8")
         rows.append(last["row"])

@@ -36,7 +36,7 @@ from curate.distill.stops import cut, stop_token_ids
 
 if TYPE_CHECKING:
     from curate.distill.config import DistillConfig, SeqKD
-    from curate.distill.run import Prepared
+    from curate.distill.prepare import Prepared
 
 log = logging.getLogger(__name__)
 

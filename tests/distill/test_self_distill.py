@@ -300,6 +300,8 @@ def test_self_distill_config_errors(tiny):
     t = str(tiny / "teacher")
     with pytest.raises(ValueError, match="drop `teachers`"):
         tiny_cfg(tiny, teachers=[{"path": t}, {"path": t, "name": "b"}], self_distill={"mode": "ema"})
+    with pytest.raises(ValueError, match="no frozen hidden"):
+        tiny_cfg(tiny, self_distill={"mode": "mutual"}, hidden_states={"layers": "uniform"})
 
 
 def readme_snippets() -> list[dict]:
