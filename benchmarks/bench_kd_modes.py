@@ -17,6 +17,12 @@ Modes (extend ``MODES`` with a new mode's trainer arguments):
   multi:conf-hard    confidence with tau 0 (the surer teacher per example)
   hidden:A           kd:A + hidden-state cosine on (1, 2), (2, 4), weight 0.25 (curate.distill.hidden); CKA
                      of the pairs before -> after in the row (cross-tokenizer ULD: bench_kd_xtok_hidden.py)
+  self:ema           the student's own EMA copy (decay 0.99, Mean Teacher ramp-up) as teacher, no real teacher
+  self:born_again    round 1 on the labels, round 2 from the same init taught by round 1 (2x the steps in all)
+  mutual:copy        deep mutual learning with a second student (seed 2); mutual:A: the peer is a copy of A
+                     that also updates (lr 1e-4); the peer's step is in the row's tokens/s
+  seq_kd:A           CE on A's greedy continuations of the first 32 characters of steps x 12 random blocks
+                     (what the budget reads; generation timed apart); seq_kd+word:A adds forward KL + 0.5 CE
 
     python benchmarks/bench_kd_modes.py                 # about 3 minutes on a quiet 2-core CPU
     python benchmarks/bench_kd_modes.py --steps 300 --teacher-steps 600
@@ -25,6 +31,7 @@ Modes (extend ``MODES`` with a new mode's trainer arguments):
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -45,6 +52,13 @@ MODES: dict[str, dict[str, Any]] = {
     "multi:agreement": {"teachers": ["A", "B"], "mixing": "agreement", "tau": 1.0},
     "multi:conf-hard": {"teachers": ["A", "B"], "mixing": "confidence", "tau": 0.0},
     "hidden:A": {"teachers": ["A"], "hidden": {"layers": [[1, 2], [2, 4]], "loss": "cosine", "weight": 0.25}},
+    # self-distillation / co-training / sequence-level KD (curate.distill.self_distill, seq_kd)
+    "self:ema": {"self": "ema"},
+    "self:born_again": {"self": "born_again"},
+    "mutual:copy": {"self": "mutual"},
+    "mutual:A": {"teachers": ["A"], "self": "mutual"},
+    "seq_kd:A": {"teachers": ["A"], "seq_kd": True, "loss": {"name": "ce"}},
+    "seq_kd+word:A": {"teachers": ["A"], "seq_kd": True},
 }
 
 
@@ -87,9 +101,12 @@ def main() -> None:
 
     import torch
 
+    from curate.distill.config import SeqKD
     from curate.distill.data import TokenData
     from curate.distill.evaluate import evaluate_models
     from curate.distill.multi_teacher import MultiTeacher
+    from curate.distill.self_distill import EMAHook, MutualHook, online_signal
+    from curate.distill.seq_kd import generate
     from curate.distill.trainer import DistillTrainer
 
     torch.set_num_threads(args.threads)
@@ -142,7 +159,35 @@ def main() -> None:
 
             kw["aux"] = HiddenStateKD(cfg.hidden_states, student, teachers[names[0]])
             cka = kw["aux"].cka(held, pad_id=0, device=cpu)
-        summary = DistillTrainer(cfg, student, train, **kw).train()
+        data, extra = train, {}
+        if spec.get("self") == "ema":
+            ema = copy.deepcopy(student)
+            kw.update(teacher=ema, hooks=[EMAHook(ema, decay=0.99, warmup=True)])
+        elif spec.get("self") == "born_again":  # round 1 on the labels, round 2 (same init) taught by round 1
+            r1 = gpt2(vocab, 2, 64, seed=1)
+            s1 = DistillTrainer(config(out / "born_again_r1", steps=args.steps, loss={"name": "ce"}), r1, train).train()
+            extra["round1_train_s"] = s1["train_s"]
+            kw["teacher"] = r1.eval()
+        elif spec.get("self") == "mutual":
+            peer = copy.deepcopy(teachers[names[0]]).train() if names else gpt2(vocab, 2, 64, seed=2)
+            for w in peer.parameters():  # kd:* rows froze the teachers
+                w.requires_grad_(True)
+            pcfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 1e-4 if names else 1e-3})})
+            p_tr = DistillTrainer(pcfg, peer, train, signal=online_signal(student, cfg, vocab))
+            kw = {"signal": online_signal(peer, cfg, vocab), "hooks": [MutualHook(p_tr)]}
+        if spec.get("seq_kd"):  # the teacher's greedy continuations of the blocks the budget reads
+            g0 = time.perf_counter()
+            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(3))[: args.steps * 12].tolist()
+            prompts = [train.seqs[i][:32] for i in pick]
+            answers: list[list[int]] = []
+            for j in range(0, len(prompts), 256):
+                answers += generate(teachers[names[0]], prompts[j:j + 256], SeqKD(max_new_tokens=32), stops=[],
+                                    pad_id=0, device=cpu)
+            data = TokenData([q + a for q, a in zip(prompts, answers, strict=True)], [len(q) for q in prompts])
+            extra["generate_s"] = time.perf_counter() - g0
+            if cfg.loss.name == "ce":
+                kw.pop("teacher", None)
+        summary = DistillTrainer(cfg, student, data, **kw).train()
         if cka is not None:
             cka = [(round(b, 3), round(a, 3)) for b, a in zip(cka, kw["aux"].cka(held, pad_id=0, device=cpu),
                                                                strict=True)]
@@ -153,6 +198,7 @@ def main() -> None:
                "kl_A": contrib["teachers"][0]["kl_teacher_student"], "kl_B": contrib["teachers"][1]["kl_teacher_student"],
                "kl_mix": contrib["kl_mixture_student"], "top1_vs_best": ev["top1_agreement"],
                "train_tokens_per_s": summary["train_tokens_per_s"], "train_s": summary["train_s"]}
+        row.update(extra)
         if mt is not None:
             row["mean_weight_train"] = mt.signal.stats.means()
         if cka is not None:
