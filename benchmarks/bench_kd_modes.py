@@ -17,6 +17,8 @@ Modes (extend ``MODES`` with a new mode's trainer arguments):
   multi:conf-hard    confidence with tau 0 (the surer teacher per example)
   hidden:A           kd:A + hidden-state cosine on (1, 2), (2, 4), weight 0.25 (curate.distill.hidden); CKA
                      of the pairs before -> after in the row (cross-tokenizer ULD: bench_kd_xtok_hidden.py)
+  uncert:entropy     kd:A with the KD term weighted per token by 1 - H(teacher)/log V (curate.distill.modes_uncert)
+  uncert:prior       kd:A with the teacher mixed with a label-smoothed prior by its entropy
   self:ema           the student's own EMA copy (decay 0.99, Mean Teacher ramp-up) as teacher, no real teacher
   self:born_again    round 1 on the labels, round 2 from the same init taught by round 1 (2x the steps in all)
   mutual:copy        deep mutual learning with a second student (seed 2); mutual:A: the peer is a copy of A
@@ -53,6 +55,10 @@ MODES: dict[str, dict[str, Any]] = {
     "multi:conf-hard": {"teachers": ["A", "B"], "mixing": "confidence", "tau": 0.0},
     "hidden:A": {"teachers": ["A"], "hidden": {"layers": [[1, 2], [2, 4]], "loss": "cosine", "weight": 0.25}},
     # self-distillation / co-training / sequence-level KD (curate.distill.self_distill, seq_kd)
+    "uncert:entropy": {"teachers": ["A"], "loss": {"name": "forward_kl", "alpha": 0.5, "temperature": 1.0,
+                                                   "token_weighting": "teacher_entropy"}},
+    "uncert:prior": {"teachers": ["A"], "loss": {"name": "forward_kl", "alpha": 0.5, "temperature": 1.0,
+                                                 "teacher_prior": "label_smoothing"}},
     "self:ema": {"self": "ema"},
     "self:born_again": {"self": "born_again"},
     "mutual:copy": {"self": "mutual"},
