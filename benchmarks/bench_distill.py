@@ -6,15 +6,20 @@ vocabulary (random init, saved once). Data: Dolly-15k instruction/context + resp
 cut to exactly 128 tokens (loss on response tokens only), batch 4, fp32, ``--threads`` (default 2).
 Loss: generalized JSD with beta=0 (forward KL) and beta=0.5, off-policy (TRL lmbda=0), no CE term.
 
-Variants, each in a fresh process (peak RSS = that process's ru_maxrss, models included):
-  curate online full-vocab (beta 0, 0.5) | curate cached top-k (k=16; cache build timed separately)
-  TRL GKDTrainer online full-vocab (beta 0, 0.5), from a separate venv (benchmarks/_work/trlenv):
-    python -m venv benchmarks/_work/trlenv
-    benchmarks/_work/trlenv/bin/pip install torch==2.13.0 "trl==1.16.*" "transformers==5.23.*" gguf accelerate datasets
-tokens/s = (batch x 128 tokens x timed steps) / wall time of those steps (the first steps are warm-up).
+Variants, each in a fresh process, all run for ``--epochs`` passes over the same ``--n`` sequences:
+  curate online full-vocab (beta 0, 0.5) | TRL GKDTrainer online full-vocab (beta 0, 0.5)
+  curate online top-k (k=16): the teacher's top-16 + tail bucket computed online -- the cached objective
+  curate cached top-k (k=16): the cache build (its own process, start-up included) + training on it
+TRL runs from its own venv, at curate's transformers and torch versions (benchmarks/setup_peers.sh):
+  --trl-python .peers/trl/bin/python   (or CURATE_PEERS=DIR)
+Figures per variant: start-up (process start to the first step: imports, model loads, trainer set-up; =
+process wall - training wall), steady-state tokens/s (steps after ``--warmup``, the same warm-up on every
+side), and end to end for 1 and for ``--epochs`` epochs = start-up + every step of those epochs (+ the
+cache build, start-up included, for the cached run). Memory: each process's own peak (VmHWM, sampled from
+outside and read by the process itself) and its PSS (benchmarks/_mem.py), never an inherited ru_maxrss.
 
-    python benchmarks/bench_distill.py --small       # CPU, a few minutes
-    python benchmarks/bench_distill.py --steps 30
+    python benchmarks/bench_distill.py --small       # 1 epoch of 24 sequences, CPU, a few minutes
+    python benchmarks/bench_distill.py --n 40 --epochs 3
 """
 
 from __future__ import annotations
@@ -22,20 +27,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _mem import load, measure, self_hwm_mb  # noqa: E402
+
 WORK = ROOT / "benchmarks" / "_work" / "distill"
-TRL_PY = ROOT / "benchmarks" / "_work" / "trlenv" / "bin" / "python"
+PEERS = Path(os.environ.get("CURATE_PEERS", ROOT / ".peers"))  # benchmarks/setup_peers.sh
 SEQ, BATCH = 128, 4
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak RSS since exec (VmHWM), MB."""
+    return self_hwm_mb()
+
+
+def _step_stats(times: list[float], warmup: int) -> dict:
+    """Steady-state tokens/s (steps after the warm-up) and the per-step times (for end-to-end sums)."""
+    timed = times[warmup:]
+    return {"tokens_per_s": BATCH * SEQ * len(timed) / sum(timed), "timed_steps": len(timed),
+            "train_s": sum(times), "step_times": times}
 
 
 # ----------------------------------------------------------------------------------------------- prepare
@@ -110,6 +124,9 @@ def worker_curate(args: argparse.Namespace) -> dict:
 
         cache = TeacherCache(WORK / f"cache_k{args.k}_{args.n}")
         teacher = None
+    signal = None
+    if args.mode == "online_topk":  # the cached run's objective (top-k + tail bucket), teacher run online
+        signal = OnlineTopK(args.k)
     student = AutoModelForCausalLM.from_pretrained(WORK / "student_init", dtype=torch.float32)
     cfg = DistillConfig.model_validate(dict(
         teacher={"path": str(WORK / "teacher")}, student={"path": str(WORK / "student_init")},
@@ -119,6 +136,8 @@ def worker_curate(args: argparse.Namespace) -> dict:
                "schedule": "constant"},
         precision="fp32", device="cpu", progress=False, plot=False, seed=0))
     tr = DistillTrainer(cfg, student, data, teacher=teacher, cache=cache, pad_id=0)
+    if signal is not None:
+        signal.bind(tr)
     times: list[float] = []
     last = [time.perf_counter()]
 
@@ -128,9 +147,27 @@ def worker_curate(args: argparse.Namespace) -> dict:
         last[0] = now
 
     tr.train(on_step=on_step)
-    timed = times[args.warmup:]
-    return {"tokens_per_s": BATCH * SEQ * len(timed) / sum(timed), "timed_steps": len(timed),
-            "peak_rss_mb": _rss_mb(), "final_loss": tr.history[-1]["loss"]}
+    return {**_step_stats(times, args.warmup), "peak_rss_mb": _rss_mb(), "final_loss": tr.history[-1]["loss"]}
+
+
+class OnlineTopK:
+    """The cached objective computed online: the trainer's own online teacher signal, its logits reduced to
+    the top-k log-probs + the exact tail bucket (``TopK.from_logits``, what the cache stores), so the loss
+    sees the same targets as from a cache. Bound to a built trainer (it needs the trainer's teacher signal)."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.online = k, None
+
+    def bind(self, tr) -> None:  # noqa: ANN001
+        self.online = tr.signal
+        tr.signal = self
+
+    def targets(self, mb):  # noqa: ANN001, ANN201
+        from curate.distill.signals import TopKTargets
+        from curate.models.topk import TopK
+
+        t = self.online.targets(mb)
+        return TopKTargets(TopK.from_logits(t.chunk(0, mb.n), self.k))
 
 
 def worker_cache(args: argparse.Namespace) -> dict:
@@ -155,7 +192,7 @@ def worker_cache(args: argparse.Namespace) -> dict:
     secs = time.perf_counter() - t0
     mass = torch.stack([(1 - cache[i].topk.tail_logmass.exp()).mean() for i in range(len(cache))]).mean()
     return {"build_s": secs, "s_per_sample": secs / len(seqs), "bytes_per_token": cache.meta["bytes_per_token"],
-            "topk_mass": float(mass), "peak_rss_mb": _rss_mb()}
+            "topk_mass": float(mass), "peak_rss_mb": _rss_mb(), "train_s": secs}
 
 
 def worker_trl(args: argparse.Namespace) -> dict:
@@ -200,77 +237,109 @@ def worker_trl(args: argparse.Namespace) -> dict:
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, data_collator=collate, train_dataset=ds,
                          processing_class=tok, callbacks=[Timer()])
     trainer.train()
-    timed = times[args.warmup:]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"tokens_per_s": BATCH * SEQ * len(timed) / sum(timed), "timed_steps": len(timed),
-            "peak_rss_mb": _rss_mb(), "final_loss": losses[-1] if losses else None,
-            "trl_version": __import__("trl").__version__}
+    return {**_step_stats(times, args.warmup), "peak_rss_mb": _rss_mb(), "final_loss": losses[-1] if losses else None,
+            "trl_version": __import__("trl").__version__,
+            "transformers_version": __import__("transformers").__version__}
 
 
 # ----------------------------------------------------------------------------------------------- driver
 def _run(py: str, worker: str, extra: list[str], a: argparse.Namespace) -> dict:
+    """One variant in a fresh process: its result line, its wall time and its own memory (sampled VmHWM of
+    the process tree, summed PSS); start-up = process wall - the worker's own training (or build) time."""
     cmd = [py, str(Path(__file__).resolve()), "--worker", worker, "--n", str(a.n), "--steps", str(a.steps),
            "--warmup", str(a.warmup), "--threads", str(a.threads), "--k", str(a.k), *extra]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-    if p.returncode != 0 or not lines:
-        return {"error": (p.stderr or p.stdout)[-1500:]}
-    return json.loads(lines[-1][7:])
+    if py != sys.executable:
+        env["PYTHONPATH"] = ""  # the peer's venv only
+    m = measure(cmd, env=env, cwd=ROOT, capture=True)
+    lines = [ln for ln in m["stdout"].splitlines() if ln.startswith("RESULT ")]
+    if m["rc"] != 0 or not lines:
+        return {"error": m["stdout"][-1500:]}
+    r = json.loads(lines[-1][7:])
+    r.update(wall_s=m["wall"], startup_s=m["wall"] - r["train_s"], pss_mb=m["peak_pss_mb"],
+             peak_rss_mb=max(r["peak_rss_mb"], m["max_hwm_mb"]), load_1m_after=os.getloadavg()[0])
+    return r
+
+
+def end_to_end(r: dict, epochs: int, spe: int, build: dict | None = None) -> float:
+    """Seconds for ``epochs`` epochs: start-up + those epochs' steps (+ the whole cache-build process)."""
+    s = r["startup_s"] + sum(r["step_times"][:epochs * spe])
+    return s + (build["wall_s"] if build else 0.0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--small", action="store_true", help="few steps (CPU, a few minutes)")
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--small", action="store_true", help="1 epoch of 24 sequences (CPU, a few minutes)")
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--k", type=int, default=16)
-    ap.add_argument("--n", type=int, default=None, help="examples (default: steps x batch)")
+    ap.add_argument("--n", type=int, default=40, help="training sequences (one epoch = n / batch steps)")
+    ap.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--skip-cache", action="store_true")
     ap.add_argument("--trl-first", action="store_true", help="run TRL before curate (to check order effects)")
     ap.add_argument("--betas", default="0.0,0.5")
+    ap.add_argument("--trl-python", default=str(PEERS / "trl" / "bin" / "python"),
+                    help="TRL's venv python (benchmarks/setup_peers.sh; env CURATE_PEERS sets the folder)")
     ap.add_argument("--worker", default=None)
     ap.add_argument("--mode", default="online")
     ap.add_argument("--beta", type=float, default=0.0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "_work" / "distill" / "results.json"))
     a = ap.parse_args()
     if a.small:
-        a.steps = min(a.steps, 10)
-    a.n = a.n or a.steps * BATCH
+        a.n, a.epochs = min(a.n, 24), 1
+    spe = a.n // BATCH
+    a.steps = a.steps or spe * a.epochs
     if a.worker:
         fn = {"curate": worker_curate, "cache": worker_cache, "trl": worker_trl}[a.worker]
         print("RESULT " + json.dumps(fn(a)), flush=True)
         return
     prepare(a.n)
-    res: dict = {"load_avg_at_start": os.getloadavg(), "steps": a.steps, "warmup": a.warmup, "batch": BATCH, "seq": SEQ, "threads": a.threads, "k": a.k}
+    trl_py = Path(a.trl_python)
+    res: dict = {"load_avg_at_start": os.getloadavg(), "n": a.n, "epochs": a.epochs, "steps": a.steps,
+                 "warmup": a.warmup, "batch": BATCH, "seq": SEQ, "threads": a.threads, "k": a.k,
+                 "transformers_curate": __import__("transformers").__version__}
     py = sys.executable
     betas = [float(b) for b in a.betas.split(",")]
-    for beta in betas:
+    for beta in betas:  # curate and TRL interleaved, per beta
         runs = [("curate", py, ["--mode", "online", "--beta", str(beta)])]
-        if not a.skip_trl and TRL_PY.exists():
-            runs.append(("trl", str(TRL_PY), ["--beta", str(beta)]))
+        if not a.skip_trl and trl_py.exists():
+            runs.append(("trl", str(trl_py), ["--beta", str(beta)]))
         for who, exe, extra in (runs[::-1] if a.trl_first else runs):
             key = f"{who}_online_beta{beta}"
             res[key] = _run(exe, who, extra, a)
-            res[key]["load_avg_1m_after"] = os.getloadavg()[0]
-            print(f"{key}: {res[key]}", flush=True)
+            print(f"{key}: { {k: v for k, v in res[key].items() if k != 'step_times'} }", flush=True)
     if not a.skip_cache:
+        res["curate_online_topk_beta0.0"] = _run(py, "curate", ["--mode", "online_topk", "--beta", "0.0"], a)
+        print(f"curate online top-{a.k}: {res['curate_online_topk_beta0.0']}", flush=True)
         res["cache_build"] = _run(py, "cache", [], a)
-        res["cache_build"]["load_avg_1m_after"] = os.getloadavg()[0]
         print(f"cache build k={a.k}: {res['cache_build']}", flush=True)
         res["curate_cache_beta0.0"] = _run(py, "curate", ["--mode", "cache", "--beta", "0.0"], a)
-        res["curate_cache_beta0.0"]["load_avg_1m_after"] = os.getloadavg()[0]
         print(f"curate cached top-{a.k} beta=0: {res['curate_cache_beta0.0']}", flush=True)
-    print("\n| variant | tokens/s | peak RSS MiB | vs TRL (same beta) |\n|---|---|---|---|")
+    eps = sorted({1, a.epochs})
+    head = " | ".join(f"end to end {e} ep (s) | vs TRL" for e in eps)
+    print(f"\n| variant | start-up s | steady tokens/s | vs TRL | {head} | VmHWM MiB | PSS MiB |\n"
+          f"|---|---|---|---|{'---|---|' * len(eps)}---|---|")
+    build = res.get("cache_build")
     for key, r in res.items():
         if not isinstance(r, dict) or "tokens_per_s" not in r:
             continue
         beta = key.rsplit("beta", 1)[1]
         trl = res.get(f"trl_online_beta{beta}", {})
         ratio = r["tokens_per_s"] / trl["tokens_per_s"] if trl.get("tokens_per_s") else float("nan")
-        print(f"| {key} | {r['tokens_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {ratio:.2f}x |")
+        cells = []
+        for e in eps:
+            mine = end_to_end(r, e, spe, build if "cache" in key else None)
+            other = end_to_end(trl, e, spe) if trl.get("step_times") else float("nan")
+            cells.append(f"{mine:.1f} | {other / mine:.2f}x")
+        print(f"| {key} | {r['startup_s']:.1f} | {r['tokens_per_s']:.1f} | {ratio:.2f}x | {' | '.join(cells)} | "
+              f"{r['peak_rss_mb']:.0f} | {r['pss_mb']:.0f} |")
+    if build and "wall_s" in build:
+        print(f"cache build process: {build['wall_s']:.1f}s wall ({build['build_s']:.1f}s building), "
+              f"VmHWM {build['peak_rss_mb']:.0f} MiB, PSS {build['pss_mb']:.0f} MiB")
+    print(f"load {load()}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(f"results: {a.out}")

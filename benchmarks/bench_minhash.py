@@ -27,9 +27,7 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -38,9 +36,12 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _mem import load, measure, self_hwm_mb, self_pss_mb  # noqa: E402
+
 DATA = Path(os.environ.get("CURATE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 WORK = ROOT / "benchmarks" / "_work" / "minhash"
-DT_PY = ROOT / "benchmarks" / "_work" / "dtenv" / "bin" / "python"
+PEERS = Path(os.environ.get("CURATE_PEERS", ROOT / ".peers"))  # benchmarks/setup_peers.sh
 BANDS, ROWS, TAU = 14, 8, 0.75
 PART_DOCS = 50_000
 
@@ -84,62 +85,24 @@ def corpus_dir(n: int) -> Path:
     df = build_corpus(n).with_row_index("order")
     for i in range(0, n, PART_DOCS):
         df[i:i + PART_DOCS].write_parquet(d / "parquet" / f"part-{i // PART_DOCS:04d}.parquet")
+    # the input both sides read end to end: one jsonl, id + text, in corpus order
+    (d / "jsonl").mkdir()
+    df.select("id", "text").write_ndjson(d / "jsonl" / "corpus.jsonl")
     (d / "_done").touch()
     return d
 
 
-def _status_kb(pid: int | str, field: str) -> int:
-    """A ``VmRSS`` / ``VmHWM`` line of /proc/<pid>/status, in kB (0 if the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+def cpu_now() -> float:
+    """CPU seconds (user + system) of this process and its reaped children so far."""
+    import resource
 
-
-def measure(cmd: list[str], env: dict | None = None, log: Path | None = None) -> dict:
-    """Run cmd; wall seconds and, in MB, ``max_rss_mb`` (the largest ``VmHWM``, i.e. peak RSS since exec,
-    of the child or any descendant, polled every 0.2 s) and ``tree_rss_mb`` (peak of the summed RSS of
-    the child and its descendants). ``ru_maxrss`` is not used: a forked child inherits the parent's
-    high-water mark at fork, so it would report this (large) benchmark process."""
-    import psutil
-
-    t = time.perf_counter()
-    out = open(log, "w") if log else None  # noqa: SIM115
-    p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
-    peak_tree, hwm = [0], {}
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set():
-            try:
-                procs = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
-            except psutil.Error:
-                procs = []
-            total = 0
-            for q in procs:
-                total += _status_kb(q.pid, "VmRSS")
-                hwm[q.pid] = max(hwm.get(q.pid, 0), _status_kb(q.pid, "VmHWM"))
-            peak_tree[0] = max(peak_tree[0], total)
-            stop.wait(0.2)
-
-    th = threading.Thread(target=poll, daemon=True)
-    th.start()
-    rc = p.wait()
-    stop.set()
-    th.join()
-    if out:
-        out.close()
-    return {"wall": time.perf_counter() - t, "max_rss_mb": max(hwm.values(), default=0) / 1024,
-            "tree_rss_mb": peak_tree[0] / 1024, "rc": rc}
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
 def self_rss_mb() -> float:
-    """This process's peak RSS since exec (``VmHWM``), in MB."""
-    return _status_kb("self", "VmHWM") / 1024
+    """This process's own peak RSS since exec (``VmHWM``), in MB (benchmarks/_mem.py)."""
+    return self_hwm_mb()
 
 
 def truth_pairs(texts: pl.Series) -> pl.DataFrame:
@@ -201,34 +164,38 @@ def pr(cluster: np.ndarray, truth: pl.DataFrame, sets: tuple[np.ndarray, np.ndar
 
 
 # ------------------------------------------------------------------------------ children (one system each)
-def child_curate(corpus: Path, res: Path, workers: int, verify: bool) -> None:
-    from curate import Pipeline, read, write
+def _ext(fmt: str) -> str:
+    return ".jsonl.gz" if fmt == "jsonl.gz" else ".jsonl"
+
+
+def child_curate(corpus: Path, res: Path, workers: int, verify: bool, fmt: str) -> None:
+    """curate end to end: the same jsonl input as DataTrove, kept docs and rejects both in ``fmt``
+    (``jsonl`` or ``jsonl.gz``: DataTrove's JsonlWriter without / with its default gzip)."""
+    from curate import Pipeline, RejectsSpec, read, write
     from curate.filters.minhash import MinHashDedup
 
     d = res / "run"
     shutil.rmtree(d, ignore_errors=True)
-    t = time.perf_counter()
-    Pipeline(read(str(corpus / "parquet" / "*.parquet")),
+    t, c = time.perf_counter(), cpu_now()
+    Pipeline(read(str(corpus / "jsonl" / "corpus.jsonl")),
              MinHashDedup(bands=BANDS, rows=ROWS, threshold=TAU, verify=verify),
-             write(str(d / "out"), format="parquet")).run(work_dir=str(d / "work"), workers=workers, progress=False)
-    secs = time.perf_counter() - t
+             write(str(d / "out"), format=fmt), RejectsSpec(path=str(d / "rejects"), format=fmt),
+             ).run(work_dir=str(d / "work"), workers=workers, progress=False)
+    secs, cpu = time.perf_counter() - t, cpu_now() - c
     rss = self_rss_mb()
-    kept = pl.scan_parquet(str(d / "out" / "**" / "*.parquet")).select("order", "dup_cluster_id")
-    rej_files = list((d / "work" / "rejects").rglob("*.jsonl"))
-    parts = [kept.collect()]
-    if rej_files:
-        parts.append(pl.concat([pl.read_ndjson(f, schema_overrides={"dup_cluster_id": pl.Int64})
-                                .select("id", "dup_cluster_id") for f in rej_files]))
-        ids = pl.scan_parquet(str(corpus / "parquet" / "*.parquet")).select("id", "order").collect()
-        parts[1] = parts[1].join(ids, on="id").select("order", "dup_cluster_id")
-    both = pl.concat([x.select(pl.col("order").cast(pl.Int64), pl.col("dup_cluster_id").cast(pl.Int64))
-                      for x in parts]).sort("order")
-    np.save(res / "cluster.npy", both["dup_cluster_id"].fill_null(-1).to_numpy())
+    ext = _ext(fmt)
+    kept = [pl.read_ndjson(f).select("id", "dup_cluster_id") for f in (d / "out").rglob(f"*{ext}")]
+    rej_files = list((d / "rejects").rglob(f"*{ext}"))
+    rej = [pl.read_ndjson(f, schema_overrides={"dup_cluster_id": pl.Int64}).select("id", "dup_cluster_id")
+           for f in rej_files]
+    both = pl.concat([x.select("id", pl.col("dup_cluster_id").cast(pl.Int64)) for x in kept + rej])
+    ids = pl.read_parquet(corpus / "parquet", columns=["id", "order"])
+    cl = ids.join(both, on="id", how="left").sort("order")
+    np.save(res / "cluster.npy", cl["dup_cluster_id"].fill_null(-1).to_numpy())
     run_stats = json.loads((d / "work" / "stats.json").read_text())
     stats = next(s for s in run_stats["steps"] if s["step"] == "minhash_dedup")["counters"]
-    (res / "result.json").write_text(json.dumps({"seconds": secs, "self_rss_mb": rss,
-                                                 "removed": sum(1 for f in rej_files for _ in open(f)),
-                                                 "stats": stats}))
+    (res / "result.json").write_text(json.dumps({"seconds": secs, "cpu_work": cpu, "self_rss_mb": rss,
+                                                 "removed": sum(x.height for x in rej), "stats": stats}))
 
 
 def child_cluster_stage(res: Path, verify: bool) -> None:
@@ -259,7 +226,7 @@ def child_cluster_stage(res: Path, verify: bool) -> None:
     K.sorted_unique_per_doc(np.zeros(1, dtype=np.uint64), one)
 
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
-    base = _status_kb("self", "VmRSS") / 1024
+    base = self_pss_mb()  # after imports; PSS of this one process (no shared pages to split here)
     t = time.perf_counter()
     op.fit(FitContext(work, state, 0, 1, "cpu", 0, shards=shards, scratch_dir=scratch))
     secs = time.perf_counter() - t
@@ -267,20 +234,34 @@ def child_cluster_stage(res: Path, verify: bool) -> None:
                                                         "peak_rss_mb": self_rss_mb()}))
 
 
-def child_datasketch(corpus: Path, res: Path) -> None:
-    from datasketch import MinHash, MinHashLSH
+def _curate_text_module():  # noqa: ANN202
+    """curate/core/text.py loaded by path (it imports only polars): the datasketch venv shingles with
+    the very expression curate uses, without installing curate there."""
+    import importlib.util
 
-    from curate.core.text import simplify_text
+    spec = importlib.util.spec_from_file_location("_curate_text", ROOT / "curate" / "core" / "text.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
-    df = pl.read_parquet(corpus / "parquet").sort("order")
-    t = time.perf_counter()
-    simple = df.select(simplify_text(pl.col("text"))).to_series().to_list()  # same normaliser as curate
-    sigs = []
+
+def _ds_shingles(simple: list[str]):  # noqa: ANN202
+    """Word 5-grams of each simplified text, as bytes, lazily (what ``MinHash.bulk`` consumes)."""
     for s in simple:
         w = s.split(" ")
-        m = MinHash(num_perm=BANDS * ROWS, seed=1)
-        m.update_batch([" ".join(w[i:i + 5]).encode() for i in range(len(w) - 4)])
-        sigs.append(m)
+        yield [" ".join(w[i:i + 5]).encode() for i in range(len(w) - 4)]
+
+
+def child_datasketch(corpus: Path, res: Path) -> None:
+    """datasketch at its best: ``MinHash.bulk`` (one permutation set for all docs, LeanMinHash out) and
+    MinHashLSH query-then-insert, union-find over the candidates. Runs in the datasketch venv."""
+    from datasketch import MinHash, MinHashLSH
+
+    simplify_text = _curate_text_module().simplify_text
+    df = pl.read_ndjson(corpus / "jsonl" / "corpus.jsonl")
+    t, c = time.perf_counter(), cpu_now()
+    simple = df.select(simplify_text(pl.col("text"))).to_series().to_list()  # same normaliser as curate
+    sigs = MinHash.bulk(_ds_shingles(simple), num_perm=BANDS * ROWS, seed=1)
     t_sig = time.perf_counter() - t
     lsh = MinHashLSH(num_perm=BANDS * ROWS, params=(BANDS, ROWS))
     parent = list(range(len(sigs)))
@@ -297,13 +278,13 @@ def child_datasketch(corpus: Path, res: Path) -> None:
             if a != b:
                 parent[max(a, b)] = min(a, b)
         lsh.insert(i, m)
-    secs = time.perf_counter() - t
+    secs, cpu = time.perf_counter() - t, cpu_now() - c
     rss = self_rss_mb()
     roots = np.array([find(i) for i in range(len(sigs))])
     size = np.bincount(roots, minlength=len(roots))
     np.save(res / "cluster.npy", np.where(size[roots] > 1, roots, -1))
     (res / "result.json").write_text(json.dumps({
-        "seconds": secs, "sig_seconds": t_sig, "self_rss_mb": rss,
+        "seconds": secs, "cpu_work": cpu, "sig_seconds": t_sig, "self_rss_mb": rss,
         "removed": int((size[roots] > 1).sum() - (size > 1).sum())}))
 
 
@@ -326,46 +307,61 @@ class WSSig(MinhashDedupSignature):
         self.word_tokenizer = _WS()
 
 if __name__ == "__main__":
-    inp, work, tok = sys.argv[1], sys.argv[2], sys.argv[3]
+    inp, work, tok, comp = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    comp = None if comp == "none" else comp  # JsonlWriter's default is "gzip"
     cfg = MinhashConfig(hash_config=HashConfig(precision=64), num_buckets=14, hashes_per_bucket=8, n_grams=5)
     Sig = WSSig if tok == "ws" else MinhashDedupSignature
-    t = time.perf_counter()
+    import resource
+
+    def cpu_now():
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    t, c = time.perf_counter(), cpu_now()  # after the imports: start-up = the driver's figure minus this
     stages = [
         [JsonlReader(inp), Sig(output_folder=f"{work}/sigs", config=cfg)],
         [MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=cfg)],
         [MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove_ids", config=cfg,
                              save_cluster_id=True)],
         [JsonlReader(inp), MinhashDedupFilter(input_folder=f"{work}/remove_ids",
-                                              exclusion_writer=JsonlWriter(f"{work}/removed"), load_cluster_ids=True),
-         JsonlWriter(f"{work}/out")],
+                                              exclusion_writer=JsonlWriter(f"{work}/removed", compression=comp),
+                                              load_cluster_ids=True),
+         JsonlWriter(f"{work}/out", compression=comp)],
     ]
     for i, st in enumerate(stages):
         LocalPipelineExecutor(pipeline=st, tasks=cfg.num_buckets if i == 1 else 1, workers=1,
                               logging_dir=f"{work}/logs{i}").run()
-    print(json.dumps({"seconds": time.perf_counter() - t}))
+    secs, cpu = time.perf_counter() - t, cpu_now() - c
+    hwm = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+    print("RESULT " + json.dumps({"seconds": secs, "cpu_work": cpu, "self_rss_mb": hwm / 1024}))
 '''
 
 
-def run_datatrove(corpus: Path, res: Path, tok: str) -> dict | None:
-    if not DT_PY.exists():
+def run_datatrove(corpus: Path, res: Path, tok: str, comp: str, py: Path) -> dict | None:
+    """DataTrove's 4 stages on the same jsonl; ``comp`` "gzip" (its writers' default) or "none"."""
+    if not py.exists():
+        print(f"datatrove: no venv at {py} (benchmarks/setup_peers.sh)")
         return None
     d = res / "run"
     shutil.rmtree(d, ignore_errors=True)
-    (d / "in").mkdir(parents=True)
+    d.mkdir(parents=True)
     df = pl.read_parquet(corpus / "parquet").sort("order")
-    df.select("id", "text").write_ndjson(d / "in" / "corpus.jsonl")
     (d / "run.py").write_text(DT_SCRIPT)
     env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}
-    m = measure([str(DT_PY), str(d / "run.py"), str(d / "in"), str(d / "work"), tok], env=env,
+    m = measure([str(py), str(d / "run.py"), str(corpus / "jsonl"), str(d / "work"), tok, comp], env=env,
                 log=res / "datatrove.log")
     if m["rc"]:
         print((res / "datatrove.log").read_text()[-3000:])
         return None
+    own = json.loads(next(ln[7:] for ln in (res / "datatrove.log").read_text().splitlines()
+                          if ln.startswith("RESULT ")))
     cluster, removed = datatrove_clusters(df, d)
     np.save(res / "cluster.npy", cluster)
     (res / "measure.json").write_text(json.dumps(m))
-    (res / "result.json").write_text(json.dumps({"seconds": m["wall"], "removed": removed}))
-    return {**m, "seconds": m["wall"], "cluster": cluster, "removed": removed}
+    out = {"seconds": own["seconds"], "cpu_work": own["cpu_work"], "removed": removed,
+           "self_rss_mb": own["self_rss_mb"]}
+    (res / "result.json").write_text(json.dumps(out))
+    return {**m, **out, "cluster": cluster}
 
 
 def datatrove_clusters(df: pl.DataFrame, d: Path) -> tuple[np.ndarray, int]:
@@ -381,10 +377,10 @@ def datatrove_clusters(df: pl.DataFrame, d: Path) -> tuple[np.ndarray, int]:
     return cl["c"].fill_null(-1).cast(pl.Int64).to_numpy(), 0 if removed is None else removed.height
 
 
-def run_child(kind: str, corpus: Path, res: Path, *extra: str) -> dict:
+def run_child(kind: str, corpus: Path, res: Path, *extra: str, py: str = sys.executable) -> dict:
     shutil.rmtree(res, ignore_errors=True) if kind != "cluster" else None
     res.mkdir(parents=True, exist_ok=True)
-    m = measure([sys.executable, __file__, "--child", kind, "--corpus", str(corpus), "--res", str(res), *extra])
+    m = measure([py, __file__, "--child", kind, "--corpus", str(corpus), "--res", str(res), *extra])
     if m["rc"]:
         raise RuntimeError(f"{kind} child failed ({m['rc']})")
     if kind == "cluster":
@@ -400,8 +396,10 @@ def load_result(res: Path) -> dict:
 
 
 def signature_race(texts: pl.Series, rounds: int = 3) -> None:
-    """Signatures only, same docs, same moment (alternating rounds, best of each): datasketch
-    ``MinHash.update_batch`` on the simplified word 5-grams vs curate's batch kernel (1 core)."""
+    """Signatures only, same docs, same moment (alternating rounds, best of each, both sides warmed up on
+    100 docs first): datasketch's ``MinHash.bulk`` (one permutation set for every doc) on the simplified
+    word 5-grams vs curate's batch kernel, both from the simplified text, 1 core. datasketch here is the
+    one in curate's venv (the ``dev`` extra), the same 2.0.0 as the peer venv."""
     from datasketch import MinHash
 
     from curate.core.text import simplify_text
@@ -409,20 +407,24 @@ def signature_race(texts: pl.Series, rounds: int = 3) -> None:
 
     cfg = _Cfg(shingle="word", ngram=5, normalize=True, hash="fast", num_perm=BANDS * ROWS, seed=1,
                bands=BANDS, rows=ROWS, score_column=None, device="cpu")
+
+    def ds(tx: pl.Series) -> None:
+        simple = tx.to_frame("t").select(simplify_text(pl.col("t"))).to_series().to_list()
+        MinHash.bulk(_ds_shingles(simple), num_perm=BANDS * ROWS, seed=1)
+
     compute_signatures(texts[:100], cfg)
+    ds(texts[:100])
     best_ds = best_cu = float("inf")
     for _ in range(rounds):
         t = time.perf_counter()
-        for s in texts.to_frame("t").select(simplify_text(pl.col("t"))).to_series().to_list():
-            w = s.split(" ")
-            MinHash(num_perm=BANDS * ROWS, seed=1).update_batch([" ".join(w[i:i + 5]).encode() for i in range(len(w) - 4)])
+        ds(texts)
         best_ds = min(best_ds, time.perf_counter() - t)
         t = time.perf_counter()
         compute_signatures(texts, cfg)
         best_cu = min(best_cu, time.perf_counter() - t)
     n = len(texts)
-    print(f"signatures, same {n} docs, best of {rounds}: datasketch {n / best_ds:.0f} docs/s, curate {n / best_cu:.0f}"
-          f" docs/s, ratio {best_ds / best_cu:.1f}x", flush=True)
+    print(f"signatures, same {n} docs, best of {rounds}: datasketch bulk {n / best_ds:.0f} docs/s, curate "
+          f"{n / best_cu:.0f} docs/s, ratio {best_ds / best_cu:.1f}x (load {load()})", flush=True)
 
 
 def main() -> None:
@@ -431,20 +433,28 @@ def main() -> None:
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--only", default="curate,datasketch,datatrove")
+    ap.add_argument("--formats", default="jsonl,jsonl.gz",
+                    help="output formats, each run on both sides: jsonl (DataTrove compression=None) and "
+                         "jsonl.gz (DataTrove's default gzip)")
+    ap.add_argument("--tokenizers", default="ws,spacy", help="DataTrove word tokenisers: ws (fastest), spacy (default)")
+    ap.add_argument("--datatrove-python", default=str(PEERS / "datatrove" / "bin" / "python"),
+                    help="DataTrove's venv python (benchmarks/setup_peers.sh; env CURATE_PEERS sets the folder)")
+    ap.add_argument("--datasketch-python", default=str(PEERS / "datasketch" / "bin" / "python"),
+                    help="datasketch's venv python (benchmarks/setup_peers.sh)")
     ap.add_argument("--no-truth", action="store_true")
     ap.add_argument("--no-verify-run", action="store_true", help="skip curate's run with verification")
     ap.add_argument("--cluster-mem", action="store_true", help="also measure curate's clustering stage alone")
     ap.add_argument("--sig-only", action="store_true", help="signature rates only: curate vs datasketch, same docs")
-    ap.add_argument("--rescore", action="store_true", help="re-score the saved runs of this size, run nothing")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
     ap.add_argument("--res", help=argparse.SUPPRESS)
+    ap.add_argument("--fmt", default="jsonl", help=argparse.SUPPRESS)
     ap.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         res = Path(args.res)
         if args.child == "curate":
-            child_curate(Path(args.corpus), res, args.workers, args.verify)
+            child_curate(Path(args.corpus), res, args.workers, args.verify, args.fmt)
         elif args.child == "cluster":
             child_cluster_stage(res, args.verify)
         else:
@@ -456,7 +466,7 @@ def main() -> None:
     corpus = corpus_dir(n)
     texts = pl.read_parquet(corpus / "parquet", columns=["order", "text"]).sort("order")["text"]
     print(f"corpus: {n} docs, {texts.str.len_bytes().sum() / 1e6:.1f} MB, ready in {time.perf_counter() - t:.1f}s; "
-          f"bands x rows = {BANDS} x {ROWS}, tau = {TAU}", flush=True)
+          f"bands x rows = {BANDS} x {ROWS}, tau = {TAU}; load {load()}", flush=True)
     if args.sig_only:
         signature_race(texts[:10000])
         return
@@ -467,64 +477,52 @@ def main() -> None:
         sets = shingle_sets(texts)
         print(f"exact-Jaccard truth: {truth.filter(pl.col('j') >= TAU).height} pairs >= {TAU} "
               f"({time.perf_counter() - t:.0f}s)", flush=True)
-    rows = []
+    rows: dict[str, dict] = {}
 
     def report(name: str, r: dict) -> None:
         p, rc = pr(r["cluster"], truth, sets) if truth is not None else (float("nan"), float("nan"))
-        rows.append((name, n / r["seconds"], r["seconds"], r["max_rss_mb"], r["tree_rss_mb"], p, rc, r["removed"]))
-        if "self_rss_mb" in r:  # the child's own VmHWM at the end of the timed part (exact, not polled)
-            r["max_rss_mb"] = max(r["max_rss_mb"], r["self_rss_mb"])
-        print(f"{name:30s} {n / r['seconds']:8.0f} docs/s {r['seconds']:8.1f}s  max RSS {r['max_rss_mb']:6.0f} MB"
-              f"  tree RSS {r['tree_rss_mb']:6.0f} MB  P={p:.3f} R={rc:.3f} removed={r['removed']}", flush=True)
+        hwm = max(r["max_hwm_mb"], r.get("self_rss_mb", 0))  # sampled, or the child's own exact VmHWM
+        rows[name] = {"wall": r["wall"], "steady": r["seconds"], "cpu": r["cpu_s"], "cpu_work": r["cpu_work"]}
+        print(f"{name:34s} CPU {r['cpu_s']:6.1f}s = start-up {r['cpu_s'] - r['cpu_work']:4.1f}s + work "
+              f"{r['cpu_work']:6.1f}s ({n / r['cpu_s']:6.0f} docs per CPU-s end to end); wall {r['wall']:6.1f}s "
+              f"(work {r['seconds']:6.1f}s)  VmHWM {hwm:5.0f} MB  PSS {r['peak_pss_mb']:5.0f} MB  P={p:.3f} "
+              f"R={rc:.3f} removed={r['removed']}  load {load()}", flush=True)
 
-    if args.rescore:
-        for res in sorted(WORK.glob(f"res_*_{n}*")):
-            if (res / "result.json").exists() and f"_{n}_" in f"{res.name}_":
-                r = load_result(res)
-                if "max_rss_mb" not in r:  # runs saved before measure.json existed: RSS unknown
-                    r.update(max_rss_mb=float("nan"), tree_rss_mb=float("nan"))
-                report(res.name, r)
-                if "sig_seconds" in r:
-                    print(f"  datasketch signatures alone: {n / r['sig_seconds']:.0f} docs/s")
-    if "curate" in only and not args.rescore:
-        w = ["--workers", str(args.workers)]
-        for verify in (False,) if args.no_verify_run else (False, True):
-            tag = "verify" if verify else "noverify"
-            res = WORK / f"res_curate_{n}_{tag}_w{args.workers}"
-            r = run_child("curate", corpus, res, *w, *(["--verify"] if verify else []))
-            report(f"curate ({'verify' if verify else 'no verify'}, w={args.workers})", r)
-            print(f"  stats: {r['stats']}")
-            if args.cluster_mem:
-                c = run_child("cluster", corpus, res, *(["--verify"] if verify else []))
-                print(f"  clustering stage alone: {c['seconds']:.1f}s, RSS {c['baseline_rss_mb']:.0f} MB after "
-                      f"imports -> peak {c['peak_rss_mb']:.0f} MB (growth {c['peak_rss_mb'] - c['baseline_rss_mb']:.0f}"
-                      f" MB)", flush=True)
-    if "datasketch" in only and not args.rescore:
-        r = run_child("datasketch", corpus, WORK / f"res_datasketch_{n}")
-        report("datasketch MinHashLSH", r)
-        print(f"  datasketch signatures alone: {n / r['sig_seconds']:.0f} docs/s")
-    if "datatrove" in only and not args.rescore:
-        for tok in ("ws", "spacy") if n <= 20000 else ("ws",):
-            r = run_datatrove(corpus, WORK / f"res_dt_{tok}_{n}", tok)
-            if r is not None:
-                report(f"datatrove 4-stage ({tok})", r)
-    if "curate" in only and not args.rescore:
-        from curate.filters.minhash import _Cfg, compute_signatures
-
-        cfg = _Cfg(shingle="word", ngram=5, normalize=True, hash="fast", num_perm=BANDS * ROWS, seed=1,
-                   bands=BANDS, rows=ROWS, score_column=None, device="cpu")
-        compute_signatures(texts[:100], cfg)
-        m = min(n, 100_000)
-        t = time.perf_counter()
-        for i in range(0, m, 10000):
-            compute_signatures(texts[i:i + 10000], cfg)
-        print(f"  curate signatures alone: {m / (time.perf_counter() - t):.0f} docs/s (1 core, first {m} docs)")
-    cur = next((r for r in rows if r[0].startswith("curate (no") or r[0].startswith("res_curate_")
-                and "_noverify_" in r[0]), None)
-    if cur:
-        for r in rows:
-            if "curate" not in r[0]:
-                print(f"ratio curate(no verify)/{r[0]}: {cur[1] / r[1]:.1f}x docs/s")
+    fmts = args.formats.split(",")
+    for fmt in fmts:  # sides interleaved per format: curate, DataTrove (each tokeniser)
+        if "curate" in only:
+            w = ["--workers", str(args.workers), "--fmt", fmt]
+            for verify in (False,) if args.no_verify_run else (False, True):
+                tag = "verify" if verify else "noverify"
+                res = WORK / f"res_curate_{n}_{tag}_w{args.workers}_{fmt}"
+                r = run_child("curate", corpus, res, *w, *(["--verify"] if verify else []))
+                report(f"curate {fmt} ({'verify' if verify else 'no verify'}, w={args.workers})", r)
+                if args.cluster_mem:
+                    c = run_child("cluster", corpus, res, *(["--verify"] if verify else []))
+                    print(f"  clustering stage alone: {c['seconds']:.1f}s, RSS {c['baseline_rss_mb']:.0f} MB after "
+                          f"imports -> peak {c['peak_rss_mb']:.0f} MB (growth "
+                          f"{c['peak_rss_mb'] - c['baseline_rss_mb']:.0f} MB)", flush=True)
+        if "datatrove" in only:
+            for tok in args.tokenizers.split(","):
+                r = run_datatrove(corpus, WORK / f"res_dt_{tok}_{n}_{fmt}", tok,
+                                  "gzip" if fmt == "jsonl.gz" else "none", Path(args.datatrove_python))
+                if r is not None:
+                    report(f"datatrove {fmt} ({tok})", r)
+    if "datasketch" in only:
+        if Path(args.datasketch_python).exists():
+            r = run_child("datasketch", corpus, WORK / f"res_datasketch_{n}", py=args.datasketch_python)
+            report("datasketch bulk + MinHashLSH", r)
+            print(f"  datasketch signatures alone (bulk): {n / r['sig_seconds']:.0f} docs/s")
+        else:
+            print(f"datasketch: no venv at {args.datasketch_python} (benchmarks/setup_peers.sh)")
+    for fmt in fmts:
+        cur = rows.get(f"curate {fmt} (no verify, w={args.workers})")
+        if cur:
+            for name, r in rows.items():
+                if "curate" not in name and (fmt in name.split(" ")[1:2] or "datasketch" in name):
+                    print(f"ratio curate {fmt} (no verify) / {name}: end to end CPU {r['cpu'] / cur['cpu']:.1f}x "
+                          f"(wall {r['wall'] / cur['wall']:.1f}x), work alone CPU "
+                          f"{r['cpu_work'] / cur['cpu_work']:.1f}x (wall {r['steady'] / cur['steady']:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,12 @@
 3. The SemDeDup vector core (k-means + within-cluster search) on a larger set of vectors.
 4. NeMo Curator's semantic dedup: checked for importability; it needs RAPIDS/cuDF + a GPU.
 
-Run: python benchmarks/bench_semdedup.py [--small] [--docs N] [--device cpu|cuda]
+Run: python benchmarks/bench_semdedup.py [--small] [--docs N] [--device auto|cpu|cuda]
+
+``--device``: ``auto`` (default) is what the pipeline itself picks (CUDA when torch sees a GPU); ``cpu``
+hides every GPU (``CUDA_VISIBLE_DEVICES=""`` before torch loads) so that the raw encode *and* the pipeline
+run on the CPU; ``cuda`` fails when there is none. The device each side ran on is printed and checked
+equal. Memory: this process's own peak (``VmHWM``) and PSS (benchmarks/_mem.py); workers=1 runs in process.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import gzip
 import importlib.util
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -28,13 +32,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _mem import load, self_hwm_mb, self_pss_mb  # noqa: E402
+
 DATA = Path(os.environ.get("CURATE_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def rss_mb() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(r, c) / 1024
 
 
 def load_texts(n: int) -> list[str]:
@@ -126,15 +127,26 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--core-vectors", type=int, default=100_000)
-    ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="auto: the pipeline's own choice; cpu: GPUs hidden from both sides; cuda: required")
     args = ap.parse_args()
     n = 200 if args.small else args.docs
     core_n = 20_000 if args.small else args.core_vectors
+    if args.device == "cpu":  # before torch loads: the pipeline then cannot pick CUDA behind our back
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
 
-    device = args.device if args.device == "cpu" or torch.cuda.is_available() else "cpu"
+    from curate.executors.base import detect_device
+    from curate.filters.embed import Embed
+    from curate.models.device import resolve_device
+
+    device = resolve_device(args.device)  # "cuda" with no GPU raises instead of a silent CPU run
+    pipeline_device = detect_device([Embed()])
+    if pipeline_device != device:
+        sys.exit(f"device mismatch: raw encode on {device}, pipeline on {pipeline_device}")
     texts = load_texts(n)
-    print(f"{len(texts)} docs (20news bodies, <=100 words), device={device}, torch threads={torch.get_num_threads()}")
+    print(f"{len(texts)} docs (20news bodies, <=100 words), device={device} (both sides), "
+          f"torch threads={torch.get_num_threads()}, load {load()}")
     with tempfile.TemporaryDirectory(prefix="bench-semdedup-") as tmp:
         work = Path(tmp)
         e = bench_embed(texts, work, device, args.batch_size, args.repeats)
@@ -152,7 +164,7 @@ def main() -> None:
         print(f"semdedup core: {c['vectors']:,} vectors, {c['n_clusters']} clusters, {c['seconds']:.2f} s, "
               f"{c['vectors_s']:,.0f} vectors/s, removed {c['removed_at_0.01']:,} at eps 0.01")
     print(f"NeMo Curator: {nemo_status()}")
-    print(f"peak RSS {rss_mb():.0f} MB")
+    print(f"peak RSS (VmHWM, this process) {self_hwm_mb():.0f} MB, PSS now {self_pss_mb():.0f} MB; load {load()}")
 
 
 if __name__ == "__main__":
