@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,10 +27,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
+from _mem import measure  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
-REF_PY = HERE / "_work" / "dsir-venv" / "bin" / "python"
+PEERS = Path(os.environ.get("CURATE_PEERS", REPO / ".peers"))  # benchmarks/setup_peers.sh
+REF_PY = PEERS / "dsir" / "bin" / "python"
 MIN_LEN = 10
 
 REF_SCRIPT = r"""
@@ -67,20 +68,15 @@ print(json.dumps({"total": time.perf_counter() - t0}))
 
 
 def timed_child(cmd: list[str]) -> tuple[dict, float]:
-    """Run a child; returns its JSON line (plus ``cpu``: user+sys seconds of the child) and its peak RSS in
-    MB (wait4 rusage: the largest process; worker processes of the child are not waited for by us)."""
-    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True)
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        fo.seek(0)
-        fe.seek(0)
-        out, err = fo.read(), fe.read()
-    if p.returncode:
-        raise RuntimeError(f"{cmd[:3]} failed:\n{err[-3000:]}")
-    last = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
-    last["cpu"] = ru.ru_utime + ru.ru_stime
-    return last, ru.ru_maxrss / 1024
+    """Run a child; returns its JSON line (plus ``cpu``: user+sys seconds of the child and its waited-for
+    workers, ``pss_mb``: peak summed PSS of its process tree) and the largest own ``VmHWM`` of any process
+    in its tree, in MB (benchmarks/_mem.py: not wait4's inherited ``ru_maxrss``)."""
+    m = measure(cmd, capture=True)
+    if m["rc"]:
+        raise RuntimeError(f"{cmd[:3]} failed:\n{m['stdout'][-3000:]}")
+    last = json.loads([ln for ln in m["stdout"].splitlines() if ln.startswith("{")][-1])
+    last["cpu"], last["pss_mb"] = m["cpu_s"], m["peak_pss_mb"]
+    return last, m["max_hwm_mb"]
 
 
 def real_mix(n: int, seed: int = 0) -> list[dict]:
@@ -140,8 +136,7 @@ def bench_dsir(n: int, workers: int, folder: Path) -> list[str]:
                  f"CPU {ours['cpu']:.1f} s, peak RSS {ours_rss:,.0f} MB")
     print(lines[-1], file=sys.stderr, flush=True)
     if not REF_PY.exists():
-        lines.append("reference data-selection: not installed (python -m venv benchmarks/_work/dsir-venv && "
-                     "benchmarks/_work/dsir-venv/bin/pip install data-selection)")
+        lines.append(f"reference data-selection: not installed at {REF_PY} (benchmarks/setup_peers.sh DEST dsir)")
         return lines
     ref, ref_rss = timed_child([str(REF_PY), "-c", REF_SCRIPT, str(raw), str(target), str(folder / "refcache"),
                                 str(folder / "refout"), str(k), str(workers), str(MIN_LEN)])

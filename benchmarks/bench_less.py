@@ -18,7 +18,8 @@ The ratio is split three ways, each measured in the same run:
   * batching: curate's batched per-example grads + tiled projection against the blocks-kept reference.
 ``--trak-python`` (benchmarks/setup_peers.sh) runs TRAK 0.3.2's real ``BasicProjector.project`` on the
 same gradients in TRAK's venv and checks that the reference's projection matches it (and times both).
-Memory: this process's own VmHWM (benchmarks/_mem.py).
+Times are CPU seconds (``time.process_time``, every thread; ``--threads 1`` by default), so a shared,
+loaded machine does not tilt the ratios. Memory: this process's own VmHWM (benchmarks/_mem.py).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ from trak.projectors import BasicProjector, ProjectionType
 g = torch.load(sys.argv[1]); proj_dim = int(sys.argv[2])
 torch.set_num_threads(int(sys.argv[4]))
 p = BasicProjector(g.shape[1], proj_dim, 0, ProjectionType.rademacher, torch.device("cpu"), block_size=128)
-t = time.perf_counter(); out = p.project(g, model_id=0); secs = time.perf_counter() - t
+t = time.process_time(); out = p.project(g, model_id=0); secs = time.process_time() - t
 torch.save(out, sys.argv[3]); print("RESULT " + json.dumps({"seconds": secs}))
 '''
 
@@ -157,9 +158,9 @@ def trak_check(dump: Path, proj_dim: int, trak_py: str, threads: int) -> dict:
     """TRAK's own BasicProjector on the dumped gradients, in its venv: max |diff| against the reference's
     projection and the per-call time of both."""
     g = torch.load(dump)
-    t = time.perf_counter()
+    t = time.process_time()
     ours = trak_basic_project(g, proj_dim)
-    t_ref = time.perf_counter() - t
+    t_ref = time.process_time() - t
     script, out = dump.with_suffix(".trak.py"), dump.with_suffix(".trak.pt")
     script.write_text(TRAK_CHECK)
     p = subprocess.run([trak_py, str(script), str(dump), str(proj_dim), str(out), str(threads)],
@@ -183,9 +184,9 @@ def bench(name, model, tok, n, n_target, r, proj_dim, max_len, batch_size, refer
     dim = sum(p.numel() for _, p in pg.params)
     proj = RademacherProjector(dim, proj_dim, seed=0)
     tokens = sum(len(e.input_ids) for e in pool)
-    t = time.perf_counter()
+    t = time.process_time()
     ours = features(pg, proj, pool, batch_size=batch_size, pad_id=pad, device="cpu", kind="adam", m=m, v=v)
-    t_ours = time.perf_counter() - t
+    t_ours = time.process_time() - t
     row = {"model": name, "lora_r": r, "d_lora": dim, "proj_dim": proj_dim, "n": n, "max_len": max_len,
            "tokens": tokens, "ours_ex_per_s": n / t_ours, "ours_s": t_ours,
            "cached_matrix": proj._cache is not None}
@@ -195,13 +196,13 @@ def bench(name, model, tok, n, n_target, r, proj_dim, max_len, batch_size, refer
         import tempfile
 
         dump = Path(tempfile.mkdtemp()) / "grads.pt"
-        t = time.perf_counter()
+        t = time.process_time()
         ref, full = reference_features(model, pool, pad, m, v, proj_dim, dump=dump)
-        t_ref = time.perf_counter() - t
+        t_ref = time.process_time() - t
         if dim * proj_dim * 4 <= 2 << 30:  # blocks kept: only where the whole matrix fits in 2 GB
-            t = time.perf_counter()
+            t = time.process_time()
             reference_features(model, pool, pad, m, v, proj_dim, keep=True)
-            t_kept = time.perf_counter() - t
+            t_kept = time.process_time() - t
             row.update(ref_kept_s=t_kept, ref_kept_ex_per_s=n / t_kept, blocks_kept_gain=t_ref / t_kept,
                        batching_gain=t_kept / t_ours)
         else:
@@ -245,9 +246,9 @@ def main() -> None:
         rows.append(bench("tiny-llama-2L-h64", lm, tok, n=128, n_target=16, r=128, proj_dim=1024, max_len=256,
                           batch_size=8, reference=True, trak_py=trak_py, threads=args.threads))
     if not args.small:
-        t = time.perf_counter()
+        t = time.process_time()
         lm, tok = smollm2()
-        print(f"SmolLM2 GGUF load {time.perf_counter() - t:.1f}s", flush=True)
+        print(f"SmolLM2 GGUF load {time.process_time() - t:.1f}s", flush=True)
         rows.append(bench("SmolLM2-135M", lm, tok, n=32, n_target=8, r=8, proj_dim=1024, max_len=128,
                           batch_size=8, reference=True, trak_py=trak_py, threads=args.threads))
     print("GPU: not measured (no GPU lent to this session)")

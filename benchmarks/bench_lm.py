@@ -18,7 +18,6 @@ import gzip
 import json
 import multiprocessing as mp
 import re
-import resource
 import shutil
 import sys
 import tempfile
@@ -29,6 +28,9 @@ import polars as pl
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _mem import reset_peak, self_hwm_mb  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data" / "books" / "gutenberg_slice.jsonl.gz"
 REF = REPO.parent / "shared" / "reference" / "kn_arpa.py"
 
@@ -50,12 +52,14 @@ def paragraphs(max_words: int, skip_books: int = 0) -> list[str]:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak RSS (VmHWM, benchmarks/_mem.py), MB."""
+    return self_hwm_mb()
 
 
 def _train_child(texts: list[str], out: str, order: int, q) -> None:
     from curate.models.kenlm import train_lm
 
+    reset_peak()  # a forked child: its VmHWM starts from the parent's resident pages, count from here
     base = _rss_mb()
     t = time.perf_counter()
     rep = train_lm(texts, out, order=order, use_lmplz="never")

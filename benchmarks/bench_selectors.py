@@ -12,7 +12,9 @@ TMC is reported in three rows, so that the engine ratio is not mixed with algori
     that class on both sides, no truncation on either side, same number of permutations.
 The pyDVL-as-is row (its SoftKNN model recomputing every distance per prefix, its default truncation) is
 kept as the "as a pyDVL user would write it" figure, labelled so.
-Memory: each pyDVL side process's own VmHWM and summed PSS (benchmarks/_mem.py), curate's in-process VmHWM.
+Times are CPU seconds of the one thread each side runs on (``time.process_time``), so that a shared, loaded
+machine does not tilt a ratio. Memory: each pyDVL side process's own VmHWM and summed PSS
+(benchmarks/_mem.py), curate's in-process VmHWM.
 
 Data: SMS Spam Collection (shared/data/spam), 10% of training labels flipped, hashed TF-IDF features
 (curate's featuriser, 1024 dims) written once to an .npz that both sides read. Utility: the KNN utility
@@ -115,12 +117,12 @@ def pydvl_side(npz: Path, out: Path, what: str, k: int, perms: int) -> None:
         train = Dataset(np.arange(len(d["y"]), dtype=np.float64)[:, None], d["y"])
         scorer = SupervisedScorer(lambda m, X, y: m.score(X, y), test, default=0.0)
         util = ModelUtility(RankKNN(k), scorer, catch_errors=False, show_warnings=False)
-        t = time.perf_counter()
+        t = time.process_time()
         val = TMCShapleyValuation(util, is_done=MaxUpdates(perms), truncation=NoTruncation(), seed=0,
                                   progress=False, show_warnings=False)
         with parallel_config(n_jobs=1):
             val.fit(train)
-        res["seconds"] = time.perf_counter() - t
+        res["seconds"] = time.process_time() - t
         res["values"] = val.result.values.tolist()
         res["counts"] = int(np.median(val.result.counts))
     elif what == "tmc_lr":
@@ -146,19 +148,19 @@ def pydvl_side(npz: Path, out: Path, what: str, k: int, perms: int) -> None:
 
         scorer = SupervisedScorer("accuracy", test, default=0.0)
         util = ModelUtility(LR(), scorer, catch_errors=False, show_warnings=False)
-        t = time.perf_counter()
+        t = time.process_time()
         val = TMCShapleyValuation(util, is_done=MaxUpdates(perms), truncation=NoTruncation(), seed=0,
                                   progress=False, show_warnings=False)
         with parallel_config(n_jobs=1):
             val.fit(train)
-        res["seconds"] = time.perf_counter() - t
+        res["seconds"] = time.process_time() - t
         res["values"] = val.result.values.tolist()
         res["counts"] = int(np.median(val.result.counts))
     elif what == "knn":
-        t = time.perf_counter()
+        t = time.process_time()
         with parallel_config(n_jobs=1):
             v = KNNShapleyValuation(KNeighborsClassifier(n_neighbors=k), test, progress=False).fit(train)
-        res["seconds"] = time.perf_counter() - t
+        res["seconds"] = time.process_time() - t
         res["values"] = v.result.values.tolist()
     else:  # "tmc": pyDVL as a user would write it (distances per prefix, default truncation)
 
@@ -190,11 +192,11 @@ def pydvl_side(npz: Path, out: Path, what: str, k: int, perms: int) -> None:
 
         scorer = SupervisedScorer(lambda m, X, y: m.score(X, y), test, default=0.0)
         util = ModelUtility(SoftKNN(k), scorer, catch_errors=False, show_warnings=False)
-        t = time.perf_counter()
+        t = time.process_time()
         val = TMCShapleyValuation(util, is_done=MaxUpdates(perms), seed=0, progress=False, show_warnings=False)
         with parallel_config(n_jobs=1):
             val.fit(train)
-        res["seconds"] = time.perf_counter() - t
+        res["seconds"] = time.process_time() - t
         res["values"] = val.result.values.tolist()
         res["counts"] = int(np.median(val.result.counts))
     res["rss_mb"] = rss_mb()
@@ -251,12 +253,12 @@ def auc(values: np.ndarray, flip: np.ndarray) -> float:
 
 
 def main() -> None:
+    global PYDVL_PY
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true")
-    ap.add_argument("--pydvl-python", default=str(PYDVL_PY),
+    ap.add_argument("--pydvl-python", default=str(PEERS / "pydvl" / "bin" / "python"),
                     help="pyDVL's venv python (benchmarks/setup_peers.sh; env CURATE_PEERS sets the folder)")
     args = ap.parse_args()
-    global PYDVL_PY
     PYDVL_PY = Path(args.pydvl_python)
     print(f"load {load()}")
     if not PYDVL_PY.exists():
@@ -271,10 +273,10 @@ def main() -> None:
     npz = make_data(n_tr, n_val)
     d = np.load(npz)
     V.knn_shapley(d["X"][:50], d["y"][:50], d["Xv"][:5], d["yv"][:5], k=k)  # warm-up
-    t = time.perf_counter()
+    t = time.process_time()
     with single_threaded():
         ours = V.knn_shapley(d["X"], d["y"], d["Xv"], d["yv"], k=k)
-    t_ours = time.perf_counter() - t
+    t_ours = time.process_time() - t
     peer = run_peer(npz, "knn", k, 0)
     pv = np.asarray(peer["values"])
     rows.append({"what": f"KNN-Shapley exact, n={n_tr}, val={n_val}, K={k}", "curate_s": t_ours,
@@ -291,11 +293,11 @@ def main() -> None:
     exact = V.knn_shapley(d["X"], d["y"], d["Xv"], d["yv"], k=k)
     util = V.KNNUtility(d["X"][:20], d["y"][:20], d["Xv"], d["yv"], k=k)
     util.prefix_scores(np.arange(20))  # numba compile outside the timing
-    t = time.perf_counter()
+    t = time.process_time()
     with single_threaded():
         util = V.KNNUtility(d["X"], d["y"], d["Xv"], d["yv"], k=k)
         res = V.tmc_shapley(util, n_tr, max_iterations=perms, convergence=1e-12, seed=0)
-    t_ours = time.perf_counter() - t
+    t_ours = time.process_time() - t
     peer = run_peer(npz, "tmc", k, perms)
     pv = np.asarray(peer["values"])
     rows.append({"what": f"TMC-Shapley as each library's user writes it (NOT the same work: pyDVL recomputes "
@@ -323,15 +325,15 @@ def main() -> None:
             return self.u(idx)
 
     with single_threaded():
-        t = time.perf_counter()
+        t = time.process_time()
         util = V.KNNUtility(d["X"], d["y"], d["Xv"], d["yv"], k=k)
         plain = V.tmc_shapley(PlainCall(util), n_tr, max_iterations=perms, convergence=1e-12, truncation=None,
                               seed=0)
-        t_plain = time.perf_counter() - t
-        t = time.perf_counter()
+        t_plain = time.process_time() - t
+        t = time.process_time()
         util = V.KNNUtility(d["X"], d["y"], d["Xv"], d["yv"], k=k)
         kern = V.tmc_shapley(util, n_tr, max_iterations=perms, convergence=1e-12, truncation=None, seed=0)
-        t_kern = time.perf_counter() - t
+        t_kern = time.process_time() - t
     peer = run_peer(npz, "tmc_same", k, perms)
     pv = np.asarray(peer["values"])
     rows.append({"what": f"TMC engine, same utility (precomputed ranks, call per prefix), no truncation either "
@@ -350,10 +352,10 @@ def main() -> None:
     npz = make_data(n_tr, n_val, seed=3)
     d = np.load(npz)
     with single_threaded():
-        t = time.perf_counter()
+        t = time.process_time()
         lr = V.tmc_shapley(V.ClassifierUtility(d["X"], d["y"], d["Xv"], d["yv"], model="logistic"), n_tr,
                            max_iterations=perms, convergence=1e-12, truncation=None, seed=0)
-        t_lr = time.perf_counter() - t
+        t_lr = time.process_time() - t
     peer = run_peer(npz, "tmc_lr", k, perms)
     pv = np.asarray(peer["values"])
     rows.append({"what": f"TMC, logistic regression accuracy (C=1, max_iter=1000), no truncation either side, "

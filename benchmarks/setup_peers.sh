@@ -41,7 +41,8 @@ DATASETS=5.2.0
 GGUF=0.19.0
 SAFETENSORS=0.8.0
 DSIR=1.0.3          # PyPI name: data-selection
-CCNET_COMMIT=bda555bd  # facebookresearch/cc_net (archived); not on PyPI
+CCNET=1.0.0           # PyPI cc_net: not installable from PyPI (see the ccnet step)
+CCNET_COMMIT=bda555bd  # facebookresearch/cc_net snapshot for CCNET_SRC
 
 mkdir -p "$DEST"
 DEST=$(cd "$DEST" && pwd)
@@ -91,20 +92,25 @@ for peer in $PEERS; do
         mkvenv dsir "data-selection==$DSIR" "numpy==$NUMPY"
         ;;
     ccnet)
-        # cc_net is not on PyPI and is archived; its setup.py pins kenlm from GitHub and
-        # sentencepiece/fasttext builds of 2020. We install its package from the snapshot named by
-        # CCNET_SRC (a checkout of facebookresearch/cc_net) with its text-normalisation deps only, which is
-        # all bench_lm uses (cc_net.text_normalizer). Without CCNET_SRC the step says so and is skipped.
-        if [[ -z "${CCNET_SRC:-}" ]]; then
-            echo "== ccnet: skipped (set CCNET_SRC to a checkout of facebookresearch/cc_net @$CCNET_COMMIT;"
-            echo "   cc_net is not on PyPI, so a fresh clone cannot pip-install it by name)"
+        # cc_net 1.0.0 is on PyPI but cannot be installed from it: its metadata declares
+        # "kenlm @ git+https://github.com/kpu/kenlm.git@master", and pip refuses direct-URL dependencies in
+        # a PyPI distribution ("Distributions from PyPI cannot declare direct URL dependencies", checked
+        # 2026-12-02, even with --no-deps). So the attempt below is expected to fail on a PyPI-only machine;
+        # with CCNET_SRC (a checkout of facebookresearch/cc_net @$CCNET_COMMIT) its package goes in with
+        # --no-deps (bench_lm uses only cc_net.text_normalizer, which imports the standard library).
+        if [[ -f "$DEST/ccnet/.built" ]]; then echo "== ccnet: already built"; continue; fi
+        rm -rf "$DEST/ccnet"
+        "$PY" -m venv "$DEST/ccnet"
+        if "$DEST/ccnet/bin/pip" install -q "cc_net==$CCNET" 2>"$DEST/ccnet/install.err"; then
+            touch "$DEST/ccnet/.built"
+        elif [[ -n "${CCNET_SRC:-}" ]]; then
+            "$DEST/ccnet/bin/pip" install -q --no-deps "$CCNET_SRC" && touch "$DEST/ccnet/.built"
+        else
+            echo "== ccnet: not installed: $(grep -v WARNING "$DEST/ccnet/install.err" | tail -1)"
+            echo "   (set CCNET_SRC to a cc_net checkout to install it from source)"
             continue
         fi
-        mkvenv ccnet "numpy==$NUMPY"
-        # --no-deps: its setup.py asks for kenlm from a git URL and old sentencepiece/fasttext pins that do
-        # not build on Python 3.11; the normaliser imports only the standard library.
-        "$DEST/ccnet/bin/pip" install -q --no-deps "$CCNET_SRC"
-        "$DEST/ccnet/bin/python" -c "from cc_net import text_normalizer; print('cc_net ok', text_normalizer.normalize('Ab 12'))"
+        "$DEST/ccnet/bin/python" -c "from cc_net import text_normalizer as t; print('cc_net ok:', t.normalize('Ab 12'))"
         ;;
     *) echo "unknown peer: $peer" >&2; exit 2 ;;
     esac
@@ -118,6 +124,7 @@ Peers in $DEST. The bench scripts read:
   bench_selectors.py --pydvl-python $DEST/pydvl/bin/python
   bench_less.py     --trak-python $DEST/trak/bin/python
   bench_distill.py  --trl-python $DEST/trl/bin/python
-  bench_dsir.py     --dsir-python $DEST/dsir/bin/python
-  bench_lm.py       --ccnet-python $DEST/ccnet/bin/python
+  bench_dsir.py     (reads CURATE_PEERS: DEST/dsir/bin/python)
+  bench_lm.py       cc_net is not pip-installable (see the ccnet step); bench_lm's "CCNet's way" row uses
+                    curate's copy of cc_net's normaliser (tests/core/text_reference.py), labelled so
 EOF
