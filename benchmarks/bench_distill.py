@@ -292,6 +292,8 @@ def main() -> None:
     ap.add_argument("--skip-cache", action="store_true")
     ap.add_argument("--trl-first", action="store_true", help="run TRL before curate (to check order effects)")
     ap.add_argument("--betas", default="0.0,0.5")
+    ap.add_argument("--only", default="online,topk,cache",
+                    help="variant groups to run: online (curate + TRL), topk (online top-k), cache (build + cached)")
     ap.add_argument("--trl-python", default=str(PEERS / "trl" / "bin" / "python"),
                     help="TRL's venv python (benchmarks/setup_peers.sh; env CURATE_PEERS sets the folder)")
     ap.add_argument("--worker", default=None)
@@ -314,7 +316,8 @@ def main() -> None:
                  "transformers_curate": __import__("transformers").__version__}
     py = sys.executable
     betas = [float(b) for b in a.betas.split(",")]
-    for beta in betas:  # curate and TRL interleaved, per beta
+    only = set(a.only.split(","))
+    for beta in betas if "online" in only else []:  # curate and TRL interleaved, per beta
         runs = [("curate", py, ["--mode", "online", "--beta", str(beta)])]
         if not a.skip_trl and trl_py.exists():
             runs.append(("trl", str(trl_py), ["--beta", str(beta)]))
@@ -322,9 +325,10 @@ def main() -> None:
             key = f"{who}_online_beta{beta}"
             res[key] = _run(exe, who, extra, a)
             print(f"{key}: { {k: v for k, v in res[key].items() if k != 'step_times'} }", flush=True)
-    if not a.skip_cache:
+    if "topk" in only:
         res["curate_online_topk_beta0.0"] = _run(py, "curate", ["--mode", "online_topk", "--beta", "0.0"], a)
         print(f"curate online top-{a.k}: {res['curate_online_topk_beta0.0']}", flush=True)
+    if not a.skip_cache and "cache" in only:
         res["cache_build"] = _run(py, "cache", [], a)
         print(f"cache build k={a.k}: {res['cache_build']}", flush=True)
         res["curate_cache_beta0.0"] = _run(py, "curate", ["--mode", "cache", "--beta", "0.0"], a)

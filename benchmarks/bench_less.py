@@ -227,6 +227,7 @@ def bench(name, model, tok, n, n_target, r, proj_dim, max_len, batch_size, refer
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true", help="tiny model only")
+    ap.add_argument("--n", type=int, default=128, help="pool examples of the tiny-model rows (SmolLM2: n / 4)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (2 oversubscribe this shared box)")
     peers = Path(os.environ.get("CURATE_PEERS", Path(__file__).resolve().parents[1] / ".peers"))
     ap.add_argument("--trak-python", default=str(peers / "trak" / "bin" / "python"),
@@ -240,16 +241,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         lm, tok = tiny_model(Path(tmp))
-        rows.append(bench("tiny-llama-2L-h64", lm, tok, n=128, n_target=16, r=8, proj_dim=8192, max_len=256,
+        rows.append(bench("tiny-llama-2L-h64", lm, tok, n=args.n, n_target=16, r=8, proj_dim=8192, max_len=256,
                           batch_size=8, reference=True, trak_py=trak_py, threads=args.threads))
         lm, tok = tiny_model(Path(tmp))
-        rows.append(bench("tiny-llama-2L-h64", lm, tok, n=128, n_target=16, r=128, proj_dim=1024, max_len=256,
+        rows.append(bench("tiny-llama-2L-h64", lm, tok, n=args.n, n_target=16, r=128, proj_dim=1024, max_len=256,
                           batch_size=8, reference=True, trak_py=trak_py, threads=args.threads))
     if not args.small:
         t = time.process_time()
         lm, tok = smollm2()
         print(f"SmolLM2 GGUF load {time.process_time() - t:.1f}s", flush=True)
-        rows.append(bench("SmolLM2-135M", lm, tok, n=32, n_target=8, r=8, proj_dim=1024, max_len=128,
+        rows.append(bench("SmolLM2-135M", lm, tok, n=max(8, args.n // 4), n_target=8, r=8, proj_dim=1024, max_len=128,
                           batch_size=8, reference=True, trak_py=trak_py, threads=args.threads))
     print("GPU: not measured (no GPU lent to this session)")
 

@@ -3,47 +3,23 @@
     python benchmarks/bench_memory.py [--gb 1.0] [--workers 2]
 
 Builds a jsonl file of real documents (repeated from ../shared/data with fresh ids) and runs
-`curate run` on it (Gopher repetition + quality, C4, FineWeb, exact dedup) in a subprocess, sampling the
-resident memory of the whole process tree (driver + workers, summed) from /proc every 0.1 s.
+`curate run` on it (Gopher repetition + quality, C4, FineWeb, exact dedup) in a subprocess; memory is
+benchmarks/_mem.py's: the peak summed PSS of the process tree (driver + workers, shared pages split, not
+counted once per process as summed RSS would) and the largest per-process VmHWM, sampled every 0.1 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _corpus import real_documents  # noqa: E402
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of pid and all its descendants, in MB."""
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            for line in open(f"/proc/{p}/status"):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-        stack.extend(children.get(p, []))
-    return total / 1024
+from _mem import load, measure  # noqa: E402
 
 
 def main() -> None:
@@ -74,22 +50,16 @@ output: {{path: "{work / 'out'}", format: parquet}}
 work_dir: "{work / 'run'}"
 executor: {{workers: {a.workers}}}
 """)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "run", str(cfg), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0.0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss_mb(proc.pid))
-        time.sleep(0.1)
-    out = proc.stdout.read() if proc.stdout else ""
-    secs = time.perf_counter() - t0
-    if proc.returncode:
-        sys.exit(out[-3000:])
+    m = measure([sys.executable, "-m", "curate.cli", "run", str(cfg), "--no-progress"], capture=True)
+    secs = m["wall"]
+    if m["rc"]:
+        sys.exit(m["stdout"][-3000:])
     stats = json.loads((work / "run" / "stats.json").read_text())
     print(f"input: {src.stat().st_size / 1e9:.2f} GB, {i:,} documents; workers {a.workers}, "
           f"batch_size {a.batch_size}")
     print(f"time {secs:.0f} s ({i / secs:,.0f} docs/s), docs out {stats['docs_out']:,}, "
-          f"peak RSS of the process tree {peak:,.0f} MB")
+          f"peak summed PSS of the process tree {m['peak_pss_mb']:,.0f} MB, largest process VmHWM "
+          f"{m['max_hwm_mb']:,.0f} MB, CPU {m['cpu_s']:.0f} s; load {load()}")
     shutil.rmtree(work, ignore_errors=True)
 
 
