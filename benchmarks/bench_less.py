@@ -114,14 +114,14 @@ def kept_blocks(grad_dim: int, proj_dim: int, seed: int = 0, block: int = 128) -
     return mat
 
 
-def reference_features(model, examples, pad_id, m, v, proj_dim, adam: bool = True, keep: bool = False,
+def reference_features(model, examples, pad_id, m, v, proj_dim, adam: bool = True, keep_blocks: bool = False,
                        dump: Path | None = None):
     """The reference loop: bs 1, backward, cat, Adam (or plain SGD), project every 16, normalise.
-    ``keep``: the projection blocks are generated once (timed) instead of on every call. ``dump``: save the
+    ``keep_blocks``: the projection blocks are generated once (timed) instead of on every call. ``dump``: save the
     first 16 unprojected gradients there (for the TRAK check). Returns the projected features and the
     unprojected ones (for the exact cosines)."""
     mc, vc = torch.cat(m), torch.cat(v)
-    mat = kept_blocks(mc.numel(), proj_dim) if keep else None
+    mat = kept_blocks(mc.numel(), proj_dim) if keep_blocks else None
     params = [p for _, p in lg.trainable(model)]
     model.eval()
     full, out, keep = [], [], []
@@ -137,7 +137,8 @@ def reference_features(model, examples, pad_id, m, v, proj_dim, adam: bool = Tru
         if (i + 1) % 16 == 0 or i == len(examples) - 1:
             if dump is not None and not out:
                 torch.save(torch.stack(full), dump)
-            out.append(torch.stack(full) @ mat if keep else trak_basic_project(torch.stack(full), proj_dim))
+            g16 = torch.stack(full)
+            out.append(g16 @ mat if keep_blocks else trak_basic_project(g16, proj_dim))
             full = []
     norm = torch.nn.functional.normalize
     return norm(torch.cat(out), dim=1), norm(torch.stack(keep), dim=1)
@@ -201,7 +202,7 @@ def bench(name, model, tok, n, n_target, r, proj_dim, max_len, batch_size, refer
         t_ref = time.process_time() - t
         if dim * proj_dim * 4 <= 2 << 30:  # blocks kept: only where the whole matrix fits in 2 GB
             t = time.process_time()
-            reference_features(model, pool, pad, m, v, proj_dim, keep=True)
+            reference_features(model, pool, pad, m, v, proj_dim, keep_blocks=True)
             t_kept = time.process_time() - t
             row.update(ref_kept_s=t_kept, ref_kept_ex_per_s=n / t_kept, blocks_kept_gain=t_ref / t_kept,
                        batching_gain=t_kept / t_ours)
