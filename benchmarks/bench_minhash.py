@@ -6,17 +6,23 @@ near-duplicates (copies with 0-5% of words replaced), written as parquet parts o
 each). Quality: pair-level precision/recall of "same cluster" against exact word-5-gram Jaccard >= 0.75
 over all pairs sharing a shingle.
 
-Each system runs in its own process; its peak RSS is measured from outside: ``max RSS`` is the largest
-single process (``os.wait4`` rusage, which covers the child and the processes it waited for) and
-``tree RSS`` the peak of the summed RSS of the child and all its descendants (/proc polling, 0.2 s).
+Fair by construction (issue 18): every system reads the same jsonl file; curate and DataTrove write kept
+and removed documents in the same format on both sides (``--formats jsonl,jsonl.gz``: DataTrove's writers
+with ``compression=None`` / their default gzip); DataTrove runs with its fastest (whitespace) and its
+default (spaCy) word tokeniser; datasketch runs through ``MinHash.bulk``; no side gets a warm-up (one
+fresh process each), and start-up is reported apart from the work. Each system's time is CPU seconds (and
+wall) of its process tree, memory its own peak VmHWM and the tree's summed PSS (benchmarks/_mem.py).
 
-    python benchmarks/bench_minhash.py --docs 20000          # all peers
+    python benchmarks/bench_minhash.py --docs 20000          # all peers, both formats
     python benchmarks/bench_minhash.py --small               # 3,000 docs
+    python benchmarks/bench_minhash.py --docs 20000 --sig-only   # signatures alone: curate vs datasketch bulk
     python benchmarks/bench_minhash.py --docs 1000000 --only curate --no-truth --cluster-mem   # scale run
 
 ``--cluster-mem`` re-runs curate's clustering stage alone (buckets, candidate docs, verification,
 union-find; signatures resumed from the run) in a fresh process and prints its RSS growth.
-DataTrove runs in benchmarks/_work/dtenv (datatrove 0.10.1, xxhash<4, spacy, orjson), if present.
+Peers: ``benchmarks/setup_peers.sh DEST`` builds DataTrove 0.10.1 (spaCy, regex, tokenizers, xxhash<4,
+orjson) and datasketch 2.0.0 venvs; pass ``--datatrove-python`` / ``--datasketch-python`` or set
+``CURATE_PEERS=DEST``.
 """
 
 from __future__ import annotations
