@@ -21,6 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
+from curate.core.batch_cache import batch_scope
 from curate.core.errors import CurateError
 from curate.core.operator import UID, Operator, RunContext
 from curate.core.ownership import owned, part_pattern
@@ -198,21 +199,23 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
             if read_stats is not None:
                 read_stats.seconds += time.perf_counter() - t_read
             n = batch.height
-            for op, st in zip(ops, stats):
-                before = batch.select(UID, "text") if op.rewrites_text and len(traces[op.step_name]) < task.trace_docs \
-                    else None
-                batch, rej, s = run_step(op, batch)
-                if before is not None:
-                    _trace(traces[op.step_name], before, batch, task.trace_docs)
-                st.add(s)
-                if rej is not None:
-                    if not task.rejects.keep_text:
-                        rej = rej.drop("text")
-                    w = reject_writer(op.step_name)
-                    with writing(_current_file(w, w.folder / stem)):
-                        w.write(rej)
-                if batch.height == 0:
-                    break
+            with batch_scope():  # what the operators of this batch share (word tokens), dropped after it
+                for op, st in zip(ops, stats):
+                    before = batch.select(UID, "text") \
+                        if op.rewrites_text and len(traces[op.step_name]) < task.trace_docs \
+                        else None
+                    batch, rej, s = run_step(op, batch)
+                    if before is not None:
+                        _trace(traces[op.step_name], before, batch, task.trace_docs)
+                    st.add(s)
+                    if rej is not None:
+                        if not task.rejects.keep_text:
+                            rej = rej.drop("text")
+                        w = reject_writer(op.step_name)
+                        with writing(_current_file(w, w.folder / stem)):
+                            w.write(rej)
+                    if batch.height == 0:
+                        break
             if task.output is not None and task.output.columns is not None:
                 keep = {"id", "text", *task.output.columns}
                 batch = batch.select([c for c in batch.columns if c in keep or c.startswith("__")])

@@ -95,3 +95,35 @@ def repetition_stats(hashes: np.ndarray, lengths: np.ndarray, offsets: np.ndarra
                     i += 1
             dup[d, t] = repeated
     return top, dup
+
+
+@njit(cache=True)
+def gopher_word_stats(offsets: np.ndarray, hashes: np.ndarray, lengths: np.ndarray, flags: np.ndarray,
+                      stop_hashes: np.ndarray, stop_lengths: np.ndarray, punct_bit: int,
+                      alpha_bit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per document: non-symbol words, their total characters, tokens with a letter, distinct stop words
+    present (a token is a stop word when its hash and length equal one's: ``stop_hashes`` sorted)."""
+    n_docs = offsets.shape[0] - 1
+    n_words = np.zeros(n_docs, dtype=np.int64)
+    len_sum = np.zeros(n_docs, dtype=np.int64)
+    n_alpha = np.zeros(n_docs, dtype=np.int64)
+    n_stop = np.zeros(n_docs, dtype=np.int64)
+    k = stop_hashes.shape[0]
+    seen = np.zeros(max(k, 1), dtype=np.uint8)
+    for d in range(n_docs):
+        seen[:] = 0
+        for t in range(offsets[d], offsets[d + 1]):
+            f = flags[t]
+            if (f & punct_bit) == 0:
+                n_words[d] += 1
+                len_sum[d] += lengths[t]
+            if f & alpha_bit:
+                n_alpha[d] += 1
+            if k:
+                i = np.searchsorted(stop_hashes, hashes[t])
+                while i < k and stop_hashes[i] == hashes[t]:
+                    if stop_lengths[i] == lengths[t] and seen[i] == 0:
+                        seen[i] = 1
+                        n_stop[d] += 1
+                    i += 1
+    return n_words, len_sum, n_alpha, n_stop

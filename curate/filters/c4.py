@@ -175,7 +175,7 @@ class FineWebQuality(Filter):
         }
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
-        from curate.core.text import words
+        from curate.core.tokens import batch_word_table
 
         p = self.params
         text = pl.col("text")
@@ -187,7 +187,8 @@ class FineWebQuality(Filter):
         chars = ln.list.eval(pl.element().str.len_chars()).list.sum()
         uchars = ln.list.unique().list.eval(pl.element().str.len_chars()).list.sum()
         nonl = text.str.len_chars() - text.str.count_matches("\n", literal=True)
-        n_words = words(text).list.len()
+        # token counts from the batch's shared table: recomputed only for rows an earlier step rewrote
+        n_words = pl.lit(pl.Series(batch_word_table(batch).counts, dtype=pl.UInt32))
         return out.with_columns(
             n.alias("fw_lines"),
             (ln.list.eval(ends).list.sum() / n).alias("fw_line_punct_ratio"),

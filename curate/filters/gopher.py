@@ -3,23 +3,39 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import polars as pl
 from pydantic import Field
 
 from curate.core.operator import Column, Filter, OpParams, Rule
 from curate.core.registry import register
-from curate.core.text import PUNCTUATION, split_lines, words
+from curate.core.text import split_lines
+from curate.core.tokens import TOK_ALPHA, TOK_PUNCT, WordTable, batch_word_table, token_hash
 
 STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
-_PUNCT_ONLY = "^[" + re.escape(PUNCTUATION) + "]+$"
 
 
 def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
     """num / den, null when den is 0 (the reference divides by zero there; null never drops)."""
     return pl.when(den > 0).then(num / den).otherwise(None)
+
+
+def _word_stats(table: WordTable, stop_words: list[str]) -> list[pl.Series]:
+    """Per document: all tokens (``__gq_n``), non-symbol words, their mean length, tokens with a letter
+    (``__gq_alpha``) and distinct stop words, from a :class:`~curate.core.tokens.WordTable`."""
+    from curate.filters._repetition_kernel import gopher_word_stats
+
+    stop = sorted({(token_hash(w), len(w)) for w in stop_words})
+    n_words, len_sum, n_alpha, n_stop = gopher_word_stats(
+        table.offsets, table.hashes, table.lengths, table.flags, np.array([h for h, _ in stop], dtype=np.uint64),
+        np.array([n for _, n in stop], dtype=np.int64), TOK_PUNCT, TOK_ALPHA)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        avg = np.where(n_words > 0, len_sum / np.maximum(n_words, 1), np.nan)
+    return [pl.Series("__gq_n", table.counts, dtype=pl.UInt32),
+            pl.Series("gq_n_words", n_words, dtype=pl.UInt32),
+            pl.Series("gq_avg_word_len", avg, dtype=pl.Float64, nan_to_null=True),
+            pl.Series("__gq_alpha", n_alpha, dtype=pl.UInt32),
+            pl.Series("gq_stop_words", n_stop, dtype=pl.UInt32)]
 
 
 @register("gopher_quality")
@@ -77,17 +93,14 @@ class GopherQuality(Filter):
         }
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
-        stop = self.params.stop_words
-        w = pl.col("__gq_words")
+        # word statistics from the batch's shared token table (tokenised once for every filter)
+        stats = _word_stats(batch_word_table(batch), self.params.stop_words)
         lines = pl.col("__gq_lines")
-        n = w.list.len()
+        n = pl.col("__gq_n")
         n_lines = lines.list.len()
-        is_word = pl.element().str.contains(_PUNCT_ONLY).not_()
         text = pl.col("text")
-        out = batch.with_columns(words(text).alias("__gq_words"), split_lines(text).alias("__gq_lines"))
+        out = batch.with_columns(split_lines(text).alias("__gq_lines"), *stats)
         return out.with_columns(
-            w.list.eval(is_word).list.sum().alias("gq_n_words"),
-            w.list.eval(pl.element().filter(is_word).str.len_chars()).list.mean().alias("gq_avg_word_len"),
             _ratio(text.str.count_matches("#", literal=True), n).alias("gq_hash_ratio"),
             _ratio(text.str.count_matches("...", literal=True) + text.str.count_matches("\u2026", literal=True), n)
             .alias("gq_ellipsis_ratio"),
@@ -95,9 +108,10 @@ class GopherQuality(Filter):
                    n_lines).alias("gq_bullet_lines"),
             _ratio(lines.list.eval(pl.element().str.strip_chars_end().str.contains("(\\.\\.\\.|\u2026)$")).list.sum(),
                    n_lines).alias("gq_ellipsis_lines"),
-            _ratio(w.list.eval(pl.element().str.contains(r"[^\W\d_]")).list.sum(), n).alias("gq_alpha_ratio"),
-            w.list.eval(pl.element().filter(pl.element().is_in(stop))).list.n_unique().alias("gq_stop_words"),
-        ).drop("__gq_words", "__gq_lines")
+            _ratio(pl.col("__gq_alpha"), n).alias("gq_alpha_ratio"),
+        ).drop("__gq_lines", "__gq_n", "__gq_alpha").select(
+            *batch.columns, "gq_n_words", "gq_avg_word_len", "gq_hash_ratio", "gq_ellipsis_ratio", "gq_bullet_lines",
+            "gq_ellipsis_lines", "gq_alpha_ratio", "gq_stop_words")
 
     def rules(self) -> list[Rule]:
         p = self.params
@@ -178,13 +192,8 @@ class GopherRepetition(Filter):
         out = batch.with_columns(*dup_stats(paras, "para"), *dup_stats(lines, "line"), L.alias("__gr_len"))
         top_ns = np.array(sorted(self.params.top_n_grams), dtype=np.int64)
         dup_ns = np.array(sorted(self.params.dup_n_grams), dtype=np.int64)
-        toks = batch.select(words(text).alias("w"))
-        offsets = np.zeros(batch.height + 1, dtype=np.int64)
-        np.cumsum(toks.get_column("w").list.len().to_numpy(), out=offsets[1:])
-        flat = toks.get_column("w").explode(empty_as_null=False).drop_nulls()
-        hashes = flat.hash(seed=17).to_numpy()
-        lengths = flat.str.len_chars().cast(pl.Int64).to_numpy()
-        top, dup = repetition_stats(hashes, lengths, offsets, top_ns, dup_ns)
+        table = batch_word_table(batch)  # shared with the other filters of the batch
+        top, dup = repetition_stats(table.hashes, table.lengths, table.offsets, top_ns, dup_ns)
         length = out.get_column("__gr_len").to_numpy().astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             cols = [pl.Series(f"gr_top_{n}_gram", np.where(length > 0, top[:, i] / length, np.nan))
