@@ -88,10 +88,95 @@ def _default_label(i: int, task: tuple) -> str:
     return f"task {i} ({', '.join(paths)})" if paths else f"task {i}"
 
 
+class _Pool:
+    """Spawned workers, their message queue and the thread that forwards progress: kept for a whole run
+    when :func:`shared_pool` is open (workers then start once, not once per segment and per fit)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        ctx = mp.get_context("spawn")
+        self.q = ctx.SimpleQueue()
+        self.running: dict[int, str] = {}
+        self.progress: Callable[[int], None] | None = None
+        self.stop = threading.Event()
+        self.th = threading.Thread(target=self._pump, daemon=True, name="curate-progress")
+        self.th.start()
+        self.ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                      initargs=(self.q, os.getpid()))
+        self.procs: dict[int, Any] = {}
+        self.broken = False
+
+    def _pump(self) -> None:
+        while not self.stop.is_set():
+            if self.q.empty():
+                self.stop.wait(0.05)
+                continue
+            kind, pid, value = self.q.get()
+            if kind == "start":
+                self.running[pid] = value
+            elif self.progress is not None:
+                self.progress(value)
+
+    def run(self, fn: Callable[..., Any], tasks: list[tuple], names: list[str],
+            progress: Callable[[int], None] | None) -> Iterator[Any]:
+        self.progress = progress
+        pending: set = set()
+        try:
+            with spawn_guard((fn, tasks)), _signals_blocked(), _polars_threads(self.workers):
+                futures = {self.ex.submit(_call, fn, name, t): name for name, t in zip(names, tasks)}
+            pending = set(futures)
+            self.procs.update(getattr(self.ex, "_processes", None) or {})  # spawn starts every worker on submit
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    try:
+                        result = f.result()
+                    except BrokenProcessPool:
+                        self.broken = True
+                        self.stop.set()
+                        self.th.join(timeout=1.0)
+                        raise _dead_worker_error(self.procs, self.running) from None
+                    yield result
+        except BaseException:
+            # no Future.cancel(): the pool's manager thread would then fail setting their exception
+            # (InvalidStateError traceback); killing the workers makes it fail every pending future itself
+            self.broken = True
+            _kill_workers(self.ex)
+            pending = set(wait(pending, timeout=10.0).not_done) if pending else set()
+            self.close(wait_for=not pending, cancel=bool(pending))
+            raise
+        finally:
+            self.progress = None
+
+    def close(self, *, wait_for: bool = True, cancel: bool = False) -> None:
+        self.ex.shutdown(wait=wait_for, cancel_futures=cancel)
+        self.stop.set()
+        self.th.join(timeout=1.0)
+
+
+_SHARED: dict[str, Any] = {"open": 0, "pool": None}
+
+
+@contextlib.contextmanager
+def shared_pool() -> Iterator[None]:
+    """Within this block, :func:`iter_tasks` keeps its worker processes between calls (an executor's run:
+    its segments and global-stage fits), so workers are spawned and import curate, polars and numba once
+    per run instead of once per segment. Closed (workers stopped) at the end of the block."""
+    _SHARED["open"] += 1
+    try:
+        yield
+    finally:
+        _SHARED["open"] -= 1
+        if _SHARED["open"] == 0 and _SHARED["pool"] is not None:
+            pool, _SHARED["pool"] = _SHARED["pool"], None
+            pool.close(wait_for=not pool.broken)
+
+
 def iter_tasks(fn: Callable[..., Any], tasks: Iterable[tuple], workers: int, *,
                progress: Callable[[int], None] | None = None, labels: list[str] | None = None) -> Iterator[Any]:
     """Yield ``fn(*task)`` results as tasks complete (serially when ``workers == 1``). In workers,
-    ``report(n)`` reaches ``progress(n)``; ``labels`` name the tasks in errors (a worker that died)."""
+    ``report(n)`` reaches ``progress(n)``; ``labels`` name the tasks in errors (a worker that died).
+    Inside :func:`shared_pool` the workers are reused by later calls with the same number of workers."""
     tasks = list(tasks)
     if not tasks:
         return
@@ -100,53 +185,39 @@ def iter_tasks(fn: Callable[..., Any], tasks: Iterable[tuple], workers: int, *,
             yield fn(*t)
         return
     names = labels if labels is not None else [_default_label(i, t) for i, t in enumerate(tasks)]
-    ctx = mp.get_context("spawn")
-    q = ctx.SimpleQueue()
-    running: dict[int, str] = {}
-    stop = threading.Event()
-
-    def pump() -> None:
-        while not stop.is_set():
-            if q.empty():
-                stop.wait(0.05)
-                continue
-            kind, pid, value = q.get()
-            if kind == "start":
-                running[pid] = value
-            elif progress is not None:
-                progress(value)
-
-    th = threading.Thread(target=pump, daemon=True, name="curate-progress")
-    th.start()
-    ex = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(q, os.getpid()))
-    pending: set = set()
-    procs: dict[int, Any] = {}
+    # a payload that needs the user's __main__ gets its own workers (shared ones started without it)
+    share = _SHARED["open"] > 0 and not main_references((fn, tasks))
+    pool = _SHARED["pool"] if share else None
+    if pool is not None and (pool.broken or pool.workers != workers):
+        pool.close(wait_for=not pool.broken)
+        pool = _SHARED["pool"] = None
+    if pool is None:
+        pool = _Pool(workers if share else min(workers, len(tasks)))
+        if share:
+            _SHARED["pool"] = pool
     try:
-        with spawn_guard((fn, tasks)), _signals_blocked():
-            futures = {ex.submit(_call, fn, name, t): name for name, t in zip(names, tasks)}
-        pending = set(futures)
-        procs = dict(getattr(ex, "_processes", None) or {})  # spawn starts every worker on submit
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                try:
-                    result = f.result()
-                except BrokenProcessPool:
-                    stop.set()
-                    th.join(timeout=1.0)
-                    raise _dead_worker_error(procs, running) from None
-                yield result
-    except BaseException:
-        # no Future.cancel(): the pool's manager thread would then fail setting their exception
-        # (InvalidStateError traceback); killing the workers makes it fail every pending future itself
-        _kill_workers(ex)
-        pending = set(wait(pending, timeout=10.0).not_done) if pending else set()
-        raise
+        yield from pool.run(fn, tasks, names, progress)
     finally:
-        ex.shutdown(wait=not pending, cancel_futures=bool(pending))
-        stop.set()
-        th.join(timeout=1.0)
+        if not share:
+            pool.close(wait_for=not pool.broken)
+        elif pool.broken:
+            _SHARED["pool"] = None
+
+
+@contextlib.contextmanager
+def _polars_threads(workers: int) -> Iterator[None]:
+    """Workers started inside get ``POLARS_MAX_THREADS`` = cores / workers (at least 1) unless the user set
+    it: each worker's polars would otherwise start one thread per core, and ``workers`` processes then
+    fight over the cores (measured: 2 workers on 2 cores ran 1.2x one worker, not 2x)."""
+    if "POLARS_MAX_THREADS" in os.environ:
+        yield
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["POLARS_MAX_THREADS"] = str(max(1, cores // max(1, workers)))
+    try:
+        yield
+    finally:
+        del os.environ["POLARS_MAX_THREADS"]
 
 
 def run_tasks(fn: Callable[..., Any], tasks: Iterable[tuple], workers: int, *,

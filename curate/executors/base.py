@@ -27,6 +27,7 @@ from curate.core.lock import LOCK_NAME, RunLock
 from curate.core.operator import FitContext, GlobalStage, RunContext
 from curate.core.ownership import WORK_FILES, WORK_TREES, OwnedRoot, check_run_paths, owned
 from curate.core.plan import Segment, plan_segments
+from curate.core.pool import shared_pool
 from curate.core.preflight import reserved_columns
 from curate.core.progress import Progress
 from curate.core.runner import Marker, ShardTask, clear_setup_cache, read_marker, write_json_atomic, writing
@@ -153,7 +154,8 @@ class Executor:
             self._claim(roots, segments, shards)
             for root in roots.values():
                 root.clean_tmp()  # leftovers of killed runs, only under curate's own names
-            result, vouched = self._run_segments(p, segments, shards, rejects, device, progress, t0)
+            with shared_pool():  # one set of worker processes for every segment and fit of the run
+                result, vouched = self._run_segments(p, segments, shards, rejects, device, progress, t0)
             for name in ("output", "rejects"):
                 roots[name].sweep(vouched[name])
             work.sweep(set())
