@@ -40,6 +40,14 @@ def repetition_stats(hashes: np.ndarray, lengths: np.ndarray, offsets: np.ndarra
     while size < 2 * max_words + 2:
         size *= 2
     keys = np.zeros(size, dtype=np.uint64)
+    max_n = 1
+    for n in top_ns:
+        max_n = max(max_n, n)
+    for n in dup_ns:
+        max_n = max(max_n, n)
+    # hashes of every n-gram, n = 1..max_n, built by extending the (n-1)-gram's: the same values as
+    # _ngram_hash (its loop is this chain), without rehashing n words per n-gram
+    grams = np.empty((max_n, max(max_words, 1)), dtype=np.uint64)
     counts = np.zeros(size, dtype=np.int64)
     first = np.zeros(size, dtype=np.int64)
     clen = np.zeros(size, dtype=np.int64)
@@ -52,6 +60,13 @@ def repetition_stats(hashes: np.ndarray, lengths: np.ndarray, offsets: np.ndarra
         mask = np.uint64(cap - 1)
         w = hashes[s:e]
         ln = lengths[s:e]
+        for i in range(m):
+            acc = (np.uint64(0xCBF29CE484222325) ^ w[i]) * _MULT
+            grams[0, i] = acc ^ (acc >> np.uint64(29))
+        for n1 in range(1, min(max_n, m)):
+            for i in range(m - n1):
+                acc = (grams[n1 - 1, i] ^ w[i + n1]) * _MULT
+                grams[n1, i] = acc ^ (acc >> np.uint64(29))
         for t in range(top_ns.shape[0]):
             n = top_ns[t]
             if m < n:
@@ -59,7 +74,9 @@ def repetition_stats(hashes: np.ndarray, lengths: np.ndarray, offsets: np.ndarra
             keys[:cap] = 0
             best_count, best_first, best_len = 0, 0, 0
             for i in range(m - n + 1):
-                k = _ngram_hash(w, i, n)
+                k = grams[n - 1, i]
+                if k == np.uint64(0):  # 0 marks an empty slot (as _ngram_hash)
+                    k = np.uint64(1)
                 slot = k & mask
                 while keys[slot] != 0 and keys[slot] != k:
                     slot = (slot + np.uint64(1)) & mask
@@ -82,7 +99,9 @@ def repetition_stats(hashes: np.ndarray, lengths: np.ndarray, offsets: np.ndarra
             repeated = 0
             i = 0
             while i < m - n + 1:
-                k = _ngram_hash(w, i, n)
+                k = grams[n - 1, i]
+                if k == np.uint64(0):  # 0 marks an empty slot (as _ngram_hash)
+                    k = np.uint64(1)
                 slot = k & mask
                 while keys[slot] != 0 and keys[slot] != k:
                     slot = (slot + np.uint64(1)) & mask
@@ -110,6 +129,9 @@ def gopher_word_stats(offsets: np.ndarray, hashes: np.ndarray, lengths: np.ndarr
     n_stop = np.zeros(n_docs, dtype=np.int64)
     k = stop_hashes.shape[0]
     seen = np.zeros(max(k, 1), dtype=np.uint8)
+    bloom = np.zeros(4096, dtype=np.uint8)  # rejects most tokens before the binary search
+    for h in stop_hashes:
+        bloom[h & np.uint64(4095)] = 1
     for d in range(n_docs):
         seen[:] = 0
         for t in range(offsets[d], offsets[d + 1]):
@@ -119,7 +141,7 @@ def gopher_word_stats(offsets: np.ndarray, hashes: np.ndarray, lengths: np.ndarr
                 len_sum[d] += lengths[t]
             if f & alpha_bit:
                 n_alpha[d] += 1
-            if k:
+            if k and bloom[hashes[t] & np.uint64(4095)]:
                 i = np.searchsorted(stop_hashes, hashes[t])
                 while i < k and stop_hashes[i] == hashes[t]:
                     if stop_lengths[i] == lengths[t] and seen[i] == 0:
