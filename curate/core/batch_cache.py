@@ -38,8 +38,9 @@ class BatchCache:
     """What one batch's operators computed for each other: (column, kind) -> entry."""
 
     entries: dict[tuple[str, str], _Entry] = field(default_factory=dict)
-    hits: int = 0
-    misses: int = 0
+    hits: int = 0  # every row reused
+    partial: int = 0  # some rows reused, the new or rewritten ones computed
+    misses: int = 0  # computed from scratch
 
 
 _CURRENT: ContextVar[BatchCache | None] = ContextVar("curate_batch_cache", default=None)
@@ -86,7 +87,7 @@ def cached(batch: pl.DataFrame, column: str, kind: str, compute: Callable[[pl.Se
     if same.all():
         cache.hits += 1
         return entry.value.take(rows)
-    cache.misses += 1
+    cache.partial += 1
     redo = np.flatnonzero(~same)
     fresh = compute(text.gather(redo))
     value = _interleave(entry.value, fresh, same, rows) if same.any() else fresh

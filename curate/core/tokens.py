@@ -284,6 +284,14 @@ def _hash_codepoints(c: np.ndarray) -> np.uint64:
     return h ^ (h >> np.uint64(31))
 
 
+@njit(cache=True)
+def _hash_tokens(cps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    out = np.empty(offsets.shape[0] - 1, dtype=np.uint64)
+    for t in range(out.shape[0]):
+        out[t] = _hash_codepoints(cps[offsets[t]:offsets[t + 1]])
+    return out
+
+
 def token_hash(token: str) -> int:
     """The hash :func:`word_table` gives a token equal to ``token`` (to look up stop words)."""
     return int(_hash_codepoints(np.array([ord(ch) for ch in token], dtype=np.int64)))
@@ -399,11 +407,12 @@ def word_table_regex(text: pl.Series) -> WordTable:
     offsets = np.zeros(len(toks) + 1, dtype=np.int64)
     np.cumsum(toks.list.len().to_numpy(), out=offsets[1:])
     flat = toks.explode(empty_as_null=False).drop_nulls()
-    if len(flat):
-        cps = [np.array([ord(ch) for ch in t], dtype=np.int64) for t in flat.to_list()]
-        hashes = np.array([_hash_codepoints(c) for c in cps], dtype=np.uint64)
-    else:
-        hashes = np.zeros(0, dtype=np.uint64)
+    # code points of every token, flattened (UTF-32 bytes), hashed per token by the kernel's hash
+    lens = flat.str.len_chars().cast(pl.Int64).to_numpy()
+    cps = np.frombuffer("".join(flat.to_list()).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    tok_off = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=tok_off[1:])
+    hashes = _hash_tokens(cps, tok_off)
     lengths = flat.str.len_chars().cast(pl.Int64).to_numpy()
     punct = flat.str.contains("^[" + re.escape(PUNCTUATION) + "]+$").to_numpy()
     alpha = flat.str.contains(r"[^\W\d_]").to_numpy()
