@@ -344,7 +344,13 @@ def _gather_index(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np
 
 def _utf8_buffers(text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """The UTF-8 bytes and row offsets of a String Series (nulls as empty)."""
+    import pyarrow as pa
+
     arr = text.cast(pl.String).fill_null("").rechunk().to_arrow()
+    if arr.type != pa.large_string():  # the layout read below: int64 offsets, one data buffer
+        arr = arr.cast(pa.large_string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
     _, off_buf, data_buf = arr.buffers()
     offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, dtype=np.uint8)
