@@ -357,11 +357,23 @@ def _utf8_buffers(text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets
 
 
-def _tokens(text: pl.Series, spans: bool = False):
-    data, offsets = _utf8_buffers(text)
+def utf8_buffers(text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of a String Series and its row offsets (nulls as empty), for numba kernels."""
+    return _utf8_buffers(text)
+
+
+def char_classes(data: np.ndarray) -> np.ndarray:
+    """The per-code-point class table (bits ``W``, ``S``, ``A``, ``P``), every code point of the UTF-8
+    ``data`` classified in it."""
     at = _first_unknown(data, _CLASS)
     if at >= 0:
         _classify(_unknown_codepoints(data, at, _CLASS))
+    return _CLASS
+
+
+def _tokens(text: pl.Series, spans: bool = False):
+    data, offsets = _utf8_buffers(text)
+    char_classes(data)
     n_docs = len(offsets) - 1
     cap = max(1024, len(data) // 4)  # about 5 bytes per token in English text; grown when short
     tok_off = np.zeros(n_docs + 1, dtype=np.int64)

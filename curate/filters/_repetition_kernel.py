@@ -149,3 +149,148 @@ def gopher_word_stats(offsets: np.ndarray, hashes: np.ndarray, lengths: np.ndarr
                         n_stop[d] += 1
                     i += 1
     return n_words, len_sum, n_alpha, n_stop
+
+
+@njit(cache=True)
+def _seg_hash(data: np.ndarray, s: int, e: int) -> np.uint64:
+    h = np.uint64(0xCBF29CE484222325)
+    for i in range(s, e):
+        h = (h ^ np.uint64(data[i])) * np.uint64(0x100000001B3)
+    h ^= h >> np.uint64(31)
+    return h if h != np.uint64(0) else np.uint64(1)
+
+
+@njit(cache=True)
+def _same_bytes(data: np.ndarray, s1: int, e1: int, s2: int, e2: int) -> bool:
+    if e1 - s1 != e2 - s2:
+        return False
+    for k in range(e1 - s1):
+        if data[s1 + k] != data[s2 + k]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _utf8_chars(data: np.ndarray, s: int, e: int) -> int:
+    n = 0
+    for i in range(s, e):
+        if (data[i] & 0xC0) != 0x80:
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def dup_segment_stats(data: np.ndarray, offsets: np.ndarray, space: np.ndarray,
+                      paragraphs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per document (UTF-8 ``data`` with row ``offsets``): segments, distinct segments, characters in all
+    segments, characters in distinct segments - the four numbers of Gopher's duplicate line/paragraph
+    fractions, computed as GopherRepetition's polars definition does: lines split on every run of "\\n"
+    (``replace_all("\\n+", "\\0").split("\\0")``), paragraphs on every run of 2+ "\\n" after stripping
+    whitespace at both ends (``space``: one flag per code point, Unicode White_Space); a NUL already in the
+    text splits too, as it does there. Distinct means byte-equal (hash, then compared byte by byte)."""
+    n_docs = offsets.shape[0] - 1
+    n_seg = np.zeros(n_docs, dtype=np.int64)
+    n_uniq = np.zeros(n_docs, dtype=np.int64)
+    chars = np.zeros(n_docs, dtype=np.int64)
+    uchars = np.zeros(n_docs, dtype=np.int64)
+    max_len = 1
+    for d in range(n_docs):
+        max_len = max(max_len, offsets[d + 1] - offsets[d])
+    starts = np.empty(max_len + 2, dtype=np.int64)
+    ends = np.empty(max_len + 2, dtype=np.int64)
+    size = 16
+    while size < 2 * (max_len + 2):
+        size *= 2
+    keys = np.zeros(size, dtype=np.uint64)
+    slot_seg = np.zeros(size, dtype=np.int64)
+    for d in range(n_docs):
+        s, e = offsets[d], offsets[d + 1]
+        if paragraphs:  # strip leading and trailing whitespace (code points)
+            while s < e:
+                b = np.int64(data[s])
+                if b < 0x80:
+                    cp, ln = b, 1
+                elif b < 0xE0:
+                    cp, ln = ((b & 0x1F) << 6) | (np.int64(data[s + 1]) & 0x3F), 2
+                elif b < 0xF0:
+                    cp, ln = ((b & 0x0F) << 12) | ((np.int64(data[s + 1]) & 0x3F) << 6) | (np.int64(data[s + 2]) & 0x3F), 3
+                else:
+                    cp, ln = (((b & 0x07) << 18) | ((np.int64(data[s + 1]) & 0x3F) << 12)
+                              | ((np.int64(data[s + 2]) & 0x3F) << 6) | (np.int64(data[s + 3]) & 0x3F)), 4
+                if space[cp] == 0:
+                    break
+                s += ln
+            while e > s:
+                j = e - 1
+                while j > s and (data[j] & 0xC0) == 0x80:
+                    j -= 1
+                b = np.int64(data[j])
+                if b < 0x80:
+                    cp = b
+                elif b < 0xE0:
+                    cp = ((b & 0x1F) << 6) | (np.int64(data[j + 1]) & 0x3F)
+                elif b < 0xF0:
+                    cp = ((b & 0x0F) << 12) | ((np.int64(data[j + 1]) & 0x3F) << 6) | (np.int64(data[j + 2]) & 0x3F)
+                else:
+                    cp = (((b & 0x07) << 18) | ((np.int64(data[j + 1]) & 0x3F) << 12)
+                          | ((np.int64(data[j + 2]) & 0x3F) << 6) | (np.int64(data[j + 3]) & 0x3F))
+                if space[cp] == 0:
+                    break
+                e = j
+        k = 0
+        seg_start = s
+        i = s
+        while i < e:
+            c = data[i]
+            if c == 0:
+                starts[k] = seg_start
+                ends[k] = i
+                k += 1
+                i += 1
+                seg_start = i
+            elif c == 10:
+                j = i
+                while j < e and data[j] == 10:
+                    j += 1
+                if not paragraphs or j - i >= 2:
+                    starts[k] = seg_start
+                    ends[k] = i
+                    k += 1
+                    seg_start = j
+                i = j
+            else:
+                i += 1
+        starts[k] = seg_start
+        ends[k] = e
+        k += 1
+        cap = 16
+        while cap < 2 * k + 2:
+            cap *= 2
+        mask = np.uint64(cap - 1)
+        keys[:cap] = 0
+        u = 0
+        total = 0
+        utotal = 0
+        for g in range(k):
+            nch = _utf8_chars(data, starts[g], ends[g])
+            total += nch
+            h = _seg_hash(data, starts[g], ends[g])
+            slot = h & mask
+            new = True
+            while keys[slot] != 0:
+                if keys[slot] == h:
+                    o = slot_seg[slot]
+                    if _same_bytes(data, starts[o], ends[o], starts[g], ends[g]):
+                        new = False
+                        break
+                slot = (slot + np.uint64(1)) & mask
+            if new:
+                keys[slot] = h
+                slot_seg[slot] = g
+                u += 1
+                utotal += nch
+        n_seg[d] = k
+        n_uniq[d] = u
+        chars[d] = total
+        uchars[d] = utotal
+    return n_seg, n_uniq, chars, uchars

@@ -10,7 +10,16 @@ from pydantic import Field
 from curate.core.operator import Column, Filter, OpParams, Rule
 from curate.core.registry import register
 from curate.core.text import split_lines
-from curate.core.tokens import TOK_ALPHA, TOK_PUNCT, WordTable, batch_word_table, token_hash
+from curate.core.tokens import (
+    TOK_ALPHA,
+    TOK_PUNCT,
+    S,
+    WordTable,
+    batch_word_table,
+    char_classes,
+    token_hash,
+    utf8_buffers,
+)
 
 STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
 
@@ -174,33 +183,34 @@ class GopherRepetition(Filter):
         return out
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
-        from curate.filters._repetition_kernel import repetition_stats
+        from curate.filters._repetition_kernel import dup_segment_stats, repetition_stats
 
         text = pl.col("text")
         L = text.str.len_chars()
-        paras = text.str.strip_chars().str.replace_all(r"\n{2,}", "\x00").str.split("\x00")
-        lines = text.str.replace_all(r"\n+", "\x00").str.split("\x00")
-
-        def dup_stats(col: pl.Expr, name: str) -> list[pl.Expr]:
-            n = col.list.len()
-            uniq = col.list.unique()
-            chars = col.list.eval(pl.element().str.len_chars()).list.sum()
-            uchars = uniq.list.eval(pl.element().str.len_chars()).list.sum()
-            return [_ratio(n - uniq.list.len(), n).alias(f"gr_dup_{name}_frac"),
-                    _ratio(chars - uchars, L).alias(f"gr_dup_{name}_char_frac")]
-
-        out = batch.with_columns(*dup_stats(paras, "para"), *dup_stats(lines, "line"), L.alias("__gr_len"))
+        # duplicate lines and paragraphs in one pass over the bytes (same definitions as the polars split:
+        # see dup_segment_stats)
+        data, offsets = utf8_buffers(batch.get_column("text"))
+        space = (char_classes(data) & S).astype(np.uint8)
+        length = batch.select(L).to_series().to_numpy().astype(np.float64)
+        cols = []
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for name, paragraphs in (("para", True), ("line", False)):
+                n, u, ch, uch = dup_segment_stats(data, offsets, space, paragraphs)
+                cols += [pl.Series(f"gr_dup_{name}_frac", np.where(n > 0, (n - u) / np.maximum(n, 1), np.nan),
+                                   nan_to_null=True),
+                         pl.Series(f"gr_dup_{name}_char_frac", np.where(length > 0, (ch - uch) / length, np.nan),
+                                   nan_to_null=True)]
+        out = batch.with_columns(cols)
         top_ns = np.array(sorted(self.params.top_n_grams), dtype=np.int64)
         dup_ns = np.array(sorted(self.params.dup_n_grams), dtype=np.int64)
         table = batch_word_table(batch)  # shared with the other filters of the batch
         top, dup = repetition_stats(table.hashes, table.lengths, table.offsets, top_ns, dup_ns)
-        length = out.get_column("__gr_len").to_numpy().astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             cols = [pl.Series(f"gr_top_{n}_gram", np.where(length > 0, top[:, i] / length, np.nan))
                     for i, n in enumerate(top_ns)]
             cols += [pl.Series(f"gr_dup_{n}_gram", np.where(length > 0, dup[:, i] / length, np.nan))
                      for i, n in enumerate(dup_ns)]
-        return out.with_columns(cols).drop("__gr_len")
+        return out.with_columns(cols)
 
     def rules(self) -> list[Rule]:
         p = self.params

@@ -140,3 +140,26 @@ def test_a_rewritten_text_is_tokenised_again():
         changed = tokens.batch_word_table(df.with_columns(pl.Series("text", ["one two three four", "four five"])))
     assert list(first.counts) == [3, 2] and list(again.counts) == [2] and list(changed.counts) == [4, 2]
     assert (cache.hits, cache.partial, cache.misses) == (1, 1, 1) and not cache.entries  # dropped at the end of the batch
+
+
+def test_duplicate_line_and_paragraph_kernel_equals_the_polars_split(real):
+    """GopherRepetition's dup line/paragraph numbers (a numba pass) against the polars definition it
+    replaced: split on runs of newlines (2+ for paragraphs, after stripping), distinct by string equality."""
+    from curate.core.tokens import S, char_classes, utf8_buffers
+    from curate.filters._repetition_kernel import dup_segment_stats
+
+    texts = pl.concat([real, pl.Series(["a\n\nb\n\n\na", "x\x00y\n\x00y", " \u3000 para\n\npara \u2028", "\n\n",
+                                        "one\ntwo\none\n", "\u00a0", "é\n\né\n\nè"])])
+    t = pl.col("text")
+    ref = pl.DataFrame({"text": texts}).select(
+        *[e for name, col in (("para", t.str.strip_chars().str.replace_all(r"\n{2,}", "\x00").str.split("\x00")),
+                              ("line", t.str.replace_all(r"\n+", "\x00").str.split("\x00")))
+          for e in (col.list.len().alias(f"{name}_n"), col.list.unique().list.len().alias(f"{name}_u"),
+                    col.list.eval(pl.element().str.len_chars()).list.sum().alias(f"{name}_c"),
+                    col.list.unique().list.eval(pl.element().str.len_chars()).list.sum().alias(f"{name}_uc"))])
+    data, offsets = utf8_buffers(texts)
+    space = (char_classes(data) & S).astype(np.uint8)
+    for name, paragraphs in (("para", True), ("line", False)):
+        got = dup_segment_stats(data, offsets, space, paragraphs)
+        for arr, col in zip(got, ("n", "u", "c", "uc")):
+            np.testing.assert_array_equal(arr, ref.get_column(f"{name}_{col}").to_numpy(), err_msg=f"{name}_{col}")
