@@ -168,7 +168,8 @@ def main() -> None:
             small = measure(cmd(work / "small", work / f"{tag}-small"))
             big = measure(cmd(work / "input", work / tag))
             rows.append({"side": side, "workers": w, "small": small, "big": big, "kept_ids": work / tag / "kept_ids.json"})
-            print(f"  done {tag}: {big['wall']:.1f}s wall, {big['cpu']:.1f} CPU-s", flush=True)
+            print(f"  {tag}: start-up {small['wall']:.2f}s wall {small['cpu']:.2f} CPU-s; full {big['wall']:.1f}s wall "
+                  f"{big['cpu']:.1f} CPU-s, peak {big['peak_mb']:.0f} MB, kept {big['kept']:,}", flush=True)
     load1 = os.getloadavg()
     mb = sum(len(d["text"]) for d in docs) / 1e6
     print(f"corpus: {a.docs:,} real documents ({mb:.1f} MB), {a.shards} shards; start-up run: {a.small} documents; "
