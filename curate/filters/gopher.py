@@ -59,7 +59,7 @@ class GopherQuality(Filter):
     recorded reason. ``None`` disables a rule.
 
     Words are tokens of :func:`curate.core.text.words` (punctuation split off, like the reference's spaCy
-    tokenizer). Ratios over zero words or lines are null, and a null never drops a document.
+    tokenizer), taken from the batch's shared token table (:func:`curate.core.tokens.batch_word_table`). Ratios over zero words or lines are null, and a null never drops a document.
     """
 
     class Params(OpParams):
@@ -149,7 +149,9 @@ class GopherRepetition(Filter):
     0.20 / 0.18 / 0.16, duplicate 5..10-gram character fractions 0.15 .. 0.10. Definitions follow the
     reference exactly (paragraphs split on 2+ newlines of the stripped text, lines on 1+ newlines, top
     n-grams space-joined, duplicate n-grams concatenated with skip-ahead, all over the raw character count);
-    the n-gram statistics run in a numba kernel over the whole batch. Ratios over an empty document are
+    the n-gram and duplicate line/paragraph statistics run in numba kernels over the whole batch, on the
+    word tokens the batch's filters share (:func:`curate.core.tokens.batch_word_table`: tokenised once,
+    reused by Gopher quality and FineWeb quality). Ratios over an empty document are
     null (NaN for the n-gram fractions) and never drop it (the reader already skips empty text, counted).
     """
 
