@@ -167,7 +167,8 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
         out_dir = Path(task.output.path)
         _clear_parts(out_dir, out_dir, stem)
         with writing(out_dir / stem):
-            sink = ShardWriter(out_dir, stem, task.output.format, id_hashes=id_hash_path(task.marker))
+            sink = ShardWriter(out_dir, stem, task.output.format, id_hashes=id_hash_path(task.marker),
+                               level=task.output.compression_level)
         sink_where = out_dir / stem
     else:
         assert task.spill_dir is not None
@@ -189,7 +190,8 @@ def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) ->
             folder = rejects_root / step
             _clear_parts(rejects_root, folder, stem)
             with writing(folder / stem):
-                rejects[step] = ShardWriter(folder, stem, task.rejects.format, typed_head=True)
+                rejects[step] = ShardWriter(folder, stem, task.rejects.format, typed_head=True,
+                                            level=task.rejects.compression_level)
         return rejects[step]
 
     traces: dict[str, list[dict]] = {op.step_name: [] for op in ops}
