@@ -83,7 +83,17 @@ def check_run_paths(inputs: str | Sequence[str], output: str | Path, rejects: st
     nest (rejects and output inside the work dir are fine outside its own folders); a root that is a
     file; a non-empty folder that holds no curate journal, unless ``overwrite``.
     """
+    from curate.io.storage import is_uri, stage_dir
+
     problems: list[str] = []
+    if is_uri(work_dir):
+        problems.append(f"work_dir '{work_dir}' must be a local folder (it holds the run lock and markers)")
+        return problems
+    # a URI output is checked by curate.io.storage (its journal object); here its local stage stands in
+    output = str(output) if not is_uri(output) else str(stage_dir(work_dir, str(output)))
+    rejects = str(rejects) if not is_uri(rejects) else str(stage_dir(work_dir, str(rejects)))
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    inputs = [i for i in inputs if not is_uri(i)]
     roots = {"output.path": _real(output), "rejects.path": _real(rejects), "work_dir": _real(work_dir)}
     in_files, in_folders = _input_targets(inputs)
     overlapping: set[str] = set()

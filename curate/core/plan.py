@@ -45,9 +45,16 @@ def file_hash(path: str, block: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def file_stamp(path: str, mode: str = "content") -> list:
+def file_stamp(path: str, mode: str = "content", storage: dict[str, str] | None = None) -> list:
     """What identifies a file's version: its content hash (``content``, the default: an edit that keeps
-    the size and restores the mtime still shows), or size and mtime in nanoseconds (``stat``)."""
+    the size and restores the mtime still shows), or size and mtime in nanoseconds (``stat``). An object
+    (URI) is always stamped by size and Last-Modified from its filesystem: pyarrow's FileInfo has no
+    ETag, and hashing would download the whole corpus before the run starts."""
+    from curate.io.storage import is_uri
+    from curate.io.storage import stat as remote_stat
+
+    if is_uri(path):
+        return [path, *remote_stat(path, storage)]
     st = os.stat(path)
     if mode == "stat":
         return [path, st.st_size, st.st_mtime_ns]
@@ -56,7 +63,8 @@ def file_stamp(path: str, mode: str = "content") -> list:
 
 def input_fingerprint(spec: InputSpec) -> dict:
     mode = getattr(spec, "fingerprint", "content")
-    return {"spec": spec.model_dump(mode="json"), "files": [file_stamp(f, mode) for f in spec.files()]}
+    return {"spec": spec.model_dump(mode="json"), "files": [file_stamp(f, mode, dict(spec.storage_options))
+                                                           for f in spec.files()]}
 
 
 def _file_stamps(value, mode: str = "content") -> list:

@@ -65,7 +65,7 @@ class InputPeek:
         return {f for fs in self.fields.values() for f in fs}
 
 
-def _peek_jsonl(path: str, rows: int) -> tuple[list[str], int, bool] | None:
+def _peek_jsonl(path: str, rows: int, storage: dict[str, str] | None = None) -> tuple[list[str], int, bool] | None:
     """(fields in order of first appearance, rows parsed, whether a row could not be parsed) of the first ``rows`` JSON objects, or None when no
     object could be read (damaged or empty file: the reader counts those)."""
     from curate.io.readers import open_binary
@@ -74,7 +74,7 @@ def _peek_jsonl(path: str, rows: int) -> tuple[list[str], int, bool] | None:
     n = read = 0
     unreadable = False
     try:
-        with open_binary(path) as f:
+        with open_binary(path, storage) as f:
             for line in f:
                 read += len(line)
                 if read > PEEK_BYTES or n >= rows:
@@ -94,11 +94,14 @@ def _peek_jsonl(path: str, rows: int) -> tuple[list[str], int, bool] | None:
     return (list(seen), n, unreadable) if n else None
 
 
-def _peek_parquet(path: str) -> tuple[list[str], int, bool] | None:
+def _peek_parquet(path: str, storage: dict[str, str] | None = None) -> tuple[list[str], int, bool] | None:
     try:
         import pyarrow.parquet as pq
 
-        schema = pq.read_schema(path)
+        from curate.io.storage import open_input
+
+        with open_input(path, storage, seekable=True) as f:
+            schema = pq.read_schema(f)
     except Exception as e:  # noqa: BLE001 - a damaged file is the reader's to report, with its name
         log.debug("preflight: cannot read the parquet schema of %s: %s", path, e)
         return None
@@ -122,9 +125,9 @@ def peek_input(spec: InputSpec, *, rows: int = PEEK_ROWS, max_files: int = PEEK_
             out.problems.append(f"input: {e.problems[0]}")
             continue
         if fmt == "jsonl":
-            got = _peek_jsonl(path, rows)
+            got = _peek_jsonl(path, rows, dict(getattr(spec, "storage_options", {}) or {}))
         elif fmt == "parquet":
-            got = _peek_parquet(path)
+            got = _peek_parquet(path, dict(getattr(spec, "storage_options", {}) or {}))
         else:
             continue  # .txt: the reader makes id and text; there are no user fields
         if got is None:
@@ -283,8 +286,14 @@ def run_path_problems(p: Pipeline) -> list[str]:
     from curate.core.ownership import check_run_paths
 
     assert p.input is not None and p.output is not None
-    return check_run_paths(p.input.path, p.output.path, p.rejects_spec().path, p.work_dir,
-                           overwrite=p.output.overwrite)
+    from curate.io.storage import check_remote, is_uri
+
+    problems = check_run_paths(p.input.path, p.output.path, p.rejects_spec().path, p.work_dir,
+                               overwrite=p.output.overwrite)
+    for name, sp in (("output.path", p.output), ("rejects.path", p.rejects_spec())):
+        if is_uri(sp.path):
+            problems += check_remote(name, sp.path, sp.storage_options, overwrite=p.output.overwrite)
+    return problems
 
 
 def preflight(p: Pipeline) -> list[str]:

@@ -47,6 +47,8 @@ class RunResult:
     steps: list[StepStats] = field(default_factory=list)
     seconds: float = 0.0
     resumed_shards: int = 0
+    #: per remote output URI, the objects uploaded and deleted by the final sync (curate.io.storage)
+    remote: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def docs_in(self) -> int:

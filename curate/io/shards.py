@@ -42,6 +42,8 @@ class Shard:
     end: int = -1  # byte offset, -1 = end of file
     first_line: int = 1  # 1-based line number of the first line in the range
     files: tuple[str, ...] = ()  # text format: the .txt files of this shard
+    #: ``input.storage_options`` of a URI input (workers open the object with them)
+    storage: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -100,15 +102,19 @@ def _recursive_glob(pattern: str) -> list[str]:
     base = "/".join(parts[:fixed]) or ("/" if pattern.startswith("/") else ".")
     if not os.path.isdir(base):
         return []
-    rest = parts[fixed:]
-    rx = "".join("(?:[^/]+/)*" if p == "**" else _component_regex(p) + "/" for p in rest)
-    regex = re.compile(rx + "[^/]+" if rest[-1] == "**" else rx[:-1])
+    regex = pattern_regex(parts[fixed:])
     out = []
     for f in _walk(base):
         rel = os.path.relpath(f, base)
         if regex.fullmatch(rel.replace(os.sep, "/")):
             out.append(f)
     return out
+
+
+def pattern_regex(rest: list[str]) -> re.Pattern[str]:
+    """The regex of a pattern's components after its fixed prefix (``**`` spans components)."""
+    rx = "".join("(?:[^/]+/)*" if p == "**" else _component_regex(p) + "/" for p in rest)
+    return re.compile(rx + "[^/]+" if rest[-1] == "**" else rx[:-1])
 
 
 def match_pattern(pattern: str) -> list[str]:
@@ -126,16 +132,27 @@ def _file_key(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
-def expand_paths(paths: str | list[str]) -> list[str]:
+def expand_paths(paths: str | list[str], storage_options: dict[str, str] | None = None) -> list[str]:
     """Glob patterns, files and directories -> sorted list of distinct regular files.
 
     A file reached through several names (``a.jsonl`` and ``./a.jsonl``, a symlink, a hard link, a
     symlink loop under ``**``) is read once, under its first name in sorted order, so shard ids stay
     stable. Folders, FIFOs and devices matched by a pattern or found in a folder are skipped with a
-    warning naming them; naming one directly, or a missing input, is an error.
+    warning naming them; naming one directly, or a missing input, is an error. URIs (``s3://...``) are
+    listed through :mod:`curate.io.storage` with ``storage_options``.
     """
+    from curate.io.storage import expand_uri, is_uri, local_path
+
     found: list[str] = []
+    remote: list[str] = []
     for p in [paths] if isinstance(paths, str) else paths:
+        if is_uri(p):
+            matches = expand_uri(p, storage_options, pattern_regex)
+            if not matches:
+                raise ConfigError(f"input.path: '{p}' matches no object")
+            remote.extend(matches)
+            continue
+        p = local_path(p)
         if os.path.isdir(p):
             matches = _walk(p)
         elif glob.has_magic(p):
@@ -149,6 +166,8 @@ def expand_paths(paths: str | list[str]) -> list[str]:
         if not matches:
             raise ConfigError(f"input.path: '{p}' matches no file")
         found.extend(matches)
+    if remote and not found:
+        return sorted(set(remote))
     out: list[str] = []
     seen: set[tuple[int, int]] = set()
     for f in sorted({os.path.normpath(f) for f in found}):
@@ -163,7 +182,7 @@ def expand_paths(paths: str | list[str]) -> list[str]:
             out.append(f)
     if not out:
         raise ConfigError(f"input.path: {paths!r} matches no regular file")
-    return out
+    return out + sorted(set(remote) - set(out))
 
 
 def _line_starts(path: str, size: int, target: int) -> list[tuple[int, int]]:
@@ -195,14 +214,22 @@ def _line_starts(path: str, size: int, target: int) -> list[tuple[int, int]]:
     return starts
 
 
-def plan_shards(paths: list[str], fmt: str | None, shard_bytes: int, files_per_shard: int = 1000) -> list[Shard]:
-    """Turn input files into shards: one per file, byte ranges of large plain jsonl, groups of .txt files."""
+def plan_shards(paths: list[str], fmt: str | None, shard_bytes: int, files_per_shard: int = 1000, *,
+                storage_options: dict[str, str] | None = None) -> list[Shard]:
+    """Turn input files into shards: one per file, byte ranges of large plain jsonl, groups of .txt files.
+    An object (URI) is one shard whatever its size: cutting it at newlines would read it twice."""
+    from curate.io.storage import is_uri
+
+    st = tuple(sorted((storage_options or {}).items()))
     shards: list[Shard] = []
     texts: list[str] = []
     for path in paths:
         f = fmt or infer_format(path)
         if f == "text":
             texts.append(path)
+            continue
+        if is_uri(path):
+            shards.append(Shard(len(shards), path, f, storage=st))
             continue
         size = os.path.getsize(path)
         # a .json file may hold one JSON array, which cannot be cut at newlines
@@ -214,5 +241,5 @@ def plan_shards(paths: list[str], fmt: str | None, shard_bytes: int, files_per_s
         else:
             shards.append(Shard(len(shards), path, f))
     for i in range(0, len(texts), files_per_shard):
-        shards.append(Shard(len(shards), "", "text", files=tuple(texts[i : i + files_per_shard])))
+        shards.append(Shard(len(shards), "", "text", files=tuple(texts[i : i + files_per_shard]), storage=st))
     return shards

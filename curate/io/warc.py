@@ -50,13 +50,16 @@ def _decode(body: bytes, charset: str | None) -> str:
     return body.decode("utf-8", errors="replace")
 
 
-def iter_warc_rows(path: str, rep: ReadReport, on_error: str) -> Iterator[dict]:
+def iter_warc_rows(path: str, rep: ReadReport, on_error: str, *,
+                   storage: tuple[tuple[str, str], ...] = ()) -> Iterator[dict]:
     """Row dicts (schema above) of one WARC file's text response records; others counted in ``rep``."""
     try:
         from fastwarc.warc import ArchiveIterator, WarcRecordType
     except ImportError as e:  # pragma: no cover - depends on the install
         raise MissingDependencyError("warc reader", "fastwarc", "web") from e
-    with open(path, "rb") as f:  # FastWARC detects gzip/lz4 compression itself
+    from curate.io.storage import open_input
+
+    with open_input(path, storage) as f:  # FastWARC detects gzip/lz4 compression itself
         yield from _records(f, path, rep, on_error, ArchiveIterator, WarcRecordType)
 
 

@@ -54,7 +54,9 @@ class OutputSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="output folder; one part file per input shard")
+    path: str = Field(description="output folder; one part file per input shard; a URI "
+                      "(s3://bucket/prefix) is written to a local stage in the work dir and uploaded when "
+                      "the run completes, one complete object per part (curate.io.storage)")
     format: Format = "jsonl"
     columns: list[str] | None = Field(None, description="write only these columns (id and text always); "
                                       "default: every column, score columns included")
@@ -63,6 +65,9 @@ class OutputSpec(BaseModel):
                             "not write (a name clash with such a file is an error). Default off: a folder "
                             "that holds other files is refused before any work")
     compression_level: int | None = Field(None, description=_LEVEL_HELP)
+    storage_options: dict[Literal["endpoint_override", "region", "scheme"], str] = Field(
+        default_factory=dict, description="non-secret pyarrow S3FileSystem options for an s3:// path; "
+        "credentials only from the environment")
 
     @model_validator(mode="after")
     def _level(self) -> OutputSpec:
@@ -75,10 +80,12 @@ class RejectsSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str
+    path: str = Field(description="rejects folder (or s3:// URI, staged and uploaded as the output is)")
     format: Format = "jsonl"
     keep_text: bool = True
     compression_level: int | None = Field(None, description=_LEVEL_HELP)
+    storage_options: dict[Literal["endpoint_override", "region", "scheme"], str] = Field(
+        default_factory=dict, description="non-secret pyarrow S3FileSystem options for an s3:// path")
 
     @model_validator(mode="after")
     def _level(self) -> RejectsSpec:
