@@ -80,14 +80,19 @@ def _plan_lines(p, workers: int | None) -> list[str]:
 
     shards = p.input.shards()
     files = p.input.files()
-    size = sum(os.path.getsize(f) for f in files)
+    from curate.executors import stage_remote
+    from curate.io.storage import stat
+
+    size = sum(stat(f, dict(p.input.storage_options))[0] for f in files)
     n = workers or p.executor.workers or os.cpu_count() or 1
-    ex = LocalExecutor(p.spec(workers=n))
+    # a URI output is written to its local stage: the markers (and so what would resume) live there
+    spec, _ = stage_remote(p.spec(workers=n))
+    ex = LocalExecutor(spec)
     device = detect_device(p.steps)
     lines = [f"plan (dry run, nothing written): {len(files)} input file(s), {size / 1e6:,.1f} MB, "
              f"{len(shards)} shard(s); {p.executor.type} executor, {n} worker(s), device {device}",
              f"work dir: {p.work_dir}   output: {p.output.path}   rejects: {p.rejects_spec().path}"]
-    segments = plan_segments(p.input, p.steps, p.output, p.seed, p.rejects_spec())
+    segments = plan_segments(p.input, p.steps, spec.output, p.seed, spec.rejects_spec)
     for seg in segments:
         if seg.stage is not None:
             try:
@@ -96,7 +101,7 @@ def _plan_lines(p, workers: int | None) -> list[str]:
             except (OSError, ValueError):
                 fitted = False
             lines.append(f"  fit {seg.stage.step_name}: " + ("done, resumed" if fitted else "to fit"))
-        tasks, done_stats = ex._tasks(seg, shards, p.rejects_spec(), device)
+        tasks, done_stats = ex._tasks(seg, shards, spec.rejects_spec, device)
         ops = ", ".join(o.step_name for o in seg.ops) or "read"
         dest = f"writes {p.output.path}" if seg.last else f"spills to {ex.work / 'segments' / f'{seg.index:03d}'}"
         lines.append(f"  segment {seg.index}: {ops} -> {dest}: {len(tasks)} shard(s) to run, "

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from curate.core.run import RunSpec
     from curate.executors.base import RunResult
+    from curate.io.storage import RemoteRoot
 
 
 def run_spec(spec: RunSpec, *, progress: bool = True) -> RunResult:
@@ -22,26 +25,34 @@ def run_spec(spec: RunSpec, *, progress: bool = True) -> RunResult:
     return _run_local(spec, progress=progress)
 
 
-def _run_remote(spec: RunSpec, *, progress: bool) -> RunResult:
+def stage_remote(spec: RunSpec) -> tuple[RunSpec, list[tuple[RemoteRoot, Path]]]:
+    """``spec`` with every URI output (and rejects) path replaced by its local stage in the work dir, and
+    the (remote root, stage) pairs to sync after the run. Touches no storage."""
     import dataclasses
 
-    from curate.core.errors import ConfigError
     from curate.io.storage import RemoteRoot, is_uri, stage_dir
 
-    remotes: list[tuple[RemoteRoot, object]] = []
-    problems: list[str] = []
+    remotes: list[tuple[RemoteRoot, Path]] = []
     changes: dict = {}
-    for name, sp, key in (("output.path", spec.output, "output"), ("rejects.path", spec.rejects_spec, "rejects")):
-        if not is_uri(sp.path):
-            continue
-        root = RemoteRoot(sp.path, dict(sp.storage_options))
+    for sp, key in ((spec.output, "output"), (spec.rejects_spec, "rejects")):
+        if is_uri(sp.path):
+            stage = stage_dir(spec.work_dir, sp.path)
+            remotes.append((RemoteRoot(sp.path, dict(sp.storage_options)), stage))
+            changes[key] = sp.model_copy(update={"path": str(stage), "storage_options": {}})
+    return (dataclasses.replace(spec, **changes) if changes else spec), remotes
+
+
+def _run_remote(spec: RunSpec, *, progress: bool) -> RunResult:
+    from curate.core.errors import ConfigError
+
+    staged, remotes = stage_remote(spec)
+    problems: list[str] = []
+    for root, _ in remotes:
+        name = "output.path" if root.uri == spec.output.path else "rejects.path"
         problems += root.problems(name, overwrite=spec.output.overwrite)
-        stage = stage_dir(spec.work_dir, sp.path)
-        remotes.append((root, stage))
-        changes[key] = sp.model_copy(update={"path": str(stage), "storage_options": {}})
     if problems:
         raise ConfigError(problems)
-    result = _run_local(dataclasses.replace(spec, **changes), progress=progress)
+    result = _run_local(staged, progress=progress)
     # after a complete run only: a failed run leaves the prefix as it was, and its rerun resumes locally
     result.remote = {root.uri: root.sync(stage) for root, stage in remotes}  # type: ignore[arg-type]
     return result

@@ -127,12 +127,18 @@ def expand_uri(pattern: str, options: Mapping[str, str] | Iterable[tuple[str, st
     """The objects an input URI names: one object, every object under a prefix, or those a glob matches
     (``*``/``?`` within one path component, ``**`` across them: the local rules). Hidden names skipped.
     ``regex_for(parts)`` builds the match regex of the pattern's components (from :mod:`curate.io.shards`)."""
+    scheme = pattern.partition("://")[0]
+    try:
+        return _expand_uri(pattern, scheme, *filesystem(pattern, options), regex_for)
+    except OSError as e:  # unreachable endpoint, no such bucket, no permission: a config problem, named
+        raise ConfigError(f"input.path: cannot list '{pattern}': {e}") from None
+
+
+def _expand_uri(pattern: str, scheme: str, fs: Any, path: str, regex_for: Any) -> list[str]:
     import glob
 
     import pyarrow.fs as pafs
 
-    scheme = pattern.partition("://")[0]
-    fs, path = filesystem(pattern, options)
     parts = path.split("/")
     fixed = 0
     while fixed < len(parts) and not glob.has_magic(parts[fixed]):

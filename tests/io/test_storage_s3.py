@@ -186,3 +186,30 @@ def test_a_failed_upload_leaves_no_object_at_the_final_key(s3):
     assert keys == {"part-00000.parquet": len(b"the previous complete version")}
     with fs.open_input_stream(f"{bucket}/out/part-00000.parquet") as f:
         assert f.read() == b"the previous complete version"
+
+
+def test_cli_validate_and_dry_run_see_the_remote_output(s3, sample, tmp_path, capsys):
+    import yaml
+
+    from curate.cli import main
+
+    fs, opts, bucket = s3
+    _upload_dir(fs, sample, f"{bucket}/in")
+    cfg = {"input": {"path": f"s3://{bucket}/in/*", "storage_options": opts},
+           "steps": [{"gopher_quality": {"min_doc_words": 20}}],
+           "output": {"path": f"s3://{bucket}/out", "format": "parquet", "storage_options": opts},
+           "work_dir": str(tmp_path / "work")}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(tmp_path / "p.yaml")]) == 0
+    assert main(["run", str(tmp_path / "p.yaml"), "--no-progress", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "p.yaml"), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "0 shard(s) to run, 2 done (resumed)" in plan, plan
+    # a foreign object at the prefix of a new run: validate reports it before any work
+    _put(fs, f"{bucket}/other/x.txt", b"x")
+    cfg["output"]["path"] = f"s3://{bucket}/other"
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(tmp_path / "p.yaml")]) != 0
+    got = capsys.readouterr()
+    assert "not empty" in got.out + got.err
