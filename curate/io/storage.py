@@ -200,9 +200,13 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
 
 
 def _hash(path: Path) -> str:
-    from curate.core.plan import file_hash
+    """xxh3_128 of a staged file (the hash :func:`curate.core.plan.file_hash` uses for inputs)."""
+    import xxhash
 
-    return file_hash(str(path))
+    h = xxhash.xxh3_128()
+    for block in _file_chunks(path):
+        h.update(block)
+    return h.hexdigest()
 
 
 @dataclass
