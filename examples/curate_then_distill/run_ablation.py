@@ -45,9 +45,9 @@ OUT = PIPE                   # per-size runs: out/ctd/<size>/ (set in main)
 DOLLY = ROOT.parent / "shared" / "data" / "instructions" / "databricks-dolly-15k.en.jsonl"
 
 SIZES: dict[str, dict[str, Any]] = {
-    # shrunk from 256 pairs / 30 steps x 8 / 48 held-out (never finished within 30 min on the shared box):
-    # 9 runs of 12 steps x 4 x <=128 tokens, 24 held-out pairs, 8 greedy samples
-    "cpu": {"n_train": 64, "n_eval": 24, "steps": 12, "batch_size": 4, "samples": 8, "threads": 1,
+    # shrunk from 256 pairs / 30 steps x 8 / 48 held-out (about 9 x 750 CPU-s: more than 30 min on 2 cores
+    # even when idle): 9 runs of one epoch of 32 pairs (8 steps x 4 x <=128 tokens), 16 held-out, 8 samples
+    "cpu": {"n_train": 32, "n_eval": 16, "steps": 8, "batch_size": 4, "samples": 8, "threads": 1,
             "device": "auto", "precision": "auto", "seeds": [0, 1, 2]},
     # end-to-end check of the script only (figures mean nothing at this size)
     "smoke": {"n_train": 16, "n_eval": 8, "steps": 2, "batch_size": 4, "samples": 2, "threads": 1,
