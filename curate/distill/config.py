@@ -26,6 +26,9 @@ from curate.core.config import _fmt_loc, _where, load_yaml
 from curate.core.errors import ConfigError
 from curate.models.packaged import resolve_model_path
 
+#: ``data.template`` value that uses the tokenizer's chat template instead of a format string
+CHAT = "chat"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -146,7 +149,9 @@ class DataSpec(_Strict):
     text_field: str = "text"
     prompt_field: str | None = None
     response_field: str | None = None
-    template: str = Field("{prompt}\n{response}", description="how prompt and response are joined")
+    template: str = Field("{prompt}\n{response}", description="how prompt and response are joined: a format "
+                          "string with {prompt} and {response}, or 'chat' = the tokenizer's own chat template (one "
+                          "user turn, then the response, ended by the EOS token; what an instruct teacher was tuned on)")
     max_len: int = Field(256, ge=8)
     max_examples: int | None = Field(None, ge=1)
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
@@ -170,8 +175,8 @@ class DataSpec(_Strict):
                              "drop prompt_field/response_field")
         if (self.prompt_field is None) != (self.response_field is None):
             raise ValueError("give both `prompt_field` and `response_field`, or neither (then `text_field`)")
-        if "{prompt}" not in self.template or "{response}" not in self.template:
-            raise ValueError("`template` must contain {prompt} and {response}")
+        if self.template != CHAT and ("{prompt}" not in self.template or "{response}" not in self.template):
+            raise ValueError("`template` must contain {prompt} and {response} (or be 'chat')")
         return self
 
 

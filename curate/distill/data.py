@@ -20,6 +20,7 @@ import polars as pl
 import xxhash
 
 from curate.core.errors import ConfigError, InputError
+from curate.distill.config import CHAT
 from curate.models.causal_lm import IGNORE
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ def tokenize_records(df: pl.DataFrame, tokenizer: Any, spec: DataSpec) -> TokenD
         df = rationale_frame(df, spec)
         tasks_in = df["__task"].to_list()
         spec = spec.model_copy(update={"mode": "auto", "prompt_field": "__prompt", "response_field": "__response"})
-    prompts, fulls = record_texts(df, spec)
+    prompts, fulls = record_texts(df, spec, tokenizer)
     f_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if spec.prompt_field else [[] for _ in f_ids]
     seqs: list[list[int]] = []
@@ -141,25 +142,40 @@ def tokenize_records(df: pl.DataFrame, tokenizer: Any, spec: DataSpec) -> TokenD
     return TokenData(seqs, n_prompt, task)
 
 
-def record_texts(df: pl.DataFrame, spec: DataSpec) -> tuple[list[str], list[str]]:
+def record_texts(df: pl.DataFrame, spec: DataSpec, tokenizer: Any = None) -> tuple[list[str], list[str]]:
     """(prompt part, full text) of each usable row: ``template`` over prompt/response (rows lacking either are
-    left out), or ``text_field`` (prompt parts empty)."""
+    left out; ``template: chat`` renders the prompt with ``tokenizer``'s chat template), or ``text_field``
+    (prompt parts empty)."""
     if spec.prompt_field:
         for f in (spec.prompt_field, spec.response_field):
             if f not in df.columns:
                 raise ConfigError(f"data: field '{f}' not in the data (columns: {df.columns})")
-        pre, _, _ = spec.template.partition("{response}")
         df = df.filter(pl.col(spec.prompt_field).is_not_null() & pl.col(spec.response_field).is_not_null())
-        prompts = [pre.format(prompt=p) for p in df[spec.prompt_field].cast(pl.Utf8).to_list()]
-        fulls = [spec.template.format(prompt=p, response=r) for p, r in
-                 zip(df[spec.prompt_field].cast(pl.Utf8).to_list(), df[spec.response_field].cast(pl.Utf8).to_list(),
-                     strict=True)]
-        return prompts, fulls
+        p_txt = df[spec.prompt_field].cast(pl.Utf8).to_list()
+        r_txt = df[spec.response_field].cast(pl.Utf8).to_list()
+        if spec.template == CHAT:
+            if tokenizer is None:
+                raise ConfigError("data.template 'chat' needs the tokenizer whose chat template it is")
+            prompts = [chat_prompt(tokenizer, p) for p in p_txt]
+            return prompts, [p + r for p, r in zip(prompts, r_txt, strict=True)]
+        pre, _, _ = spec.template.partition("{response}")
+        prompts = [pre.format(prompt=p) for p in p_txt]
+        return prompts, [spec.template.format(prompt=p, response=r) for p, r in zip(p_txt, r_txt, strict=True)]
     if spec.text_field not in df.columns:
         raise ConfigError(f"data: field '{spec.text_field}' not in the data (columns: {df.columns}); "
                           "set data.text_field, or prompt_field + response_field")
     texts = df.filter(pl.col(spec.text_field).is_not_null())[spec.text_field].cast(pl.Utf8).to_list()
     return ["" for _ in texts], texts
+
+
+def chat_prompt(tokenizer: Any, prompt: str) -> str:
+    """``prompt`` as one user turn in the tokenizer's chat template, up to the assistant's opening
+    (``add_generation_prompt``): the text an instruct teacher answers after. SmolLM2-Instruct's template adds
+    its default system turn; its EOS ``<|im_end|>`` is the token that ends the assistant turn."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("data.template 'chat': the tokenizer has no chat template; give a format string")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def rationale_frame(df: pl.DataFrame, spec: DataSpec) -> pl.DataFrame:

@@ -18,7 +18,8 @@ training order; the data samples are fixed (seed 0) so each arm's teacher cache 
     PYTHONPATH=. python examples/curate_then_distill/run_ablation.py --size gpu     # full size, one GPU
     ... --seeds 0 --arms raw,filtered,selected                                      # a subset
 
-Writes out/ctd/<size>/summary.json and summary.md (mean and sample standard deviation over seeds).
+Writes out/ctd/<size>/summary.json and summary.md (mean and sample standard deviation over seeds);
+``curate report out/ctd/<size>`` renders them (per-arm table, per-run table, a plot per metric).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ OUT = PIPE                   # per-size runs: out/ctd/<size>/ (set in main)
 DOLLY = ROOT.parent / "shared" / "data" / "instructions" / "databricks-dolly-15k.en.jsonl"
 
 SIZES: dict[str, dict[str, Any]] = {
-    # ~2 min per run on a quiet 2-core CPU (teacher load 25 s, 30 steps x 8 x <=128 tokens, eval 48)
-    "cpu": {"n_train": 256, "n_eval": 48, "steps": 30, "batch_size": 8, "samples": 16, "threads": 1,
+    # shrunk from 256 pairs / 30 steps x 8 / 48 held-out (about 9 x 750 CPU-s: more than 30 min on 2 cores
+    # even when idle): 9 runs of one epoch of 32 pairs (8 steps x 4 x <=128 tokens), 16 held-out, 8 samples
+    "cpu": {"n_train": 32, "n_eval": 16, "steps": 8, "batch_size": 4, "samples": 8, "threads": 1,
             "device": "auto", "precision": "auto", "seeds": [0, 1, 2]},
     # end-to-end check of the script only (figures mean nothing at this size)
     "smoke": {"n_train": 16, "n_eval": 8, "steps": 2, "batch_size": 4, "samples": 2, "threads": 1,
@@ -160,6 +162,17 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any],
     return summ, "\n".join(lines) + "\n"
 
 
+def write_summary(out: Path, size_name: str, size: dict[str, Any], layers: list[int] | None,
+                  results: dict[str, list[dict[str, Any]]]) -> str:
+    """``summary.json`` (every run's row + per-arm mean/std; what ``curate report out/ctd/<size>`` reads) and
+    ``summary.md`` (the table); returns the table."""
+    summ, md = summarize(results)
+    (out / "summary.json").write_text(json.dumps({"size": size_name, "config": size, "kept_layers": layers,
+                                                  "runs": results, "summary": summ}, indent=1))
+    (out / "summary.md").write_text(md)
+    return md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="cpu")
@@ -186,11 +199,9 @@ def main() -> None:
             row.update(arm=arm, seed=seed)
             results[arm].append(row)
             print(json.dumps(row), flush=True)
-            summ, md = summarize(results)
-            (OUT / "summary.json").write_text(json.dumps({"size": a.size, "config": size, "kept_layers": layers,
-                                                          "runs": results, "summary": summ}, indent=1))
-            (OUT / "summary.md").write_text(md)
+            md = write_summary(OUT, a.size, size, layers, results)  # after every run: a stopped run keeps its rows
     print(md)
+    print(f"report: curate report {OUT}")
 
 
 if __name__ == "__main__":
