@@ -453,6 +453,9 @@ class DistillConfig(_Strict):
     progress: bool = True
     plot: bool = Field(True, description="loss-curve PNG (needs matplotlib; skipped with a log line)")
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads on CPU")
+    keep_freed_memory: bool = Field(
+        True, description="on CPU (Linux/glibc), keep freed memory in the process for reuse instead of "
+        "page-faulting it in again every step (curate.models.perf.keep_freed_memory; fewer page faults per KD step)")
     teachers: list[TeacherEntry] | None = Field(
         None, min_length=2, description="multi-teacher KD: the teachers mixed into one target (the first is "
         "the reference: tokenizer, student base config, the main report; `teacher:` may then be omitted)")

@@ -64,7 +64,7 @@ from curate.distill.progress import plot_losses, progress_bar, truncate_metrics
 from curate.distill.signals import CachedTopK, MicroBatch, OnlineTeacher, OnPolicy, TeacherSignal
 from curate.models.causal_lm import IGNORE, hidden_states, lm_parts
 from curate.models.device import torch_device as resolve_device
-from curate.models.perf import peak_memory_mb, reset_peak_memory
+from curate.models.perf import keep_freed_memory, peak_memory_mb, reset_peak_memory
 
 __all__ = ["DistillTrainer", "autocast_dtype", "lr_lambda", "plot_losses", "resolve_device"]
 
@@ -140,6 +140,8 @@ class DistillTrainer:
         self.device = resolve_device(cfg.device)
         if cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
+        if cfg.keep_freed_memory and self.device.type == "cpu":
+            keep_freed_memory()  # no page faults on the step's big re-allocated tensors
         self.student = student.to(self.device)
         self.teacher = teacher
         if isinstance(teacher, torch.nn.Module):
