@@ -75,6 +75,20 @@ class TokenData:
         return cls([list(map(int, ids[i * block:(i + 1) * block])) for i in range(n)])
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of ``prompts`` left-padded to the longest, as ``generate`` wants them
+    (new tokens then start at the same column ``ids.shape[1]`` in every row)."""
+    import torch
+
+    lp = max(len(q) for q in prompts)
+    ids = torch.full((len(prompts), lp), pad_id, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for r, q in enumerate(prompts):
+        ids[r, lp - len(q):] = torch.as_tensor(q)
+        att[r, lp - len(q):] = 1
+    return ids, att
+
+
 def collate(seqs: Sequence[Sequence[int]], n_prompt: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad into ``input_ids``, ``attention_mask`` and ``labels`` (-100 on prompt and padding)."""
     import torch

@@ -14,17 +14,15 @@ from typing import Any
 
 import torch
 
+from curate.distill.data import left_pad
+
 
 @torch.no_grad()
 def greedy(model: Any, prompts: list[list[int]], *, pad_id: int, eos_id: int | None, max_new_tokens: int,
            device: torch.device) -> list[list[int]]:
     """Greedy continuations (token ids, prompt excluded, cut after EOS) of left-padded ``prompts``."""
-    lp = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), lp), pad_id, dtype=torch.long)
-    att = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, lp - len(p):] = torch.as_tensor(p)
-        att[r, lp - len(p):] = 1
+    ids, att = left_pad(prompts, pad_id)
+    lp = ids.shape[1]
     was = model.training
     model.eval()
     kw: dict[str, Any] = {"pad_token_id": pad_id}

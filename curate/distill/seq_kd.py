@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import xxhash
 
-from curate.distill.data import TokenData
+from curate.distill.data import TokenData, left_pad
 from curate.distill.stops import cut, stop_token_ids
 
 if TYPE_CHECKING:
@@ -108,12 +108,8 @@ def _read_batches(path: Path, batch_size: int, n: int) -> dict[int, dict[int, li
 def generate(model: Any, prompts: list[list[int]], sk: SeqKD, *, stops: list[int], pad_id: int,
              device: torch.device) -> list[list[int]]:
     """The teacher's answers (prompt excluded, up to and including the first stop id) to left-padded prompts."""
-    lp = max(len(q) for q in prompts)
-    ids = torch.full((len(prompts), lp), pad_id, dtype=torch.long)
-    att = torch.zeros_like(ids)
-    for r, q in enumerate(prompts):
-        ids[r, lp - len(q):] = torch.as_tensor(q)
-        att[r, lp - len(q):] = 1
+    ids, att = left_pad(prompts, pad_id)
+    lp = ids.shape[1]
     kw: dict[str, Any] = {"pad_token_id": pad_id, "max_new_tokens": sk.max_new_tokens}
     if stops:
         kw["eos_token_id"] = stops

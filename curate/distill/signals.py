@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from curate.distill.config import OnPolicy as OnPolicySpec
-from curate.distill.data import TokenData, collate
+from curate.distill.data import TokenData, collate, left_pad
 from curate.distill.fused import Scratch, plain_head_weight
 from curate.distill.stops import cut, stop_token_ids
 from curate.models.causal_lm import IGNORE, hidden_states
@@ -177,12 +177,8 @@ class OnPolicy:
         for i in idx:
             n_p = data.n_prompt[i] or min(op.prompt_tokens, len(data.seqs[i]) - 1)
             prompts.append(data.seqs[i][:max(1, n_p)])
-        lp = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), lp), self.pad_id, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for r, p in enumerate(prompts):  # left padding for generation
-            ids[r, lp - len(p):] = torch.as_tensor(p)
-            att[r, lp - len(p):] = 1
+        ids, att = left_pad(prompts, self.pad_id)
+        lp = ids.shape[1]
         was_training = student.training
         student.eval()
         kw: dict[str, Any] = {"pad_token_id": self.pad_id}

@@ -139,9 +139,9 @@ class TeacherSignalSelector(Selector):
         model, tok, dev = load_causal_lm(os.fspath(path), gguf_file=p.gguf_file, device=p.device, dtype=p.dtype)
         return tok, model, dev
 
-    def compute_scores(self, ctx: FitContext) -> pl.DataFrame:
-        from curate.models.topk_cache import iter_sequences, signals_of
-
+    def _tokenized(self, ctx: FitContext) -> tuple[pl.DataFrame, Any, Any, str, list[list[int]], list[int]]:
+        """Every document's uid and text (and prompt), the loaded tokenizer/model/device, and the token
+        sequences with their prompt lengths, as the teacher (and the trainer's cache) sees them."""
         p = self.params
         cols = [UID, "text"] + ([p.prompt_field] if p.prompt_field else [])
         frames = list(ctx.iter_batches(columns=cols))
@@ -150,6 +150,13 @@ class TeacherSignalSelector(Selector):
         prompts = df[p.prompt_field].cast(pl.Utf8).to_list() if p.prompt_field else [None] * df.height
         seqs, n_prompt = tokenize_pairs(tok, prompts, df["text"].cast(pl.Utf8).fill_null("").to_list(),
                                         template=p.template, max_len=p.max_len)
+        return df, tok, model, dev, seqs, n_prompt
+
+    def compute_scores(self, ctx: FitContext) -> pl.DataFrame:
+        from curate.models.topk_cache import iter_sequences, signals_of
+
+        p = self.params
+        df, tok, model, dev, seqs, n_prompt = self._tokenized(ctx)
         scores: list[float] = [math.nan] * len(seqs)
         todo = list(range(len(seqs)))
         self.cache_hits = 0

@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 
 from curate.core.operator import UID, FitContext
 from curate.core.registry import register
-from curate.selectors.teacher_signal import TeacherSignalSelector, tokenize_pairs
+from curate.selectors.teacher_signal import TeacherSignalSelector
 
 Signal = Literal["teacher_student_kl", "student_nll", "kpod_difficulty"]
 _HIGHER_IS_BETTER = {"teacher_student_kl": True, "student_nll": True, "kpod_difficulty": False}
@@ -96,13 +96,7 @@ class TeacherStudentSelector(TeacherSignalSelector):
         from curate.models.topk_cache import iter_sequences
 
         p = self.params
-        cols = [UID, "text"] + ([p.prompt_field] if p.prompt_field else [])
-        frames = list(ctx.iter_batches(columns=cols))
-        df = pl.concat(frames) if frames else pl.DataFrame(schema={UID: pl.UInt64, "text": pl.Utf8})
-        tok, model, dev = self._tokenizer_and_model()
-        prompts = df[p.prompt_field].cast(pl.Utf8).to_list() if p.prompt_field else [None] * df.height
-        seqs, n_prompt = tokenize_pairs(tok, prompts, df["text"].cast(pl.Utf8).fill_null("").to_list(),
-                                        template=p.template, max_len=p.max_len)
+        df, tok, model, dev, seqs, n_prompt = self._tokenized(ctx)
         rows: list[dict[str, Any] | None] = [None] * len(seqs)
         self.cache_hits = 0
         if p.cache_dir is not None:
