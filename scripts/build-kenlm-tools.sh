@@ -18,6 +18,12 @@ PY="${PYTHON:-python3}"
 JOBS="$(nproc 2>/dev/null || echo 2)"
 CXX="${CXX:-g++}"
 
+# absolute paths: the build runs in a temporary folder
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac
+mkdir -p "$DEST"
+DEST="$(cd "$DEST" && pwd)"
+[ -z "${KENLM_SDIST:-}" ] || KENLM_SDIST="$(cd "$(dirname "$KENLM_SDIST")" && pwd)/$(basename "$KENLM_SDIST")"
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
