@@ -15,6 +15,10 @@ _CHILD = """
 import json, resource, sys
 import torch
 from curate.models.perf import keep_freed_memory
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+libc.mallopt(-1, 0)           # M_TRIM_THRESHOLD 0: give every freed byte at the heap top back at once
+libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD fixed at glibc's initial 128 KiB: 3 MB blocks are mmapped
 applied = keep_freed_memory() if sys.argv[1] == "1" else False
 def faults():
     acts = [torch.empty(768 * 1024).fill_(1.0) for _ in range(60)]  # 3 MB each, every page touched
@@ -34,8 +38,10 @@ def _faults(keep: bool) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
 def test_freed_blocks_are_reused_without_page_faults():
+    # glibc's dynamic default may or may not trim before the next allocation (it faulted ~45k pages again on
+    # the loaded dev box, none in a fresh CI venv), so both children start from an allocator that always gives
+    # freed memory back; keep_freed_memory must override it
     default, kept = _faults(False), _faults(True)
-    # glibc's default trims the freed 180 MB off the heap top (its trim threshold is at most 64 MB): ~45k 4 KiB pages faulted in again
-    assert default["faults"] > 10000, default
+    assert default["faults"] > 10000, default  # 60 x 3 MB re-faulted: ~45k 4 KiB pages
     assert kept["applied"] is True
     assert kept["faults"] < 200, kept  # reused heap memory: nothing to fault in
