@@ -178,6 +178,13 @@ class DistillTrainer:
             self.total_steps = cfg.optim.max_steps
         else:
             self.total_steps = max(1, math.ceil(cfg.optim.epochs * self.batches_per_epoch / cfg.optim.grad_accum))
+        #: the last step allowed (None: until the token budget is spent); total_steps plans the LR schedule
+        self.step_cap: int | None = self.total_steps
+        if cfg.optim.max_tokens:
+            per_step = max(1.0, train_data.n_tokens() / max(1, len(train_data)) * bs * cfg.optim.grad_accum)
+            planned = max(1, math.ceil(cfg.optim.max_tokens / per_step))
+            self.step_cap = cfg.optim.max_steps
+            self.total_steps = min(planned, cfg.optim.max_steps) if cfg.optim.max_steps else planned
         o = cfg.optim
         # aux: an extra loss term on the forward with its own trained parameters (hidden-state KD's projections)
         self.aux = aux.to(self.device) if aux is not None else None
@@ -378,11 +385,14 @@ class DistillTrainer:
             log.info("resumed from %s at step %d", ck, self.step)
         metrics_path = self.out / "metrics.jsonl"
         truncate_metrics(metrics_path, self.step if resume else 0)
-        stop = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
+        stop = self.step_cap
+        if max_steps is not None:
+            stop = self.step + max_steps if stop is None else min(stop, self.step + max_steps)
+        shown = stop if stop is not None else self.total_steps
         reset_peak_memory(str(self.device))
-        with progress_bar(cfg.progress, stop, self.step) as bar, open(metrics_path, "a", encoding="utf-8") as mf:
-            task = bar.add_task("distill", total=stop, completed=self.step, loss=float("nan"), tps=0.0) if bar else None
-            while self.step < stop:
+        with progress_bar(cfg.progress, shown, self.step) as bar, open(metrics_path, "a", encoding="utf-8") as mf:
+            task = bar.add_task("distill", total=shown, completed=self.step, loss=float("nan"), tps=0.0) if bar else None
+            while (stop is None or self.step < stop) and not self.budget_spent():
                 t0 = time.perf_counter()
                 rec = self.train_step()
                 if self.device.type == "cuda":
@@ -394,7 +404,7 @@ class DistillTrainer:
                 if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.eval_data is not None:
                     rec.update({f"eval_{k}": v for k, v in self.eval_loss().items()})
                 self.history.append(rec)
-                if self.step % cfg.log_every == 0 or self.step == stop:
+                if self.step % cfg.log_every == 0 or self.step == stop or self.budget_spent():
                     mf.write(json.dumps(rec) + "\n")
                     mf.flush()
                 if bar:
@@ -402,7 +412,7 @@ class DistillTrainer:
                                tps=self.tokens_seen / max(self.train_time, 1e-9))
                 if on_step:
                     on_step(rec)
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < stop:
+                if cfg.save_every and self.step % cfg.save_every == 0 and (stop is None or self.step < stop):
                     self.save_checkpoint(ck)
         self.save_checkpoint(ck)
         self.scratch.clear()  # the loss scratch is not needed after training
@@ -414,6 +424,11 @@ class DistillTrainer:
         if cfg.plot:
             plot_losses(metrics_path, self.out / "loss.png")
         return summary
+
+    def budget_spent(self) -> bool:
+        """True once ``optim.max_tokens`` training tokens were processed (never without a budget)."""
+        budget = self.cfg.optim.max_tokens
+        return budget is not None and self.tokens_seen >= budget
 
     def eval_loss(self) -> dict[str, float]:
         """Held-out mean per-token training loss (same objective) and student CE."""

