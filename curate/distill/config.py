@@ -349,9 +349,9 @@ class OptimSpec(_Strict):
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; default: `epochs` over the data")
     epochs: float = Field(1.0, gt=0)
     max_tokens: int | None = Field(
-        None, ge=1, description="token budget: stop after the step that brings the processed tokens (non-padding "
-        "tokens of the training batches, the report's `train_tokens`) to this many, going round the data as "
-        "often as needed; replaces `epochs`, and with `max_steps` whichever comes first. The LR schedule is "
+        None, ge=1, description="token budget: train until the processed tokens (non-padding tokens of the "
+        "training batches, the report's `train_tokens`) reach this many, going round the data as often as "
+        "needed; the last step is cut after the sequence that spends it; replaces `epochs`, and with `max_steps` whichever comes first. The LR schedule is "
         "planned over the steps the budget takes at the data's mean sequence length. Compares data sets at equal "
         "compute (examples/curate_then_distill). Default null: no budget")
 

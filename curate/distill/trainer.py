@@ -330,8 +330,7 @@ class DistillTrainer:
             self.train_data.n_prompt = self.prompt_schedule(self.step)
         on_policy = self.on_policy.draw()
         micro = []
-        for j in range(ga):
-            idx = self.batch_indices(self.micro_pos + j)
+        for idx in self._within_budget([self.batch_indices(self.micro_pos + j) for j in range(ga)]):
             micro.append(self.rollout(idx) if on_policy else self._batch(idx))
         self.micro_pos += ga
         n_total = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
@@ -424,6 +423,25 @@ class DistillTrainer:
         if cfg.plot:
             plot_losses(metrics_path, self.out / "loss.png")
         return summary
+
+    def _within_budget(self, groups: list[list[int]]) -> list[list[int]]:
+        """The step's micro-batches cut after the sequence that spends ``optim.max_tokens`` (so a run goes over
+        its budget by less than one sequence, not one batch); unchanged without a budget."""
+        budget = self.cfg.optim.max_tokens
+        if budget is None:
+            return groups
+        left = budget - self.tokens_seen
+        out: list[list[int]] = []
+        for idx in groups:
+            keep = []
+            for i in idx:
+                if left <= 0:
+                    break
+                keep.append(i)
+                left -= len(self.train_data.seqs[i])
+            if keep:
+                out.append(keep)
+        return out
 
     def budget_spent(self) -> bool:
         """True once ``optim.max_tokens`` training tokens were processed (never without a budget)."""

@@ -1,4 +1,4 @@
-"""``optim.max_tokens``: training stops at the step that spends the token budget, going round the data as
+"""``optim.max_tokens``: training stops at the sequence that spends the token budget, going round the data as
 often as needed, with the LR schedule planned over the estimated steps (the curate-then-distill ablation
 compares arms at equal compute this way)."""
 
@@ -11,32 +11,39 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tests.distill.test_trainer import cfg, data, gpt2  # noqa: E402
-
 from curate.distill.trainer import DistillTrainer  # noqa: E402
+from tests.distill.test_trainer import cfg, data, gpt2  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/distill/conftest.py
 
 
-def step_tokens(d, tr: DistillTrainer, steps: int) -> list[int]:
-    """Non-padding tokens of each of the first ``steps`` optimizer steps, from the trainer's own order."""
+def sequence_order(tr: DistillTrainer, steps: int) -> list[list[int]]:
+    """The example indices each of the first ``steps`` optimizer steps would train on without a budget."""
     ga = tr.cfg.optim.grad_accum
-    return [sum(len(d.seqs[i]) for j in range(ga) for i in tr.batch_indices(s * ga + j)) for s in range(steps)]
+    return [[i for j in range(ga) for i in tr.batch_indices(s * ga + j)] for s in range(steps)]
 
 
 @pytest.mark.parametrize("budget", [1, 150, 700])
-def test_stops_at_the_step_that_spends_the_budget(tmp_path, budget):
+def test_stops_at_the_sequence_that_spends_the_budget(tmp_path, budget):
     d = data(12)  # 3 batches of 4 per epoch: 700 tokens need more than one epoch
     c = cfg(tmp_path, optim={"max_steps": None, "max_tokens": budget, "batch_size": 4})
     tr = DistillTrainer(c, gpt2(1, 16, seed=2), d, teacher=gpt2(1, 16, seed=1))
     summary = tr.train()
-    per_step = step_tokens(d, tr, tr.step)
-    cum = [sum(per_step[:i + 1]) for i in range(len(per_step))]
-    want = next(i + 1 for i, c_ in enumerate(cum) if c_ >= budget)  # the first step reaching the budget
-    assert tr.step == want
-    assert summary["train_tokens"] == cum[-1] >= budget
-    assert cum[-1] - per_step[-1] < budget  # one step fewer would not have spent it
-    assert [r["tokens"] for r in tr.history] == per_step
+    # the reference: walk the unbudgeted order sequence by sequence until the budget is spent
+    want_steps, spent = [], 0
+    for step in sequence_order(tr, 100):
+        took = []
+        for i in step:
+            if spent >= budget:
+                break
+            took.append(len(d.seqs[i]))
+            spent += took[-1]
+        if not took:
+            break
+        want_steps.append(sum(took))
+    assert [r["tokens"] for r in tr.history] == want_steps
+    assert summary["train_tokens"] == spent >= budget
+    assert spent - budget < max(len(s) for s in d.seqs)  # over by less than one sequence
     if budget == 700:
         assert tr.step > tr.batches_per_epoch  # went round the data again
     mean_step = d.n_tokens() / len(d) * 4
