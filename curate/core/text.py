@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 #: Punctuation characters: the same set as DataTrove's ``utils/text.py`` ``PUNCTUATION_SET`` (ASCII and
@@ -171,15 +172,49 @@ def wordpunct_tokens(text: pl.Expr, lowercase: bool = True) -> pl.Expr:
     return (text.str.to_lowercase() if lowercase else text).str.extract_all(WORDPUNCT_TOKEN)
 
 
+def utf8_buffer(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of a String Series as one ``uint8`` array and ``int64`` offsets: row ``i`` is
+    ``data[off[i]:off[i + 1]]``, nulls are empty. A view of Arrow's ``large_string`` buffers (one copy when
+    polars converts its string views), so byte-level scans are numpy passes over the whole batch."""
+    arr = s.cast(pl.String).fill_null("").to_arrow(compat_level=pl.CompatLevel.oldest())
+    off = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    buf = arr.buffers()[2]
+    data = np.frombuffer(buf, dtype=np.uint8) if buf is not None else np.zeros(0, np.uint8)
+    return data[off[0]:off[-1]], off - off[0]
+
+
+def rows_with_bytes(off: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """Sorted row indices (of :func:`utf8_buffer`'s offsets ``off``) holding at least one byte where the
+    boolean array ``hit`` is true; cheap when such bytes are rare."""
+    pos = np.flatnonzero(hit)
+    return np.unique(np.searchsorted(off, pos, side="right") - 1) if len(pos) else pos
+
+
+#: The keys of :data:`CCNET_UNICODE_PUNCT` that nothing before the punctuation step changes (no case, no
+#: canonical decomposition, not a digit; U+FF11 FULLWIDTH DIGIT ONE is a digit, so CCNet turns it into "0").
+_PLAIN_PUNCT = {k: v for k, v in CCNET_UNICODE_PUNCT.items() if k != "\uff11"}
+
+
 def ccnet_normalize_series(s: pl.Series) -> pl.Series:
-    """:func:`ccnet_normalize` of a Series (the form the KenLM trainer and scorer use), faster: ASCII-only rows (most of English text) skip the NFD,
-    combining-mark and unicode-punctuation steps, which cannot change them; the rest get the full expression."""
+    """:func:`ccnet_normalize` of a Series (the form the KenLM trainer and scorer use), faster.
+
+    Every row is stripped, lowercased and gets ASCII digits to "0"; that is all a row needs when it is
+    printable ASCII once stripped (most lines of English text). Rows whose other bytes are only mapped
+    unicode punctuation (curly quotes, dashes, ellipses) then get the punctuation map alone. The rest (other
+    non-ASCII characters or control characters, found by numpy passes over the batch's bytes) get the full
+    expression. ``tests/models/test_kenlm.py`` checks the result against CCNet's per-line normaliser."""
     s = s.cast(pl.String)
-    x = pl.lit(s)
-    ascii_only = (x.str.strip_chars().str.to_lowercase().str.replace_all(r"[0-9]", "0")
-                  .str.replace_all(r"[\x00-\x1f\x7f]", ""))
-    out = pl.select(ascii_only).to_series().alias(s.name)
-    idx = s.str.contains(r"[^\x00-\x7f]").fill_null(False).arg_true()
-    if idx.len():
-        out = out.scatter(idx, pl.select(ccnet_normalize(pl.lit(s.gather(idx)))).to_series())
+    stripped = pl.select(pl.lit(s).str.strip_chars()).to_series()
+    out = pl.select(pl.lit(stripped).str.to_lowercase().str.replace_all(r"[0-9]", "0")).to_series().alias(s.name)
+    data, off = utf8_buffer(stripped)
+    odd = rows_with_bytes(off, (data - np.uint8(0x20)) > 0x5e)  # uint8: below 0x20 or above 0x7e
+    if not len(odd):
+        return out
+    mapped = pl.select(pl.lit(out.gather(odd)).str.replace_many(list(_PLAIN_PUNCT), list(_PLAIN_PUNCT.values())))
+    mapped = mapped.to_series()
+    out = out.scatter(odd, mapped)
+    data, off = utf8_buffer(mapped)
+    full = odd[rows_with_bytes(off, (data - np.uint8(0x20)) > 0x5e)]
+    if len(full):
+        out = out.scatter(full, pl.select(ccnet_normalize(pl.lit(s.gather(full)))).to_series())
     return out

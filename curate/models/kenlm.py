@@ -44,7 +44,7 @@ import numpy as np
 import polars as pl
 
 from curate.core.errors import ConfigError
-from curate.core.text import ccnet_normalize_series
+from curate.core.text import ccnet_normalize_series, rows_with_bytes, utf8_buffer
 
 log = logging.getLogger("curate.lm")
 
@@ -97,6 +97,24 @@ class LMTokenizer:
             pieces = sp.encode(df["line"].to_list(), out_type=str)
             df = df.with_columns(pl.Series("line", pieces, dtype=pl.List(pl.String)).list.join(" "))
         return df
+
+
+def token_counts(lines: pl.Series) -> np.ndarray:
+    """Whitespace tokens per line: the number of ``\\S+`` matches (CCNet's ``len(line.split())`` on
+    normalised text), counted by numpy over the batch's bytes as the starts of runs of non-space bytes.
+    Rows holding a byte outside ASCII or an ASCII whitespace other than " " (tab, CR, ...: normalised
+    lines have none) are counted by polars' Unicode regex instead, so the result is ``count_matches``'s."""
+    data, off = utf8_buffer(lines)
+    space = data == 0x20
+    start = ~space
+    start[1:] &= space[:-1]  # a token starts at a non-space byte after a space ...
+    first = off[:-1][off[:-1] < off[1:]]
+    start[first] = ~space[first]  # ... or at the first byte of its line
+    counts = np.diff(np.searchsorted(np.flatnonzero(start), off))
+    odd = rows_with_bytes(off, (data > 0x7f) | (data - np.uint8(0x09) < 5))  # uint8: 0x09-0x0d
+    if len(odd):
+        counts[odd] = lines.gather(odd).str.count_matches(_TOKEN).fill_null(0).to_numpy()
+    return counts
 
 
 def read_meta(model_path: str | Path) -> dict:
@@ -498,9 +516,10 @@ class LMScorer:
     def score_lines(self, lines: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Per line: log10 p(line </s> | <s>) and its token count + 1."""
         text = lines["line"]
-        lp = np.fromiter(map(self.model.score, text.to_list()), dtype=np.float64, count=text.len())
-        ntok = text.str.count_matches(r"\S+").to_numpy().astype(np.float64) + 1.0
-        return lp, ntok
+        # bytes, not str: kenlm encodes every str to UTF-8 again, and polars makes bytes objects faster
+        lp = np.fromiter(map(self.model.score, text.cast(pl.Binary).to_list()), dtype=np.float64,
+                         count=text.len())
+        return lp, token_counts(text).astype(np.float64) + 1.0
 
     def score_docs(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         lines = self.lines(texts)

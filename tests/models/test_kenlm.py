@@ -15,7 +15,7 @@ import pytest
 from core.text_reference import ccnet_normalize_line
 
 from curate.core.text import ccnet_normalize, ccnet_normalize_series
-from curate.models.kenlm import LMTokenizer, estimate, read_meta, train_lm, write_arpa
+from curate.models.kenlm import LMTokenizer, estimate, read_meta, token_counts, train_lm, write_arpa
 
 kenlm = pytest.importorskip("kenlm")
 REF = Path(__file__).resolve().parents[3] / "shared" / "reference" / "kn_arpa.py"
@@ -69,6 +69,42 @@ def test_ccnet_normalize_matches_ccnet_on_real_text(shared_data):
     bad = [(s, g, w) for s, g, w in zip(lines, got, want) if g != w]
     assert not bad, bad[:5]
     assert ccnet_normalize_series(pl.Series(lines)).to_list() == want  # the ASCII fast path agrees
+
+
+def test_ccnet_normalize_series_tiers_match_ccnet(shared_data):
+    """Each path of the fast normaliser (printable ASCII; ASCII + mapped punctuation only; everything else)
+    against CCNet's per-line normaliser, on real Gutenberg lines and on rows built to sit at the boundaries:
+    U+FF11 is in the punctuation map but is a digit (CCNet makes it "0" first), control characters next
+    to mapped punctuation, punctuation next to accents, whitespace that only strip removes."""
+    with gzip.open(shared_data / "books" / "gutenberg_slice.jsonl.gz", "rt") as f:
+        lines = [ln for _, row in zip(range(20), f) for ln in json.loads(row)["text"].split("\n")]
+    mapped = [ln for ln in lines if any(c in "\u2019\u201c\u201d\u2014\u2026" for c in ln)]
+    assert len(mapped) > 200  # the real sample exercises the punctuation-only path
+    edge = ["\u201c\uff11\u201d", "\uff11", "a\u2014b\tc", "\u2014\x01\u2019", "caf\u00e9 \u2014 ok",
+            "\u3000\u2019x\u3000", "  \u2026  ", "\r\nA\u2013B\r", "\u00a0\u201e1\u00bb\u00a0", "\x7f\u2019\x85",
+            "\u0301\u2019", "\u00b4\u0301", "ΣΑΣ \u2019ΟΔΟΣ\u2019", "\ufe52\uff0e\uff5e", ""]
+    rows = lines + edge
+    got = ccnet_normalize_series(pl.Series(rows)).to_list()
+    bad = [(s, g, w) for s, g, w in zip(rows, got, map(ccnet_normalize_line, rows)) if g != w]
+    assert not bad, bad[:5]
+    assert ccnet_normalize_series(pl.Series(["A", None, "\u201cB\u201d"])).to_list() == ["a", None, '"b"']
+
+
+def test_token_counts_match_regex_and_python_split(shared_data):
+    """The numpy byte counter equals ``count_matches(r"\\S+")`` and CCNet's ``len(line.split())`` on real
+    normalised lines, and falls back to the regex on rows with other whitespace (tab, NBSP, U+3000)."""
+    with gzip.open(shared_data / "books" / "gutenberg_slice.jsonl.gz", "rt") as f:
+        raw = [ln for _, row in zip(range(4), f) for ln in json.loads(row)["text"].split("\n")]
+    lines = LMTokenizer().lines(pl.Series(raw))["line"]
+    extra = pl.Series(["", " ", "a", " a  b ", "x\ty\n z", "a\u00a0b c", "\u3000a b\u3000", "caf\u00e9 au lait",
+                       "\u2003", "a\x0bb\x0cc", "  lead", "trail  "])
+    s = pl.concat([lines, extra])
+    want = np.array([len(x.split()) for x in s.to_list()])
+    assert s.str.count_matches(r"\S+").to_list() == want.tolist()  # the two references agree here
+    assert token_counts(s).tolist() == want.tolist()
+    assert token_counts(s[5:40]).tolist() == want[5:40].tolist()  # a slice: Arrow offsets not from 0
+    assert token_counts(pl.Series(["a b", None, ""])).tolist() == [2, 0, 0]
+    assert token_counts(pl.Series([], dtype=pl.String)).tolist() == []
 
 
 # ---- estimator vs the reference
