@@ -3,7 +3,7 @@ docs/s against a raw ``kenlm.Model.score`` loop, the load time of the ARPA model
 (``build_binary``, from ``scripts/build-kenlm-tools.sh``), plus multi-worker scaling of a perplexity pipeline
 with either model.
 
-    python benchmarks/bench_lm.py [--small]
+    python benchmarks/bench_lm.py [--small] [--only score,workers] [--docs N] [--worker-docs N]
 
 Data: Project Gutenberg paragraphs from ``../shared/data/books/gutenberg_slice.jsonl.gz``. The reference
 trainer ``shared/reference/kn_arpa.py`` (pure Python) is timed on the smallest size as the peer for
@@ -118,7 +118,14 @@ def bench_train(sizes: list[int], order: int, tmp: Path, ref_size: int) -> list[
     return rows
 
 
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def bench_score(model: Path, docs: list[str], repeats: int = 3) -> list[str]:
+    """Operator vs bare kenlm loops on the same docs, each timed ``repeats`` times in turn (A B A B, so load
+    hits all alike); the best wall and the best CPU seconds (this process, polars threads included)."""
     import kenlm
 
     from curate.selectors.perplexity import Perplexity
@@ -127,35 +134,44 @@ def bench_score(model: Path, docs: list[str], repeats: int = 3) -> list[str]:
     batch = pl.DataFrame({"text": docs})
     op.score(batch.head(100))  # load the model (setup) outside the timing
     raw_model = kenlm.Model(str(model))
-    lines = op._scorer.lines(batch["text"])["line"].to_list()
-
-    def best(fn) -> float:
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return min(ts)
-
-    t_op = best(lambda: op.score(batch))
-    t_raw_lines = best(lambda: [raw_model.score(s) for s in lines])
-    t_raw_docs = best(lambda: [raw_model.score(s) for s in docs])
-    t_norm = best(lambda: op._scorer.lines(batch["text"]))
+    norm = op._scorer.lines(batch["text"])["line"]
+    lines, blines = norm.to_list(), norm.cast(pl.Binary).to_list()
     sys.path.insert(0, str(REPO / "tests"))
     from core.text_reference import ccnet_normalize_line  # CCNet's own per-line Python normaliser
 
-    t_ccnet = best(lambda: [raw_model.score(ccnet_normalize_line(ln)) for d in docs for ln in d.split("\n")])
+    paths = {
+        "raw": lambda: [raw_model.score(s) for s in lines],
+        "raw_bytes": lambda: [raw_model.score(s) for s in blines],
+        "op": lambda: op.score(batch),
+        "norm": lambda: op._scorer.lines(batch["text"]),
+        "raw_docs": lambda: [raw_model.score(s) for s in docs],
+        "ccnet": lambda: [raw_model.score(ccnet_normalize_line(ln)) for d in docs for ln in d.split("\n")],
+    }
+    wall = {k: float("inf") for k in paths}
+    cpu = dict(wall)
+    for _ in range(repeats):
+        for k, fn in paths.items():
+            c, t = _cpu(), time.perf_counter()
+            fn()
+            wall[k], cpu[k] = min(wall[k], time.perf_counter() - t), min(cpu[k], _cpu() - c)
     n = len(docs)
-    out = ["| path | docs/s | vs raw kenlm loop (same normalised lines) |", "|---|---:|---:|",
-           f"| raw `kenlm.Model.score` loop over the normalised lines (no normalisation) | {n / t_raw_lines:,.0f} | 1.00 |",
-           f"| `perplexity` operator `score()` (CCNet normalisation + split + score + per-doc sums) | {n / t_op:,.0f} | {t_raw_lines / t_op:.2f} |",
-           f"| operator minus its normalisation step (scoring part only) | {n / max(t_op - t_norm, 1e-9):,.0f} | {t_raw_lines / max(t_op - t_norm, 1e-9):.2f} |",
-           f"| raw `kenlm.Model.score(doc)` on raw, unnormalised docs (one call per doc) | {n / t_raw_docs:,.0f} | {t_raw_lines / t_raw_docs:.2f} |",
-           f"| CCNet's way: its Python normaliser per line + `kenlm.Model.score` | {n / t_ccnet:,.0f} | {t_raw_lines / t_ccnet:.2f} |",
-           f"| **operator vs CCNet's way** (same work: normalise + score) | | **{t_ccnet / t_op:.2f}x** |"]
-    print(f"scoring {n:,} docs ({len(lines):,} lines): operator {n / t_op:,.0f} docs/s, raw kenlm loop "
-          f"{n / t_raw_lines:,.0f} docs/s -> ratio {t_raw_lines / t_op:.2f}; normalisation alone {t_norm:.2f}s "
-          f"of {t_op:.2f}s; raw kenlm on raw docs {n / t_raw_docs:,.0f} docs/s", flush=True)
+
+    def row(label: str, k: str) -> str:
+        return (f"| {label} | {n / wall[k]:,.0f} | {wall['raw'] / wall[k]:.2f} | {cpu[k]:.3f} | "
+                f"{cpu['raw'] / cpu[k]:.2f} |")
+
+    out = ["| path | docs/s | vs raw loop (wall) | CPU s | vs raw loop (CPU) |", "|---|---:|---:|---:|---:|",
+           row("raw `kenlm.Model.score` loop over the normalised lines, str (no normalisation)", "raw"),
+           row("the same loop over the lines as bytes (what the operator calls)", "raw_bytes"),
+           row("`perplexity` operator `score()` (CCNet normalisation + split + score + token counts + per-doc sums)", "op"),
+           row("its line split + CCNet normalisation alone", "norm"),
+           row("raw `kenlm.Model.score(doc)` on raw, unnormalised docs (one call per doc)", "raw_docs"),
+           row("CCNet's way: its Python normaliser per line + `kenlm.Model.score`", "ccnet"),
+           f"| **operator vs CCNet's way** (same work: normalise + score) | | **{wall['ccnet'] / wall['op']:.2f}x** | | "
+           f"**{cpu['ccnet'] / cpu['op']:.2f}x** |"]
+    print(f"scoring {n:,} docs ({len(lines):,} lines): operator {n / wall['op']:,.0f} docs/s, raw kenlm loop "
+          f"{n / wall['raw']:,.0f} docs/s -> ratio {wall['raw'] / wall['op']:.2f} wall, {cpu['raw'] / cpu['op']:.2f} CPU; "
+          f"normalisation {cpu['norm']:.3f} of {cpu['op']:.3f} CPU s", flush=True)
     return out
 
 
@@ -191,35 +207,50 @@ def bench_load(arpa: Path, tmp: Path) -> tuple[list[str], dict[str, Path]]:
     return rows, models
 
 
-def bench_workers(model: Path, docs: list[str], tmp: Path, workers: list[int]) -> list[str]:
+def _pipeline_run(model: Path, src: Path, tmp: Path, w: int, tag: str) -> tuple[float, float]:
+    """Wall and CPU seconds (this process + every worker it waited for) of read -> perplexity -> write."""
     from curate import Pipeline, read, write
     from curate.selectors.perplexity import Perplexity
 
-    src = tmp / "docs"
-    src.mkdir(exist_ok=True)
-    k = 4
+    work, out = tmp / f"work-{tag}{w}", tmp / f"out-{tag}{w}"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    r0s, r0c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    Pipeline(read(str(src)), Perplexity(model=str(model)), write(str(out))).run(
+        work_dir=str(work), workers=w, progress=False)
+    secs = time.perf_counter() - t
+    r1s, r1c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(getattr(b, f) - getattr(a, f) for a, b in ((r0s, r1s), (r0c, r1c)) for f in ("ru_utime", "ru_stime"))
+    return secs, cpu
+
+
+def _shards(docs: list[str], folder: Path, k: int) -> Path:
+    folder.mkdir(exist_ok=True)
     for i in range(k):  # several shards so workers have something to share
         pl.DataFrame({"id": [f"{i}-{j}" for j in range(len(docs[i::k]))], "text": docs[i::k]}).write_ndjson(
-            src / f"part{i}.jsonl")
-    rows = [f"model: {model.name}", "",
-            "| workers | docs/s (end to end: read, score, write) | speed-up | CPU s (all processes) | docs per CPU s |",
-            "|---:|---:|---:|---:|---:|"]
+            folder / f"part{i}.jsonl")
+    return folder
+
+
+def bench_workers(model: Path, docs: list[str], tmp: Path, workers: list[int]) -> list[str]:
+    """1 vs 2 workers end to end, with start-up apart: each setting also runs on 200 documents (the same
+    shards, start-up dominated), and steady docs per CPU second = extra docs / extra CPU seconds."""
+    src = _shards(docs, tmp / "docs", 4)
+    tiny = _shards(docs[:200], tmp / "tiny", 4)
+    rows = [f"model: {model.name}, {len(docs):,} docs in 4 shards; start-up = the same pipeline on 200 docs", "",
+            "| workers | wall s | docs/s | speed-up | CPU s (all processes) | start-up CPU s (200 docs) | "
+            "steady docs per CPU s |", "|---:|---:|---:|---:|---:|---:|---:|"]
     base = None
     for w in workers:
-        work = tmp / f"work{w}"
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(tmp / f"out{w}", ignore_errors=True)
-        r0s, r0c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        t = time.perf_counter()
-        Pipeline(read(str(src)), Perplexity(model=str(model)), write(str(tmp / f"out{w}"))).run(
-            work_dir=str(work), workers=w, progress=False)
-        secs = time.perf_counter() - t
-        r1s, r1c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = sum(getattr(b, f) - getattr(a, f) for a, b in ((r0s, r1s), (r0c, r1c)) for f in ("ru_utime", "ru_stime"))
+        t0, c0 = _pipeline_run(model, tiny, tmp, w, "tiny")
+        secs, cpu = _pipeline_run(model, src, tmp, w, "full")
         base = base or secs
-        print(f"pipeline {model.name} workers={w}: {len(docs) / secs:,.0f} docs/s (x{base / secs:.2f}), "
-              f"{cpu:.1f} CPU s", flush=True)
-        rows.append(f"| {w} | {len(docs) / secs:,.0f} | {base / secs:.2f} | {cpu:.1f} | {len(docs) / cpu:,.0f} |")
+        steady = (len(docs) - 200) / max(cpu - c0, 1e-9)
+        print(f"pipeline {model.name} workers={w}: {secs:.2f} s, {len(docs) / secs:,.0f} docs/s (x{base / secs:.2f}), "
+              f"{cpu:.2f} CPU s; 200 docs: {t0:.2f} s, {c0:.2f} CPU s; steady {steady:,.0f} docs per CPU s", flush=True)
+        rows.append(f"| {w} | {secs:.2f} | {len(docs) / secs:,.0f} | {base / secs:.2f} | {cpu:.2f} | {c0:.2f} | "
+                    f"{steady:,.0f} |")
     return rows
 
 
@@ -227,24 +258,42 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true", help="smaller sizes (about a minute)")
     ap.add_argument("--order", type=int, default=5)
+    ap.add_argument("--only", default="train,score,load,workers",
+                    help="comma-separated parts to run (default all; arpa-workers adds the workers run with the ARPA "
+                    "model); the model is trained in any case")
+    ap.add_argument("--docs", type=int, default=None, help="held-out paragraphs to score (default 40,000; "
+                    "10,000 with --small)")
+    ap.add_argument("--worker-docs", type=int, default=None, help="documents of the workers run (default: "
+                    "--docs); repeats the held-out paragraphs when larger")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
     if not DATA.exists():
         sys.exit(f"data not found: {DATA}")
     sizes = [100_000, 300_000, 900_000] if args.small else [250_000, 1_000_000, 4_000_000]
     ref_size = 50_000 if args.small else 100_000
-    n_docs = 10_000 if args.small else 40_000
+    n_docs = args.docs or (10_000 if args.small else 40_000)
     (REPO / "benchmarks" / "_work").mkdir(parents=True, exist_ok=True)
+    train_rows, score_rows, load_rows, worker_rows = [], [], [], []
     with tempfile.TemporaryDirectory(dir=REPO / "benchmarks" / "_work") as tmp_s:
         tmp = Path(tmp_s)
-        train_rows = bench_train(sizes, args.order, tmp, ref_size)
+        if "train" in parts:
+            train_rows = bench_train(sizes, args.order, tmp, ref_size)
         model = tmp / f"m{sizes[1]}.arpa"
+        if not model.exists():
+            in_child(_train_child, paragraphs(sizes[1]), str(model), args.order)
         docs = paragraphs(n_docs * 80, skip_books=150)[:n_docs]
-        score_rows = bench_score(model, docs)
-        load_rows, models = bench_load(model, tmp)
-        worker_rows = bench_workers(model, docs, tmp, [1, 2, 1, 2])
-        if "probing" in models:
-            worker_rows += ["", *bench_workers(models["probing"], docs, tmp, [1, 2, 1, 2])]
-    cmd = "python benchmarks/bench_lm.py" + (" --small" if args.small else "")
+        if "score" in parts:
+            score_rows = bench_score(model, docs)
+        if "load" in parts or "workers" in parts:
+            load_rows, models = bench_load(model, tmp)
+        if "workers" in parts:
+            wdocs = docs * -(-(args.worker_docs or n_docs) // len(docs))
+            wdocs = wdocs[:args.worker_docs or n_docs]
+            if "arpa-workers" in parts or "probing" not in models:  # each ARPA worker parses the text model
+                worker_rows = bench_workers(model, wdocs, tmp, [1, 2, 1, 2]) + [""]
+            if "probing" in models:
+                worker_rows += bench_workers(models["probing"], wdocs, tmp, [1, 2, 1, 2])
+    cmd = "python " + " ".join(["benchmarks/bench_lm.py", *sys.argv[1:]])
     print("\n".join([f"\n## `{cmd}`", "", f"### train-lm (order {args.order}, whitespace tokens)", *train_rows,
                      "", f"### perplexity scoring ({len(docs):,} held-out Gutenberg paragraphs, model from "
                      f"{sizes[1]:,} words)", *score_rows, "", "### model load (per worker process)", *load_rows,
