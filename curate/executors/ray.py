@@ -32,6 +32,7 @@ selector top-k), as locally.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -307,6 +308,22 @@ class RayExecutor(Executor):
         return ds.map_batches(_map_batches, fn_kwargs={"task": first, "stages": stages}, **common)
 
     def _run_data(self, tasks: list[ShardTask], progress: Callable[[int], None]) -> None:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        quiet = {"enable_progress_bars": False, "print_on_execution_start": False}  # curate's bar counts docs
+        saved = {k: getattr(ctx, k) for k in quiet}
+        for k, v in quiet.items():
+            setattr(ctx, k, v)
+        try:
+            self._run_data_quiet(tasks, progress)
+        finally:
+            for k, v in saved.items():
+                setattr(ctx, k, v)
+        with contextlib.suppress(OSError):  # every shard's staging folder went with its marker
+            _staging(tasks[0]).parent.rmdir()
+
+    def _run_data_quiet(self, tasks: list[ShardTask], progress: Callable[[int], None]) -> None:
         ray = self._ray()
         ds = self.data_pipeline(tasks)
         # no CPU reserved: a shard's writer starts while the actors of the segment still hold theirs
