@@ -23,6 +23,10 @@ class ExecutorSpec(BaseModel):
     type: Literal["local", "ray"] = "local"
     workers: int | None = Field(None, gt=0, description="worker processes; default: number of cores")
     address: str | None = Field(None, description="ray: cluster address ('auto' to join one)")
+    mode: Literal["data", "actors"] = Field(
+        "data", description="ray: 'data' runs each segment of map/filter steps as a Ray Data map_batches "
+        "(operators that load a model in an actor pool); 'actors' runs the local executor's shard tasks in "
+        "Ray actors. Both give the local executor's output, rejects and stats; default 'data'")
 
 
 class PipelineConfig(BaseModel):

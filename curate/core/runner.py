@@ -152,121 +152,179 @@ def _sizes(root: Path, paths: list[Path]) -> dict[str, int]:
     return {Path(os.path.realpath(p)).relative_to(r).as_posix(): os.path.getsize(p) for p in paths}
 
 
+def ready_ops(task: ShardTask) -> list[tuple[Operator, RunContext]]:
+    """The task's operators, each set up once per worker process, with the context it records into."""
+    return [_ready(op, c, (task.segment, i, task.fingerprint, id(type(op)), str(c.state_dir))) for i, (op, c) in
+            enumerate(zip(task.ops, task.ctx))]
+
+
+def shard_batches(task: ShardTask, rep: ReadReport) -> Iterator[pl.DataFrame]:
+    """The batches a shard task reads: its input shard (segment 0, checked for reserved column names;
+    skips counted in ``rep``) or the previous segment's spill of it."""
+    if isinstance(task.source, InputSpec):
+        reserved = task.reserved if task.reserved is not None else reserved_columns(task.ops)
+        for b in read_shard(task.source, task.shard, rep):
+            check_input_batch(b, reserved, task.shard.path)
+            yield b
+    else:
+        yield from read_spill(task.source)
+
+
+def process_batch(ops: list[Operator], batch: pl.DataFrame, *, keep_text: bool,
+                  traces: dict[str, list[dict]], trace_docs: int
+                  ) -> tuple[pl.DataFrame, list[tuple[str, pl.DataFrame]], list[StepStats | None]]:
+    """Run the fused operators over one batch: the kept rows, the rejected rows of each step (in step
+    order, ``text`` dropped unless ``keep_text``), and each step's stats (None for steps not reached
+    because an earlier one left no rows). Traces of text rewrites are appended to ``traces``."""
+    rejected: list[tuple[str, pl.DataFrame]] = []
+    step_stats: list[StepStats | None] = [None] * len(ops)
+    with batch_scope():  # what the operators of this batch share (word tokens), dropped after it
+        for i, op in enumerate(ops):
+            before = batch.select(UID, "text") \
+                if op.rewrites_text and len(traces[op.step_name]) < trace_docs \
+                else None
+            batch, rej, s = run_step(op, batch)
+            if before is not None:
+                _trace(traces[op.step_name], before, batch, trace_docs)
+            step_stats[i] = s
+            if rej is not None:
+                rejected.append((op.step_name, rej if keep_text else rej.drop("text")))
+            if batch.height == 0:
+                break
+    return batch, rejected, step_stats
+
+
+def read_step_stats(rep: ReadReport, seconds: float, first: StepStats | None) -> StepStats:
+    """The ``read`` row of segment 0: lines read, rows skipped by reason, the bytes handed to step one."""
+    st = StepStats("read", seconds=seconds)
+    st.docs_in = rep.lines
+    st.docs_out = rep.lines - sum(rep.skipped.values())
+    st.dropped = dict(rep.skipped)
+    st.bytes_out = first.bytes_in if first is not None else 0
+    return st
+
+
+class ShardOutputs:
+    """Where one shard task writes: its kept rows (the output parts of the final segment, else its spill),
+    one rejects part per step, its traces and, last, its completion marker. Earlier part files of the
+    shard are deleted first, only those the folder's ownership journal records as curate's."""
+
+    def __init__(self, task: ShardTask):
+        self.task = task
+        self.stem = f"part-{task.shard.index:05d}"
+        self.rejects: dict[str, ShardWriter] = {}
+        self.rejects_root = Path(task.rejects.path)
+        self.sink: SpillWriter | ShardWriter
+        if task.output is not None:
+            out_dir = Path(task.output.path)
+            _clear_parts(out_dir, out_dir, self.stem)
+            with writing(out_dir / self.stem):
+                self.sink = ShardWriter(out_dir, self.stem, task.output.format, id_hashes=id_hash_path(task.marker),
+                                        level=task.output.compression_level)
+            self.sink_where = out_dir / self.stem
+        else:
+            assert task.spill_dir is not None
+            self.sink_where = task.spill_dir / task.shard.name
+            with writing(self.sink_where):
+                self.sink = SpillWriter(self.sink_where)
+
+    def reject(self, step: str, rej: pl.DataFrame) -> None:
+        """Append rejected rows to the step's rejects part (opened on the first)."""
+        if step not in self.rejects:
+            folder = self.rejects_root / step
+            _clear_parts(self.rejects_root, folder, self.stem)
+            with writing(folder / self.stem):
+                self.rejects[step] = ShardWriter(folder, self.stem, self.task.rejects.format, typed_head=True,
+                                                 level=self.task.rejects.compression_level)
+        w = self.rejects[step]
+        with writing(_current_file(w, w.folder / self.stem)):
+            w.write(rej)
+
+    def write(self, batch: pl.DataFrame) -> None:
+        """Append kept rows (the final segment keeps only ``output.columns`` when set)."""
+        out = self.task.output
+        if out is not None and out.columns is not None:
+            keep = {"id", "text", *out.columns}
+            batch = batch.select([c for c in batch.columns if c in keep or c.startswith("__")])
+        with writing(_current_file(self.sink, self.sink_where)):
+            self.sink.write(batch)
+
+    def abort(self) -> None:
+        self.sink.abort()
+        for w in self.rejects.values():
+            w.abort()
+
+    def close(self) -> dict[str, dict[str, int]]:
+        """Rename every part into place; the files written (root name -> relative path -> size)."""
+        files: dict[str, dict[str, int]] = {}
+        try:
+            with writing(_current_file(self.sink, self.sink_where)):
+                finals = self.sink.close()
+            for w in self.rejects.values():
+                with writing(w.folder / self.stem):
+                    files.setdefault("rejects", {}).update(_sizes(self.rejects_root, w.close()))
+        except BaseException:
+            for w in self.rejects.values():
+                w.abort()
+            raise
+        task = self.task
+        if task.output is not None:
+            files["output"] = _sizes(Path(task.output.path), finals or [])
+        else:
+            assert task.work_dir is not None
+            files["work"] = _sizes(task.work_dir, sorted(p for p in self.sink_where.iterdir() if p.is_file()))
+        return files
+
+    def finish(self, files: dict[str, dict[str, int]], stats: list[StepStats], traces: dict[str, list[dict]]) -> None:
+        """Write the traces, then the completion marker vouching for ``files`` with the shard's stats."""
+        task = self.task
+        if task.trace_dir is not None:
+            for step, rows in traces.items():
+                if rows:
+                    write_json_atomic(task.trace_dir / step / f"{task.shard.name}.json", rows)
+        write_json_atomic(task.marker, {"fingerprint": task.fingerprint, "shard": task.shard.index,
+                                        "stats": [s.to_dict() for s in stats], "files": files})
+
+
 def run_shard(task: ShardTask, progress: Callable[[int], None] | None = None) -> list[StepStats]:
-    ready = [_ready(op, c, (task.segment, i, task.fingerprint, id(type(op)), str(c.state_dir))) for i, (op, c) in
-             enumerate(zip(task.ops, task.ctx))]
+    ready = ready_ops(task)
     ops = [op for op, _ in ready]
     stats = [StepStats(op.step_name) for op in ops]
-    read_stats = StepStats("read") if task.segment == 0 else None
     rep = ReadReport()
-    stem = f"part-{task.shard.index:05d}"
-    rejects: dict[str, ShardWriter] = {}
-    sink: SpillWriter | ShardWriter
-    rejects_root = Path(task.rejects.path)
-    if task.output is not None:
-        out_dir = Path(task.output.path)
-        _clear_parts(out_dir, out_dir, stem)
-        with writing(out_dir / stem):
-            sink = ShardWriter(out_dir, stem, task.output.format, id_hashes=id_hash_path(task.marker),
-                               level=task.output.compression_level)
-        sink_where = out_dir / stem
-    else:
-        assert task.spill_dir is not None
-        sink_where = task.spill_dir / task.shard.name
-        with writing(sink_where):
-            sink = SpillWriter(sink_where)
-
-    def batches() -> Iterator[pl.DataFrame]:
-        if isinstance(task.source, InputSpec):
-            reserved = task.reserved if task.reserved is not None else reserved_columns(task.ops)
-            for b in read_shard(task.source, task.shard, rep):
-                check_input_batch(b, reserved, task.shard.path)
-                yield b
-        else:
-            yield from read_spill(task.source)
-
-    def reject_writer(step: str) -> ShardWriter:
-        if step not in rejects:
-            folder = rejects_root / step
-            _clear_parts(rejects_root, folder, stem)
-            with writing(folder / stem):
-                rejects[step] = ShardWriter(folder, stem, task.rejects.format, typed_head=True,
-                                            level=task.rejects.compression_level)
-        return rejects[step]
-
+    out = ShardOutputs(task)
     traces: dict[str, list[dict]] = {op.step_name: [] for op in ops}
+    read_seconds = 0.0
+    read_stats: StepStats | None = None
     try:
         t_read = time.perf_counter()
-        for batch in batches():
-            if read_stats is not None:
-                read_stats.seconds += time.perf_counter() - t_read
+        for batch in shard_batches(task, rep):
+            read_seconds += time.perf_counter() - t_read
             n = batch.height
-            with batch_scope():  # what the operators of this batch share (word tokens), dropped after it
-                for op, st in zip(ops, stats):
-                    before = batch.select(UID, "text") \
-                        if op.rewrites_text and len(traces[op.step_name]) < task.trace_docs \
-                        else None
-                    batch, rej, s = run_step(op, batch)
-                    if before is not None:
-                        _trace(traces[op.step_name], before, batch, task.trace_docs)
+            batch, rejected, step_stats = process_batch(ops, batch, keep_text=task.rejects.keep_text,
+                                                        traces=traces, trace_docs=task.trace_docs)
+            for st, s in zip(stats, step_stats):
+                if s is not None:
                     st.add(s)
-                    if rej is not None:
-                        if not task.rejects.keep_text:
-                            rej = rej.drop("text")
-                        w = reject_writer(op.step_name)
-                        with writing(_current_file(w, w.folder / stem)):
-                            w.write(rej)
-                    if batch.height == 0:
-                        break
-            if task.output is not None and task.output.columns is not None:
-                keep = {"id", "text", *task.output.columns}
-                batch = batch.select([c for c in batch.columns if c in keep or c.startswith("__")])
-            with writing(_current_file(sink, sink_where)):
-                sink.write(batch)
+            for step, rej in rejected:
+                out.reject(step, rej)
+            out.write(batch)
             if progress is not None:
                 progress(n)
             t_read = time.perf_counter()
-        if read_stats is not None:
-            read_stats.docs_in = rep.lines
-            read_stats.docs_out = rep.lines - sum(rep.skipped.values())
-            read_stats.dropped = dict(rep.skipped)
-            read_stats.bytes_out = stats[0].bytes_in if stats else 0
+        if task.segment == 0:
+            read_stats = read_step_stats(rep, read_seconds, stats[0] if stats else None)
             if rep.rejects:
-                w = reject_writer("read")
-                with writing(w.folder / stem):
-                    w.write(pl.DataFrame(rep.rejects))
+                out.reject("read", pl.DataFrame(rep.rejects))
     except BaseException:
         for _, c in ready:  # a failed shard's numbers must not leak into the next shard of this worker
             c.numbers.drain()
-        sink.abort()
-        for w in rejects.values():
-            w.abort()
+        out.abort()
         raise
-    files: dict[str, dict[str, int]] = {}
-    try:
-        with writing(_current_file(sink, sink_where)):
-            finals = sink.close()
-        for w in rejects.values():
-            with writing(w.folder / stem):
-                files.setdefault("rejects", {}).update(_sizes(rejects_root, w.close()))
-    except BaseException:
-        for w in rejects.values():
-            w.abort()
-        raise
-    if task.output is not None:
-        files["output"] = _sizes(Path(task.output.path), finals or [])
-    else:
-        assert task.work_dir is not None
-        files["work"] = _sizes(task.work_dir, sorted(p for p in sink_where.iterdir() if p.is_file()))
-    if task.trace_dir is not None:
-        for step, rows in traces.items():
-            if rows:
-                write_json_atomic(task.trace_dir / step / f"{task.shard.name}.json", rows)
+    files = out.close()
     for (_, c), st in zip(ready, stats):  # the operators' own numbers of this shard travel in its marker
         st.counters, st.timers = c.numbers.drain()
     all_stats = ([read_stats] if read_stats is not None else []) + stats
-    write_json_atomic(task.marker, {"fingerprint": task.fingerprint, "shard": task.shard.index,
-                                    "stats": [s.to_dict() for s in all_stats], "files": files})
+    out.finish(files, all_stats, traces)
     return all_stats
 
 
