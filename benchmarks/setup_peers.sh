@@ -5,7 +5,7 @@
 #   benchmarks/setup_peers.sh [DEST] [PEER ...]      # DEST defaults to .peers (gitignored)
 #   benchmarks/setup_peers.sh /work/peers datatrove  # one peer only
 #
-# Peers: datatrove datasketch pydvl trak trl dsir ccnet. Each lands in DEST/<peer>/ and the bench scripts
+# Peers: datatrove datasketch pydvl trak trl dsir ccnet dj (Data-Juicer, not in the default set). Each lands in DEST/<peer>/ and the bench scripts
 # find it through one option / environment variable (printed at the end), e.g.
 #   CURATE_PEERS=DEST  (all of them)   or   --datatrove-python DEST/datatrove/bin/python
 # Shared libraries are pinned to the versions in curate's own venv (numpy, polars, transformers, tokenizers)
@@ -43,6 +43,8 @@ SAFETENSORS=0.8.0
 DSIR=1.0.3          # PyPI name: data-selection
 CCNET=1.0.0           # PyPI cc_net: not installable from PyPI (see the ccnet step)
 CCNET_COMMIT=bda555bd  # facebookresearch/cc_net snapshot for CCNET_SRC
+DATA_JUICER=1.6.1   # PyPI py-data-juicer (newest on 2026-12-02)
+RAY=2.60.0          # same Ray as curate's ray extra
 
 mkdir -p "$DEST"
 DEST=$(cd "$DEST" && pwd)
@@ -111,6 +113,11 @@ for peer in $PEERS; do
             continue
         fi
         "$DEST/ccnet/bin/python" -c "from cc_net import text_normalizer as t; print('cc_net ok:', t.normalize('Ab 12'))"
+        ;;
+    dj)
+        # Data-Juicer with Ray Data, for bench_ray.py's ray_bts_minhash_deduplicator row. Opt-in (its
+        # dependency set is large): benchmarks/setup_peers.sh DEST dj
+        mkvenv dj "py-data-juicer==$DATA_JUICER" "ray[data]==$RAY" "numpy==$NUMPY" "pyarrow==$PYARROW"
         ;;
     *) echo "unknown peer: $peer" >&2; exit 2 ;;
     esac
