@@ -8,7 +8,7 @@ average before and after each run is printed beside the figures.
 
     python benchmarks/bench_ray.py --docs 20000 --workers 2
 
-Data-Juicer's Ray MinHash is not run here (see RESULTS.md for why).
+Data-Juicer's Ray MinHash on the same corpus: benchmarks/bench_dj_ray_minhash.py.
 """
 
 from __future__ import annotations

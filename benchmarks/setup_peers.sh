@@ -5,7 +5,8 @@
 #   benchmarks/setup_peers.sh [DEST] [PEER ...]      # DEST defaults to .peers (gitignored)
 #   benchmarks/setup_peers.sh /work/peers datatrove  # one peer only
 #
-# Peers: datatrove datasketch pydvl trak trl dsir ccnet dj (Data-Juicer, not in the default set). Each lands in DEST/<peer>/ and the bench scripts
+# Peers: datatrove datasketch pydvl trak trl dsir ccnet, and dj (Data-Juicer, only when named: large).
+# Each lands in DEST/<peer>/ and the bench scripts
 # find it through one option / environment variable (printed at the end), e.g.
 #   CURATE_PEERS=DEST  (all of them)   or   --datatrove-python DEST/datatrove/bin/python
 # Shared libraries are pinned to the versions in curate's own venv (numpy, polars, transformers, tokenizers)
@@ -117,7 +118,10 @@ for peer in $PEERS; do
     dj)
         # Data-Juicer with Ray Data, for bench_ray.py's ray_bts_minhash_deduplicator row. Opt-in (its
         # dependency set is large): benchmarks/setup_peers.sh DEST dj
-        mkvenv dj "py-data-juicer==$DATA_JUICER" "ray[data]==$RAY" "numpy==$NUMPY" "pyarrow==$PYARROW"
+        # aiohttp: py-data-juicer 1.6.1 imports it at start-up (data_juicer/utils/file_utils.py) but does
+        # not declare it: without it `dj-process` fails with "No module named 'aiohttp'" (2026-12-02).
+        mkvenv dj "py-data-juicer==$DATA_JUICER" "ray[data]==$RAY" "numpy==$NUMPY" "pyarrow==$PYARROW" \
+            "aiohttp==3.14.5"
         ;;
     *) echo "unknown peer: $peer" >&2; exit 2 ;;
     esac
