@@ -206,7 +206,8 @@ class MinHashDedup(GlobalStage):
     (numba kernel over a whole batch) -> ``bands`` x ``rows`` band keys spilled per shard as parquet under
     the scratch dir (``ctx.map_shards``: an interrupted run reuses finished shards) -> per band, docs with
     equal keys form a bucket (group-by, one band column in memory at a time, split into hash partitions
-    to stay under ``bucket_memory_mb``; spilled as sorted star pairs) -> union-find with path compression
+    to stay under ``bucket_memory_mb``; spilled as sorted star pairs) -> the candidates' signatures and
+    shingle sets gathered into memory-mapped files under the scratch dir (not held in RAM) -> union-find with path compression
     over the buckets, band by band. Without verification a bucket joins all its docs. With verification
     a doc joins another only if their exact Jaccard on shingle sets is >= ``threshold``; each doc of a
     bucket is checked against the first doc of each sub-cluster already formed in that bucket (at most
