@@ -14,7 +14,7 @@ average is printed before and after each run.
     python benchmarks/bench_ray.py --docs 10000 --workers 2 --repeat 2
     python benchmarks/bench_ray.py --steps rules   # C4 + Gopher rules only: one map/filter segment
 
-Data-Juicer's Ray MinHash is not run here (see RESULTS.md for why).
+Data-Juicer's Ray MinHash on the same corpus: benchmarks/bench_dj_ray_minhash.py.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
 #   benchmarks/setup_peers.sh [DEST] [PEER ...]      # DEST defaults to .peers (gitignored)
 #   benchmarks/setup_peers.sh /work/peers datatrove  # one peer only
 #
-# Peers: datatrove datasketch pydvl trak trl dsir ccnet. Each lands in DEST/<peer>/ and the bench scripts
+# Peers: datatrove datasketch pydvl trak trl dsir ccnet, and dj (Data-Juicer, only when named: large).
+# Each lands in DEST/<peer>/ and the bench scripts
 # find it through one option / environment variable (printed at the end), e.g.
 #   CURATE_PEERS=DEST  (all of them)   or   --datatrove-python DEST/datatrove/bin/python
 # Shared libraries are pinned to the versions in curate's own venv (numpy, polars, transformers, tokenizers)
@@ -43,6 +44,8 @@ SAFETENSORS=0.8.0
 DSIR=1.0.3          # PyPI name: data-selection
 CCNET=1.0.0           # PyPI cc_net: not installable from PyPI (see the ccnet step)
 CCNET_COMMIT=bda555bd  # facebookresearch/cc_net snapshot for CCNET_SRC
+DATA_JUICER=1.6.1   # PyPI py-data-juicer (newest on 2026-12-02)
+RAY=2.60.0          # same Ray as curate's ray extra
 
 mkdir -p "$DEST"
 DEST=$(cd "$DEST" && pwd)
@@ -111,6 +114,14 @@ for peer in $PEERS; do
             continue
         fi
         "$DEST/ccnet/bin/python" -c "from cc_net import text_normalizer as t; print('cc_net ok:', t.normalize('Ab 12'))"
+        ;;
+    dj)
+        # Data-Juicer with Ray Data, for bench_ray.py's ray_bts_minhash_deduplicator row. Opt-in (its
+        # dependency set is large): benchmarks/setup_peers.sh DEST dj
+        # aiohttp: py-data-juicer 1.6.1 imports it at start-up (data_juicer/utils/file_utils.py) but does
+        # not declare it: without it `dj-process` fails with "No module named 'aiohttp'" (2026-12-02).
+        mkvenv dj "py-data-juicer==$DATA_JUICER" "ray[data]==$RAY" "numpy==$NUMPY" "pyarrow==$PYARROW" \
+            "aiohttp==3.14.5"
         ;;
     *) echo "unknown peer: $peer" >&2; exit 2 ;;
     esac

@@ -206,7 +206,8 @@ class MinHashDedup(GlobalStage):
     (numba kernel over a whole batch) -> ``bands`` x ``rows`` band keys spilled per shard as parquet under
     the scratch dir (``ctx.map_shards``: an interrupted run reuses finished shards) -> per band, docs with
     equal keys form a bucket (group-by, one band column in memory at a time, split into hash partitions
-    to stay under ``bucket_memory_mb``; spilled as sorted star pairs) -> union-find with path compression
+    to stay under ``bucket_memory_mb``; spilled as sorted star pairs) -> the candidates' signatures and
+    shingle sets gathered into memory-mapped files under the scratch dir (not held in RAM) -> union-find with path compression
     over the buckets, band by band. Without verification a bucket joins all its docs. With verification
     a doc joins another only if their exact Jaccard on shingle sets is >= ``threshold``; each doc of a
     bucket is checked against the first doc of each sub-cluster already formed in that bucket (at most
@@ -361,7 +362,9 @@ class MinHashDedup(GlobalStage):
                 cand_files = ctx.map_shards(partial(_cand_shard, cfg, sig_dir, cand_path, s["verify"]),
                                             f"minhash_cand_{key}_{int(s['verify'])}")
             with ctx.timer("cluster"):
-                state = _cluster(pl.read_parquet(cand_files), pair_files, s, stats)
+                cands = _spill_candidates(cand_files, int(s["num_perm"]), bool(s["verify"]),
+                                          ctx.scratch_dir / f"minhash_mmap_{key}")
+                state = _cluster(cands, pair_files, s, stats)
         state.write_parquet(ctx.state_dir / _STATE)
         for name, value in stats.items():
             ctx.stat(name, value)
@@ -427,21 +430,85 @@ def _bucket_pairs(sig_files: list[Path], bands: int, out_dir: Path, memory_mb: i
     return files
 
 
-def _cluster(cands: pl.DataFrame, pair_files: list[Path], s: dict, stats: dict) -> pl.DataFrame:
+class _Cands:
+    """The candidate documents of the clustering step, sorted by row key: ``meta`` (UID, id, length, score)
+    in memory (~40 bytes a doc), and the two big parts as memory-mapped ``.npy`` files under the scratch
+    dir: ``sig`` (docs x num_perm uint32) and the concatenated sorted shingle-hash sets ``vals`` (uint64,
+    doc i at ``vals[off[i]:off[i + 1]]``). File-backed pages are dropped by the kernel under memory
+    pressure, so the step's anonymous memory does not grow with the candidates' signatures and sets."""
+
+    def __init__(self, meta: pl.DataFrame, sig: np.ndarray, off: np.ndarray, vals: np.ndarray):
+        self.meta, self.sig, self.off, self.vals = meta, sig, off, vals
+
+
+def _list_parts(col) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 offsets rebased to 0, values) of an Arrow list column, zero-copy views (null rows: empty)."""
+    import pyarrow as pa
+
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(arr) == 0:
+        return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+    off = np.asarray(arr.offsets).astype(np.int64)
+    vals = np.asarray(arr.values)[off[0]: off[-1]]
+    return off - off[0], vals
+
+
+def _spill_candidates(cand_files: list[Path], k: int, verify: bool, out_dir: Path) -> _Cands:
+    """Gather the per-shard candidate files into :class:`_Cands`, one file in memory at a time: a first
+    pass reads the small columns and the set sizes, a second scatters signatures and sets into the
+    memory-mapped arrays at their sorted positions. (Reading them all as one DataFrame held every
+    signature and shingle set in RAM three times over: ~3 KB a candidate, ~8 GB at 10M documents.)"""
+    import pyarrow.parquet as pq
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metas, lens = [], []
+    for f in cand_files:
+        metas.append(pl.read_parquet(f, columns=[UID, "id", "length", "score"]))
+        if verify:
+            off_f, _ = _list_parts(pq.read_table(f, columns=["shingles"]).column(0))
+            lens.append(np.diff(off_f))
+    meta = pl.concat(metas)
+    n = meta.height
+    order = np.argsort(meta[UID].to_numpy(), kind="stable")
+    meta = meta[order]
+    pos = np.empty(n, dtype=np.int64)  # pos[row in file order] = row in UID order
+    pos[order] = np.arange(n)
+    off = np.zeros(n + 1, dtype=np.int64)
+    if verify and n:
+        off[1:] = np.cumsum(np.concatenate(lens)[order])
+
+    def mm(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        if not math.prod(shape):  # an empty file cannot be mapped
+            return np.zeros(shape, dtype=dtype)
+        return np.lib.format.open_memmap(out_dir / name, mode="w+", dtype=dtype, shape=shape)
+
+    sig, vals = mm("sig.npy", "<u4", (n, k)), mm("vals.npy", "<u8", (int(off[-1]),))
+    start = 0
+    for f in cand_files:
+        t = pq.read_table(f, columns=["sig"] + (["shingles"] if verify else []))
+        p = pos[start: start + t.num_rows]
+        start += t.num_rows
+        sig[p] = _sig_from_binary(pl.Series(t.column("sig")), k)
+        if verify:
+            off_f, vals_f = _list_parts(t.column("shingles"))
+            lens_f = np.diff(off_f)
+            dest = np.repeat(off[p] - off_f[:-1], lens_f) + np.arange(len(vals_f))
+            vals[dest] = vals_f
+        del t
+    for a in (sig, vals):
+        if isinstance(a, np.memmap):
+            a.flush()
+    return _Cands(meta, sig, off, vals)
+
+
+def _cluster(c: _Cands, pair_files: list[Path], s: dict, stats: dict) -> pl.DataFrame:
     """Union the buckets band by band (verified if asked), pick the kept doc per cluster; returns the state
     rows of clustered docs. Without verification every bucket is one clique (DataTrove's semantics); with
     it, see :func:`~curate.filters._minhash_kernels.verify_buckets`."""
-    cands = cands.sort(UID)
+    cands = c.meta
     uids = cands[UID].to_numpy()
-    sig = _sig_from_binary(cands["sig"], int(s["num_perm"]))
+    sig, off, vals = c.sig, c.off, c.vals
     verify = bool(s["verify"])
-    if verify:
-        lens = cands["shingles"].list.len().fill_null(0).to_numpy()
-        off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        vals = cands["shingles"].explode().drop_nulls().to_numpy().astype(np.uint64)
-        cands = cands.drop("shingles")
-    else:
-        off, vals = np.zeros(len(uids) + 1, dtype=np.int64), np.zeros(0, dtype=np.uint64)
     parent = np.arange(len(uids), dtype=np.int64)
     size = np.ones(len(uids), dtype=np.int64)
     n_pass = n_fail = 0

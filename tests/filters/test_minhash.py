@@ -416,3 +416,41 @@ def test_recall_rule_is_the_default_when_verifying():
     assert s["verify"] is False and (s["bands"], s["rows"]) == optimal_param(0.6, 128)
     # explicit bands/rows and presets are untouched by the rule
     assert MinHashDedup(preset="datatrove", verify=True).settings()["bands"] == 14
+
+
+# ------------------------------------------------------------------------------ candidate spill (issue 14)
+def test_spill_candidates_sorted_memory_mapped(tmp_path: Path, shared_data: Path):
+    """The candidates gathered file by file into memory-mapped arrays equal the in-memory gather
+    (sort by row key, explode the shingle sets) on real signatures, across files whose row keys
+    interleave, with a null and an empty set and an empty file; the big arrays are files under the dir."""
+    from curate.filters.minhash import _sig_from_binary, _sig_to_binary, _spill_candidates
+
+    cfg = _Cfg(shingle="word", ngram=5, normalize=True, hash="fast", num_perm=16, seed=1, bands=4, rows=4,
+               score_column=None, device="cpu")
+    texts = pl.Series(_news(shared_data, 60))
+    sig, _ = compute_signatures(texts, cfg)
+    hv, counts = shingle_hashes(texts, shingle="word", ngram=5, normalize=True, kind=0, seed=7)
+    vals, ucounts = K.sorted_unique_per_doc(hv, counts)
+    off = np.concatenate([[0], np.cumsum(ucounts)])
+    sets = [vals[off[i]:off[i + 1]].tolist() for i in range(len(texts))]
+    sets[3], sets[10] = None, []
+    uids = np.random.default_rng(0).permutation(len(texts)).astype(np.uint64) * 3 + 5
+    df = pl.DataFrame({UID: pl.Series(uids, dtype=pl.UInt64), "id": [f"d{i}" for i in range(len(texts))],
+                       "length": pl.Series(range(len(texts)), dtype=pl.UInt32),
+                       "score": pl.Series([None] * len(texts), dtype=pl.Float64),
+                       "sig": _sig_to_binary(sig), "shingles": pl.Series(sets, dtype=pl.List(pl.UInt64))})
+    files = []
+    for k, part in enumerate([df[:25], df[25:25], df[25:]]):
+        files.append(tmp_path / f"c{k}.parquet")
+        part.write_parquet(files[-1])
+    got = _spill_candidates(files, 16, True, tmp_path / "mm")
+    ref = df.sort(UID)
+    assert got.meta.select(UID, "id", "length").equals(ref.select(UID, "id", "length"))
+    assert np.array_equal(np.asarray(got.sig), _sig_from_binary(ref["sig"], 16))
+    lens = ref["shingles"].list.len().fill_null(0).to_numpy()
+    assert np.array_equal(got.off, np.concatenate([[0], np.cumsum(lens)]))
+    assert np.array_equal(np.asarray(got.vals), ref["shingles"].explode().drop_nulls().to_numpy())
+    assert isinstance(got.sig, np.memmap) and isinstance(got.vals, np.memmap)
+    assert (tmp_path / "mm" / "sig.npy").exists() and (tmp_path / "mm" / "vals.npy").exists()
+    none = _spill_candidates(files[:1], 16, False, tmp_path / "mm2")  # without verification: no sets
+    assert none.off.tolist() == [0] * 26 and len(none.vals) == 0
