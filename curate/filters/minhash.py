@@ -102,7 +102,7 @@ def compute_signatures(texts: pl.Series, cfg: _Cfg) -> tuple[np.ndarray, np.ndar
         sig = signatures_fast_torch(hv, counts, a, b, "cuda")
     else:
         sig = K.signatures(hv, counts, a, b, _SCHEME_CODE[scheme])
-    return sig.astype(np.uint32), counts
+    return sig.astype(np.uint32, copy=False), counts
 
 
 def _sig_to_binary(sig: np.ndarray) -> pl.Series:
@@ -144,7 +144,7 @@ def _sig_shard(cfg: _Cfg, shard: Path, out: Path) -> None:
     try:
         for batch in read_spill(shard, cols):
             sig, counts = compute_signatures(batch["text"], cfg)
-            keys = K.band_keys(sig.astype(np.uint64), cfg.bands, cfg.rows)
+            keys = K.band_keys(sig, cfg.bands, cfg.rows)  # uint32 in, same keys as from uint64
             df = pl.DataFrame({
                 UID: batch[UID],
                 "n_shingles": pl.Series(counts, dtype=pl.UInt32),

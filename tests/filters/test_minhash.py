@@ -75,6 +75,51 @@ def test_fast_word_kernel_normalises_like_simplify_text(shared_data):
     np.testing.assert_array_equal(c1[-600:], [len(shingles_py(t)) for t in texts[-600:]])  # incl. EDGE
 
 
+def _signatures_numpy(hv: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray, scheme: int) -> np.ndarray:
+    """The three signature schemes written out in numpy, shingle by shingle (the kernel's definition)."""
+    m32 = np.uint64(0xFFFFFFFF)
+
+    def fmix(h: np.ndarray, bits: int) -> np.ndarray:
+        if bits == 64:
+            for c in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+                h = (h ^ (h >> np.uint64(33))) * np.uint64(c)
+            return h ^ (h >> np.uint64(33))
+        h = h & m32
+        for sh, c in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+            h = ((h ^ (h >> np.uint64(sh))) * np.uint64(c)) & m32
+        return h ^ (h >> np.uint64(16))
+
+    out = np.full((len(counts), len(a)), 0xFFFFFFFF, dtype=np.uint64)
+    off = np.concatenate([[0], np.cumsum(counts)])
+    with np.errstate(over="ignore"):
+        for d in range(len(counts)):
+            h = hv[off[d]:off[d + 1]][:, None]
+            if scheme == 0:
+                v = (a * fmix(h, 64) + b) >> np.uint64(32)
+            elif scheme == 1:
+                v = (a * fmix(h, 32) + b) & m32
+            else:
+                v = ((a * h + b) % K.MERSENNE) & m32
+            if len(h):
+                out[d] = v.min(axis=0)
+    return out
+
+
+@pytest.mark.parametrize("scheme,name", [(0, "fast"), (1, "affine32"), (2, "legacy")])
+@pytest.mark.parametrize("num_perm", [112, 7])  # 112: the blocked 4-permutation path; 7: blocks + remainder
+def test_signature_kernel_matches_numpy_reference(scheme, name, num_perm):
+    rng = np.random.default_rng(21)
+    counts = rng.integers(0, 40, 60)
+    counts[[0, 7]] = 0  # empty documents: the all-max signature
+    hv = rng.integers(0, np.iinfo(np.uint64).max, int(counts.sum()), dtype=np.uint64, endpoint=True)
+    a, b = permutations(name, num_perm, 1)
+    sig = K.signatures(hv, counts, a, b, scheme)
+    assert sig.dtype == np.uint32
+    np.testing.assert_array_equal(sig, _signatures_numpy(hv, counts, a, b, scheme))
+    # band keys from the uint32 signatures equal those from the same values as uint64
+    np.testing.assert_array_equal(K.band_keys(sig, 1, num_perm), K.band_keys(sig.astype(np.uint64), 1, num_perm))
+
+
 def test_torch_fast_kernel_matches_numba():
     pytest.importorskip("torch")
     from curate.filters._minhash_torch import signatures_fast_torch
