@@ -21,6 +21,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from curate.core.jit import prepare
+
+prepare()  # numba's registries without SciPy, before any kernel loads (curate/core/jit.py)
+
 U64 = np.uint64
 M32 = np.uint64(0xFFFFFFFF)
 MERSENNE = np.uint64((1 << 61) - 1)

@@ -461,3 +461,55 @@ def test_recall_rule_is_the_default_when_verifying():
     assert s["verify"] is False and (s["bands"], s["rows"]) == optimal_param(0.6, 128)
     # explicit bands/rows and presets are untouched by the rule
     assert MinHashDedup(preset="datatrove", verify=True).settings()["bands"] == 14
+
+
+# ------------------------------------------------------------------------------------------- start-up
+_STARTUP_SCRIPT = r'''
+import json, sys
+import numpy as np
+from numba import njit
+from curate import Pipeline, read, write
+from curate.filters.minhash import MinHashDedup
+
+inp, out = sys.argv[1], sys.argv[2]
+Pipeline(read(inp), MinHashDedup(preset="datatrove"), write(out + "/out", format="jsonl")).run(
+    work_dir=out + "/work", workers=1, progress=False)
+loaded = [m for m in ("scipy.linalg", "pyarrow.compute") if m in sys.modules]
+
+
+@njit
+def corr(x):
+    return np.correlate(x, x)  # numba's inner-product choice is the one thing the hidden probe changes
+
+
+@njit
+def dot(x):
+    return np.dot(x, x)  # BLAS: imports SciPy when compiled, as without curate
+
+
+x = np.arange(4.0)
+print(json.dumps({"loaded": loaded, "corr": corr(x).tolist(), "dot": float(dot(x)),
+                  "scipy_after_dot": "scipy.linalg" in sys.modules}))
+'''
+
+
+def test_minhash_run_loads_neither_scipy_nor_pyarrow_compute(shared_data, tmp_path):
+    """numba's first registry load probes BLAS by importing scipy.linalg (0.3-0.4 CPU-s) and an Arrow cast
+    imports pyarrow.compute: a MinHash run needs neither (curate/core/jit.py); other numba code in the
+    process still gets np.correlate and BLAS np.dot (which imports SciPy when it is compiled)."""
+    import subprocess
+    import sys
+
+    texts = _news(shared_data, 200)
+    texts.append(texts[3])
+    pl.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts}).write_ndjson(tmp_path / "in.jsonl")
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", _STARTUP_SCRIPT, str(tmp_path / "in.jsonl"), str(tmp_path)],
+                       capture_output=True, text=True, cwd=root,
+                       env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["loaded"] == []
+    assert res["corr"] == [14.0] and res["dot"] == 14.0 and res["scipy_after_dot"]
+    kept = pl.read_ndjson(next((tmp_path / "out").rglob("*.jsonl")))
+    assert len({"3", "200"} & set(kept["id"].to_list())) == 1  # the planted copy or its original went
