@@ -122,7 +122,7 @@ def _sig_to_binary(sig: np.ndarray) -> pl.Series:
     offsets = np.arange(sig.shape[0] + 1, dtype=np.int64) * (sig.shape[1] * 4)
     arr = pa.LargeBinaryArray.from_buffers(pa.large_binary(), sig.shape[0],
                                            [None, pa.py_buffer(offsets), pa.py_buffer(sig)])
-    return pl.Series("sig", _ArrowCapsule(arr))
+    return pl.Series(_ArrowCapsule(arr)).alias("sig")  # the C interface carries no name
 
 
 class _ArrowCapsule:
@@ -208,7 +208,8 @@ def _cand_shard(cfg: _Cfg, sig_dir: Path, cand_path: Path, verify: bool, shard: 
             import pyarrow as pa
 
             off = np.concatenate([[0], np.cumsum(ucounts)]).astype(np.int64)
-            sets = pl.Series("shingles", _ArrowCapsule(pa.LargeListArray.from_arrays(off, pa.array(vals, type=pa.uint64()))))
+            sets = pl.Series(_ArrowCapsule(pa.LargeListArray.from_arrays(
+                off, pa.array(vals, type=pa.uint64())))).alias("shingles")
             batch = batch.select(UID, "id").with_columns(sets)
         parts.append(batch)
     ids = pl.concat(parts) if parts else pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String})
