@@ -15,6 +15,7 @@ wall) of its process tree, memory its own peak VmHWM and the tree's summed PSS (
 
     python benchmarks/bench_minhash.py --docs 20000          # all peers, both formats
     python benchmarks/bench_minhash.py --small               # 3,000 docs
+    python benchmarks/bench_minhash.py --docs 20000 --gzip-level 6 --gzip-level 9   # curate's jsonl.gz at both
     python benchmarks/bench_minhash.py --docs 20000 --sig-only   # signatures alone: curate vs datasketch bulk
     python benchmarks/bench_minhash.py --docs 1000000 --only curate --no-truth --cluster-mem   # scale run
 
@@ -174,9 +175,10 @@ def _ext(fmt: str) -> str:
     return ".jsonl.gz" if fmt == "jsonl.gz" else ".jsonl"
 
 
-def child_curate(corpus: Path, res: Path, workers: int, verify: bool, fmt: str) -> None:
+def child_curate(corpus: Path, res: Path, workers: int, verify: bool, fmt: str, level: int | None = None) -> None:
     """curate end to end: the same jsonl input as DataTrove, kept docs and rejects both in ``fmt``
-    (``jsonl`` or ``jsonl.gz``: DataTrove's JsonlWriter without / with its default gzip)."""
+    (``jsonl`` or ``jsonl.gz``: DataTrove's JsonlWriter without / with its default gzip); ``level``: gzip
+    level of jsonl.gz (None: curate's default 6; 9 is what DataTrove's fsspec ``GzipFile`` writes)."""
     from curate import Pipeline, RejectsSpec, read, write
     from curate.filters.minhash import MinHashDedup
 
@@ -185,7 +187,8 @@ def child_curate(corpus: Path, res: Path, workers: int, verify: bool, fmt: str) 
     t, c = time.perf_counter(), cpu_now()
     Pipeline(read(str(corpus / "jsonl" / "corpus.jsonl")),
              MinHashDedup(bands=BANDS, rows=ROWS, threshold=TAU, verify=verify),
-             write(str(d / "out"), format=fmt), RejectsSpec(path=str(d / "rejects"), format=fmt),
+             write(str(d / "out"), format=fmt, compression_level=level),
+             RejectsSpec(path=str(d / "rejects"), format=fmt, compression_level=level),
              ).run(work_dir=str(d / "work"), workers=workers, progress=False)
     secs, cpu = time.perf_counter() - t, cpu_now() - c
     rss = self_rss_mb()
@@ -458,11 +461,15 @@ def main() -> None:
     ap.add_argument("--res", help=argparse.SUPPRESS)
     ap.add_argument("--fmt", default="jsonl", help=argparse.SUPPRESS)
     ap.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--gzip-level", type=int, action="append", default=None,
+                    help="curate's jsonl.gz level(s), repeatable (default: curate's default, 6; 9 = DataTrove's "
+                         "GzipFile level, equal compression)")
     args = ap.parse_args()
     if args.child:
         res = Path(args.res)
         if args.child == "curate":
-            child_curate(Path(args.corpus), res, args.workers, args.verify, args.fmt)
+            child_curate(Path(args.corpus), res, args.workers, args.verify, args.fmt,
+                         args.gzip_level[0] if args.gzip_level else None)
         elif args.child == "cluster":
             child_cluster_stage(res, args.verify)
         else:
@@ -498,13 +505,15 @@ def main() -> None:
 
     fmts = args.formats.split(",")
     for fmt in fmts:  # sides interleaved per format: curate, DataTrove (each tokeniser)
-        if "curate" in only:
-            w = ["--workers", str(args.workers), "--fmt", fmt]
+        levels = (args.gzip_level or [None]) if fmt == "jsonl.gz" else [None]
+        for level in levels if "curate" in only else []:
+            w = ["--workers", str(args.workers), "--fmt", fmt, *(["--gzip-level", str(level)] if level else [])]
+            lv = f", level {level}" if level else ""
             for verify in (False,) if args.no_verify_run else (False, True):
                 tag = "verify" if verify else "noverify"
-                res = WORK / f"res_curate_{n}_{tag}_w{args.workers}_{fmt}"
+                res = WORK / f"res_curate_{n}_{tag}_w{args.workers}_{fmt}{level or ''}"
                 r = run_child("curate", corpus, res, *w, *(["--verify"] if verify else []))
-                report(f"curate {fmt} ({'verify' if verify else 'no verify'}, w={args.workers})", r)
+                report(f"curate {fmt} ({'verify' if verify else 'no verify'}, w={args.workers}{lv})", r)
                 if args.cluster_mem:
                     c = run_child("cluster", corpus, res, *(["--verify"] if verify else []))
                     print(f"  clustering stage alone: {c['seconds']:.1f}s, RSS {c['baseline_rss_mb']:.0f} MB after "
@@ -524,11 +533,10 @@ def main() -> None:
         else:
             print(f"datasketch: no venv at {args.datasketch_python} (benchmarks/setup_peers.sh)")
     for fmt in fmts:
-        cur = rows.get(f"curate {fmt} (no verify, w={args.workers})")
-        if cur:
+        for cname, cur in [(k, v) for k, v in rows.items() if k.startswith(f"curate {fmt} (no verify")]:
             for name, r in rows.items():
                 if "curate" not in name and (fmt in name.split(" ")[1:2] or "datasketch" in name):
-                    print(f"ratio curate {fmt} (no verify) / {name}: end to end CPU {r['cpu'] / cur['cpu']:.1f}x "
+                    print(f"ratio {cname} / {name}: end to end CPU {r['cpu'] / cur['cpu']:.1f}x "
                           f"(wall {r['wall'] / cur['wall']:.1f}x), work alone CPU "
                           f"{r['cpu_work'] / cur['cpu_work']:.1f}x (wall {r['steady'] / cur['steady']:.1f}x)")
 

@@ -21,6 +21,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from curate.core.jit import prepare
+
+prepare()  # numba's registries without SciPy, before any kernel loads (curate/core/jit.py)
+
 U64 = np.uint64
 M32 = np.uint64(0xFFFFFFFF)
 MERSENNE = np.uint64((1 << 61) - 1)
@@ -270,35 +274,63 @@ def fmix32(h):
 
 @njit(cache=True)
 def signatures(hv, counts, a, b, scheme):
-    """MinHash signatures (docs x K) from per-document shingle hashes ``hv`` (concatenated, ``counts``
-    per doc). scheme 0 = fast (uint32 out), 1 = affine32 (uint32), 2 = legacy (uint64 values < 2^32).
-    Documents without shingles get the all-max signature (datasketch's empty MinHash)."""
+    """MinHash signatures (docs x K, uint32) from per-document shingle hashes ``hv`` (concatenated,
+    ``counts`` per doc). scheme 0 = fast, 1 = affine32, 2 = legacy (all values < 2^32). Documents without
+    shingles get the all-max signature (datasketch's empty MinHash).
+
+    Loop order (why): per document the shingle hashes are finalised once into a scratch run, then each
+    permutation (four at a time for ``fast``) is one pass over that run with its minimum in a register,
+    so the inner loop is a load + multiply-add + min that LLVM vectorises; the earlier order (per shingle,
+    update all K minima in memory) paid a load and a store of the signature row per multiply. Same bits
+    as before (``tests/filters/test_minhash.py`` checks a numpy reference and datasketch)."""
     ndoc = counts.shape[0]
     k = a.shape[0]
-    sig = np.full((ndoc, k), M32, dtype=np.uint64)
+    sig = np.empty((ndoc, k), dtype=np.uint32)
+    mx = 0
+    for d in range(ndoc):
+        mx = max(mx, counts[d])
+    tmp = np.empty(mx, dtype=np.uint64)
     pos = 0
     for d in range(ndoc):
-        row = sig[d]
-        for s in range(pos, pos + counts[d]):
-            h = hv[s]
+        c = counts[d]
+        if scheme == 0:
+            for s in range(c):
+                tmp[s] = fmix64(hv[pos + s])
+        elif scheme == 1:
+            for s in range(c):
+                tmp[s] = fmix32(hv[pos + s] & M32)
+        else:
+            for s in range(c):
+                tmp[s] = hv[pos + s]
+        j = 0
+        if scheme == 0:
+            while j + 4 <= k:
+                a0, a1, a2, a3 = a[j], a[j + 1], a[j + 2], a[j + 3]
+                b0, b1, b2, b3 = b[j], b[j + 1], b[j + 2], b[j + 3]
+                m0 = m1 = m2 = m3 = M32
+                for s in range(c):
+                    h = tmp[s]
+                    m0 = min(m0, (a0 * h + b0) >> U64(32))
+                    m1 = min(m1, (a1 * h + b1) >> U64(32))
+                    m2 = min(m2, (a2 * h + b2) >> U64(32))
+                    m3 = min(m3, (a3 * h + b3) >> U64(32))
+                sig[d, j], sig[d, j + 1], sig[d, j + 2], sig[d, j + 3] = m0, m1, m2, m3
+                j += 4
+        while j < k:
+            aj, bj = a[j], b[j]
+            m = M32
             if scheme == 0:
-                h = fmix64(h)
-                for j in range(k):
-                    v = (a[j] * h + b[j]) >> U64(32)
-                    if v < row[j]:
-                        row[j] = v
+                for s in range(c):
+                    m = min(m, (aj * tmp[s] + bj) >> U64(32))
             elif scheme == 1:
-                h = fmix32(h & M32)
-                for j in range(k):
-                    v = (a[j] * h + b[j]) & M32
-                    if v < row[j]:
-                        row[j] = v
+                for s in range(c):
+                    m = min(m, (aj * tmp[s] + bj) & M32)
             else:
-                for j in range(k):
-                    v = ((a[j] * h + b[j]) % MERSENNE) & M32
-                    if v < row[j]:
-                        row[j] = v
-        pos += counts[d]
+                for s in range(c):
+                    m = min(m, ((aj * tmp[s] + bj) % MERSENNE) & M32)
+            sig[d, j] = m
+            j += 1
+        pos += c
     return sig
 
 

@@ -17,7 +17,9 @@ from pydantic import Field, model_validator
 from curate.core.operator import UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
 from curate.core.text import simplify_text
-from curate.filters import _minhash_kernels as K
+
+# _minhash_kernels (numba) is imported inside the functions that run kernels: reading the operator
+# registry must not load numba (curate/filters/__init__.py), and that import loads its registries.
 from curate.filters._minhash_params import PRESETS, optimal_param, permutations, recall_param
 from curate.models.device import resolve_device
 
@@ -57,6 +59,8 @@ def shingle_hashes(texts: pl.Series, *, shingle: str, ngram: int, normalize: boo
     word shingle is the n words joined by one space (normalised text has single spaces); a char shingle
     is n code points. Texts with fewer than n words (chars) have no shingle.
     """
+    from curate.filters import _minhash_kernels as K
+
     if shingle == "word" and kind == 0:
         if normalize:  # the kernel normalises ASCII itself; only non-ASCII texts need the regex pass
             texts = texts.fill_null("")
@@ -92,6 +96,8 @@ class _Cfg:
 
 def compute_signatures(texts: pl.Series, cfg: _Cfg) -> tuple[np.ndarray, np.ndarray]:
     """MinHash signatures (docs x num_perm, uint32) and shingle counts for a batch of texts."""
+    from curate.filters import _minhash_kernels as K
+
     scheme, kind = _SCHEMES[cfg.hash]
     a, b = permutations(scheme, cfg.num_perm, cfg.seed)
     hv, counts = shingle_hashes(texts, shingle=cfg.shingle, ngram=cfg.ngram, normalize=cfg.normalize,
@@ -102,7 +108,7 @@ def compute_signatures(texts: pl.Series, cfg: _Cfg) -> tuple[np.ndarray, np.ndar
         sig = signatures_fast_torch(hv, counts, a, b, "cuda")
     else:
         sig = K.signatures(hv, counts, a, b, _SCHEME_CODE[scheme])
-    return sig.astype(np.uint32), counts
+    return sig.astype(np.uint32, copy=False), counts
 
 
 def _sig_to_binary(sig: np.ndarray) -> pl.Series:
@@ -111,9 +117,23 @@ def _sig_to_binary(sig: np.ndarray) -> pl.Series:
     import pyarrow as pa
 
     sig = np.ascontiguousarray(sig, dtype="<u4")
-    width = sig.shape[1] * 4
-    arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), sig.shape[0], [None, pa.py_buffer(sig)])
-    return pl.Series("sig", arr.cast(pa.large_binary()))
+    # built as large_binary from its buffers (offsets are multiples of the width): no Arrow cast, whose
+    # first use imports pyarrow.compute (~0.1 CPU-s of start-up in a fresh worker)
+    offsets = np.arange(sig.shape[0] + 1, dtype=np.int64) * (sig.shape[1] * 4)
+    arr = pa.LargeBinaryArray.from_buffers(pa.large_binary(), sig.shape[0],
+                                           [None, pa.py_buffer(offsets), pa.py_buffer(sig)])
+    return pl.Series(_ArrowCapsule(arr)).alias("sig")  # the C interface carries no name
+
+
+class _ArrowCapsule:
+    """An Arrow array seen only through the C data interface: polars then imports it without the
+    pyarrow conversion path, which imports pyarrow.compute."""
+
+    def __init__(self, arr) -> None:  # noqa: ANN001 (a pyarrow.Array)
+        self.arr = arr
+
+    def __arrow_c_array__(self, requested_schema=None):  # noqa: ANN001, ANN204
+        return self.arr.__arrow_c_array__(requested_schema)
 
 
 def _sig_from_binary(col: pl.Series, k: int) -> np.ndarray:
@@ -123,7 +143,8 @@ def _sig_from_binary(col: pl.Series, k: int) -> np.ndarray:
     arr = col.to_arrow()
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    arr = arr.cast(pa.large_binary())
+    if arr.type != pa.large_binary():  # polars exports Binary as large_binary: no cast (pyarrow.compute)
+        arr = arr.cast(pa.large_binary())
     off = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if len(arr) else np.zeros(0, dtype=np.uint8)
     if len(arr) and not (np.diff(off) == 4 * k).all():
@@ -135,6 +156,7 @@ def _sig_shard(cfg: _Cfg, shard: Path, out: Path) -> None:
     """Per shard: UID, shingle count, length, keep score, band keys and signature -> parquet."""
     import pyarrow.parquet as pq
 
+    from curate.filters import _minhash_kernels as K
     from curate.io.spill import read_spill
 
     cols = [UID, "text"] + ([cfg.score_column] if cfg.score_column else [])
@@ -144,7 +166,7 @@ def _sig_shard(cfg: _Cfg, shard: Path, out: Path) -> None:
     try:
         for batch in read_spill(shard, cols):
             sig, counts = compute_signatures(batch["text"], cfg)
-            keys = K.band_keys(sig.astype(np.uint64), cfg.bands, cfg.rows)
+            keys = K.band_keys(sig, cfg.bands, cfg.rows)  # uint32 in, same keys as from uint64
             df = pl.DataFrame({
                 UID: batch[UID],
                 "n_shingles": pl.Series(counts, dtype=pl.UInt32),
@@ -168,6 +190,7 @@ def _sig_shard(cfg: _Cfg, shard: Path, out: Path) -> None:
 def _cand_shard(cfg: _Cfg, sig_dir: Path, cand_path: Path, verify: bool, shard: Path, out: Path) -> None:
     """Per shard, for candidate docs only: id, length, score, signature and (if verifying) the sorted
     unique 64-bit hashes of its shingles."""
+    from curate.filters import _minhash_kernels as K
     from curate.io.spill import read_spill
 
     cand = pl.read_parquet(cand_path)
@@ -185,7 +208,8 @@ def _cand_shard(cfg: _Cfg, sig_dir: Path, cand_path: Path, verify: bool, shard: 
             import pyarrow as pa
 
             off = np.concatenate([[0], np.cumsum(ucounts)]).astype(np.int64)
-            sets = pl.Series("shingles", pa.LargeListArray.from_arrays(off, pa.array(vals, type=pa.uint64())))
+            sets = pl.Series(_ArrowCapsule(pa.LargeListArray.from_arrays(
+                off, pa.array(vals, type=pa.uint64())))).alias("shingles")
             batch = batch.select(UID, "id").with_columns(sets)
         parts.append(batch)
     ids = pl.concat(parts) if parts else pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String})
@@ -505,6 +529,8 @@ def _cluster(c: _Cands, pair_files: list[Path], s: dict, stats: dict) -> pl.Data
     """Union the buckets band by band (verified if asked), pick the kept doc per cluster; returns the state
     rows of clustered docs. Without verification every bucket is one clique (DataTrove's semantics); with
     it, see :func:`~curate.filters._minhash_kernels.verify_buckets`."""
+    from curate.filters import _minhash_kernels as K
+
     cands = c.meta
     uids = cands[UID].to_numpy()
     sig, off, vals = c.sig, c.off, c.vals
