@@ -8,7 +8,7 @@ import logging
 import math
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -136,16 +136,23 @@ class _ArrowCapsule:
         return self.arr.__arrow_c_array__(requested_schema)
 
 
-def _sig_from_binary(col: pl.Series, k: int) -> np.ndarray:
-    """Inverse of :func:`_sig_to_binary`: docs x K uint32."""
+def _sig_from_binary(col: Any, k: int) -> np.ndarray:
+    """Inverse of :func:`_sig_to_binary`: docs x K uint32, from a polars Series or an Arrow (chunked) array
+    (wrapping Arrow in a Series imports pyarrow.compute)."""
     import pyarrow as pa
 
-    arr = col.to_arrow()
+    arr = col.to_arrow() if isinstance(col, pl.Series) else col
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    if arr.type != pa.large_binary():  # polars exports Binary as large_binary: no cast (pyarrow.compute)
-        arr = arr.cast(pa.large_binary())
-    off = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+    # polars exports Binary as large_binary, a parquet file read by pyarrow gives binary: read either's
+    # offsets as they are (a cast would import pyarrow.compute, 0.1-0.2 CPU-s of start-up)
+    if arr.type == pa.binary():
+        width = np.int32
+    else:
+        if arr.type != pa.large_binary():
+            arr = arr.cast(pa.large_binary())
+        width = np.int64
+    off = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset: arr.offset + len(arr) + 1].astype(np.int64)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if len(arr) else np.zeros(0, dtype=np.uint8)
     if len(arr) and not (np.diff(off) == 4 * k).all():
         raise ValueError("signature blobs of unexpected width")
@@ -489,7 +496,7 @@ def _spill_candidates(cand_files: list[Path], k: int, verify: bool, out_dir: Pat
     for f in cand_files:
         metas.append(pl.read_parquet(f, columns=[UID, "id", "length", "score"]))
         if verify:
-            off_f, _ = _list_parts(pq.read_table(f, columns=["shingles"]).column(0))
+            off_f, _ = _list_parts(pq.ParquetFile(f).read(columns=["shingles"]).column(0))
             lens.append(np.diff(off_f))
     meta = pl.concat(metas)
     n = meta.height
@@ -509,10 +516,11 @@ def _spill_candidates(cand_files: list[Path], k: int, verify: bool, out_dir: Pat
     sig, vals = mm("sig.npy", "<u4", (n, k)), mm("vals.npy", "<u8", (int(off[-1]),))
     start = 0
     for f in cand_files:
-        t = pq.read_table(f, columns=["sig"] + (["shingles"] if verify else []))
+        # ParquetFile.read, not read_table: read_table's dataset layer imports pandas and pyarrow.compute
+        t = pq.ParquetFile(f).read(columns=["sig"] + (["shingles"] if verify else []))
         p = pos[start: start + t.num_rows]
         start += t.num_rows
-        sig[p] = _sig_from_binary(pl.Series(t.column("sig")), k)
+        sig[p] = _sig_from_binary(t.column("sig"), k)
         if verify:
             off_f, vals_f = _list_parts(t.column("shingles"))
             lens_f = np.diff(off_f)
