@@ -380,7 +380,7 @@ def main() -> None:
         cratio = r["tokens_per_cpu_s"] / trl["tokens_per_cpu_s"] if trl.get("tokens_per_cpu_s") else nan
         cells = []
         for e in eps:
-            b = build if key.startswith("curate_cache") else None
+            b = build if key.startswith("curate_cache_") else None  # cache1proc: its build is in its own start-up
             mine, mine_w = end_to_end(r, e, spe, b), end_to_end(r, e, spe, b, cpu=False)
             other = end_to_end(trl, e, spe) if trl.get("step_cpu") else nan
             other_w = end_to_end(trl, e, spe, cpu=False) if trl.get("step_times") else nan
