@@ -9,7 +9,11 @@ Loss: generalized JSD with beta=0 (forward KL) and beta=0.5, off-policy (TRL lmb
 Variants, each in a fresh process, all run for ``--epochs`` passes over the same ``--n`` sequences:
   curate online full-vocab (beta 0, 0.5) | TRL GKDTrainer online full-vocab (beta 0, 0.5)
   curate online top-k (k=16): the teacher's top-16 + tail bucket computed online -- the cached objective
-  curate cached top-k (k=16): the cache build (its own process, start-up included) + training on it
+  curate cached top-k (k=16): the cache build (its own process, start-up included) + training on it (a
+    process of its own that loads no teacher)
+  curate cached top-k, one process (``cache1``): loads the teacher, builds the cache, drops the teacher and
+    trains on the cache -- what ``curate distill`` runs with ``teacher_signal.mode: cache`` (its "start-up"
+    column includes the build)
 TRL runs from its own venv, at curate's transformers and torch versions (benchmarks/setup_peers.sh):
   --trl-python .peers/trl/bin/python   (or CURATE_PEERS=DIR)
 Figures per variant: start-up (process start to the first step: imports, model loads, trainer set-up; =
@@ -17,6 +21,10 @@ process wall - training wall), steady-state tokens/s (steps after ``--warmup``, 
 side), and end to end for 1 and for ``--epochs`` epochs = start-up + every step of those epochs (+ the
 cache build, start-up included, for the cached run). Memory: each process's own peak (VmHWM, sampled from
 outside and read by the process itself) and its PSS (benchmarks/_mem.py), never an inherited ru_maxrss.
+
+Allocator: ``--malloc tuned`` starts every side's process with glibc's trimming and mmap off
+(``TUNED_MALLOC``); the default leaves glibc as it is (curate's trainer still applies its own
+``keep_freed_memory``). Compare both sides under the same setting.
 
     python benchmarks/bench_distill.py --small       # 1 epoch of 24 sequences, CPU, a few minutes
     python benchmarks/bench_distill.py --n 40 --epochs 3
@@ -38,6 +46,8 @@ from _mem import load, measure, self_hwm_mb  # noqa: E402
 WORK = ROOT / "benchmarks" / "_work" / "distill"
 PEERS = Path(os.environ.get("CURATE_PEERS", ROOT / ".peers"))  # benchmarks/setup_peers.sh
 SEQ, BATCH = 128, 4
+# --malloc tuned: glibc settings under which TRL ran 42 % faster (its 100 MB logits are re-faulted each step)
+TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
 
 
 def _rss_mb() -> float:
@@ -120,13 +130,15 @@ def worker_curate(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     seqs, n_prompt = _load_data(args.n)
     data = TokenData(seqs, n_prompt)
-    teacher = AutoModelForCausalLM.from_pretrained(WORK / "teacher", dtype=torch.float32)
-    cache = None
-    if args.mode == "cache":
+    teacher = cache = None
+    if args.mode == "cache":  # trains from a cache built by its own process: no teacher to load
         from curate.distill.cache import TeacherCache
 
         cache = TeacherCache(WORK / f"cache_k{args.k}_{args.n}")
-        teacher = None
+    elif args.mode == "cache_inproc":  # `curate distill`'s way: one process builds the cache, then trains on it
+        cache = _build_cache(args, WORK / f"cache_inproc_k{args.k}_{args.n}")
+    else:
+        teacher = AutoModelForCausalLM.from_pretrained(WORK / "teacher", dtype=torch.float32)
     signal = None
     if args.mode == "online_topk":  # the cached run's objective (top-k + tail bucket), teacher run online
         signal = OnlineTopK(args.k)
@@ -152,7 +164,9 @@ def worker_curate(args: argparse.Namespace) -> dict:
         last[:] = [now, c]
 
     tr.train(on_step=on_step)
-    return {**_step_stats(times, cpus, args.warmup), "peak_rss_mb": _rss_mb(), "final_loss": tr.history[-1]["loss"]}
+    built = {"build_s": cache.build_s, "build_cpu_s": cache.build_cpu_s} if hasattr(cache, "build_s") else {}
+    return {**_step_stats(times, cpus, args.warmup), "peak_rss_mb": _rss_mb(), "final_loss": tr.history[-1]["loss"],
+            **built}
 
 
 class OnlineTopK:
@@ -175,8 +189,9 @@ class OnlineTopK:
         return TopKTargets(TopK.from_logits(t.chunk(0, mb.n), self.k))
 
 
-def worker_cache(args: argparse.Namespace) -> dict:
-    sys.path.insert(0, str(ROOT))
+def _build_cache(args: argparse.Namespace, d: Path):  # noqa: ANN202
+    """Load the teacher, build the top-k cache of the data into ``d`` (from scratch), return it; the teacher
+    is dropped before returning (the training after it never needs it)."""
     import shutil
 
     import torch
@@ -185,16 +200,25 @@ def worker_cache(args: argparse.Namespace) -> dict:
     from curate.distill.cache import build_teacher_cache
     from curate.models.teacher import LocalHFTeacher
 
-    torch.set_num_threads(args.threads)
     seqs, _ = _load_data(args.n)
     teacher = AutoModelForCausalLM.from_pretrained(WORK / "teacher", dtype=torch.float32)
     backend = LocalHFTeacher(teacher, device="cpu", tokenizer=AutoTokenizer.from_pretrained(WORK / "teacher"),
                              name="smollm2-135m")
-    d = WORK / f"cache_k{args.k}_{args.n}"
     shutil.rmtree(d, ignore_errors=True)
     t0, c0 = time.perf_counter(), time.process_time()
     cache = build_teacher_cache(backend, (seqs[i:i + BATCH] for i in range(0, len(seqs), BATCH)), d, k=args.k)
-    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    cache.build_s, cache.build_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    return cache
+
+
+def worker_cache(args: argparse.Namespace) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    seqs, _ = _load_data(args.n)
+    cache = _build_cache(args, WORK / f"cache_k{args.k}_{args.n}")
+    secs, cpu = cache.build_s, cache.build_cpu_s
     mass = torch.stack([(1 - cache[i].topk.tail_logmass.exp()).mean() for i in range(len(cache))]).mean()
     return {"build_s": secs, "s_per_sample": secs / len(seqs), "bytes_per_token": cache.meta["bytes_per_token"],
             "topk_mass": float(mass), "peak_rss_mb": _rss_mb(), "train_s": secs, "train_cpu_s": cpu}
@@ -258,6 +282,8 @@ def _run(py: str, worker: str, extra: list[str], a: argparse.Namespace) -> dict:
     cmd = [py, str(Path(__file__).resolve()), "--worker", worker, "--n", str(a.n), "--steps", str(a.steps),
            "--warmup", str(a.warmup), "--threads", str(a.threads), "--k", str(a.k), *extra]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    if a.malloc == "tuned":  # every side alike: glibc never trims nor mmaps (freed blocks are reused, no faults)
+        env.update(TUNED_MALLOC)
     if py != sys.executable:
         env["PYTHONPATH"] = ""  # the peer's venv only
     m = measure(cmd, env=env, cwd=ROOT, capture=True)
@@ -292,10 +318,13 @@ def main() -> None:
     ap.add_argument("--skip-cache", action="store_true")
     ap.add_argument("--trl-first", action="store_true", help="run TRL before curate (to check order effects)")
     ap.add_argument("--betas", default="0.0,0.5")
-    ap.add_argument("--only", default="online,topk,cache",
-                    help="variant groups to run: online (curate + TRL), topk (online top-k), cache (build + cached)")
+    ap.add_argument("--only", default="online,topk,cache,cache1",
+                    help="variant groups to run: online (curate + TRL), topk (online top-k), cache (build + cached, "
+                         "two processes), cache1 (one process builds the cache then trains, as `curate distill`)")
     ap.add_argument("--trl-python", default=str(PEERS / "trl" / "bin" / "python"),
                     help="TRL's venv python (benchmarks/setup_peers.sh; env CURATE_PEERS sets the folder)")
+    ap.add_argument("--malloc", choices=("default", "tuned"), default="default",
+                    help="glibc allocator settings of every side's process: default, or tuned (TUNED_MALLOC)")
     ap.add_argument("--worker", default=None)
     ap.add_argument("--mode", default="online")
     ap.add_argument("--beta", type=float, default=0.0)
@@ -312,7 +341,7 @@ def main() -> None:
     prepare(a.n)
     trl_py = Path(a.trl_python)
     res: dict = {"load_avg_at_start": os.getloadavg(), "n": a.n, "epochs": a.epochs, "steps": a.steps,
-                 "warmup": a.warmup, "batch": BATCH, "seq": SEQ, "threads": a.threads, "k": a.k,
+                 "warmup": a.warmup, "batch": BATCH, "seq": SEQ, "threads": a.threads, "k": a.k, "malloc": a.malloc,
                  "transformers_curate": __import__("transformers").__version__}
     py = sys.executable
     betas = [float(b) for b in a.betas.split(",")]
@@ -333,6 +362,9 @@ def main() -> None:
         print(f"cache build k={a.k}: {res['cache_build']}", flush=True)
         res["curate_cache_beta0.0"] = _run(py, "curate", ["--mode", "cache", "--beta", "0.0"], a)
         print(f"curate cached top-{a.k} beta=0: {res['curate_cache_beta0.0']}", flush=True)
+    if "cache1" in only:
+        res["curate_cache1proc_beta0.0"] = _run(py, "curate", ["--mode", "cache_inproc", "--beta", "0.0"], a)
+        print(f"curate build + cached top-{a.k} in one process: {res['curate_cache1proc_beta0.0']}", flush=True)
     eps = sorted({1, a.epochs})
     head = " | ".join(f"end to end {e} ep CPU s (wall s) | vs TRL CPU (wall)" for e in eps)
     print(f"\n| variant | start-up CPU s (wall s) | steady tokens/CPU-s | vs TRL | tokens/s wall | vs TRL | {head} "
@@ -348,7 +380,7 @@ def main() -> None:
         cratio = r["tokens_per_cpu_s"] / trl["tokens_per_cpu_s"] if trl.get("tokens_per_cpu_s") else nan
         cells = []
         for e in eps:
-            b = build if key.startswith("curate_cache") else None
+            b = build if key.startswith("curate_cache_") else None  # cache1proc: its build is in its own start-up
             mine, mine_w = end_to_end(r, e, spe, b), end_to_end(r, e, spe, b, cpu=False)
             other = end_to_end(trl, e, spe) if trl.get("step_cpu") else nan
             other_w = end_to_end(trl, e, spe, cpu=False) if trl.get("step_times") else nan

@@ -278,6 +278,6 @@ def lm_parts(model: Any) -> tuple[Any, Any] | None:
     return base, head
 
 
-def hidden_states(base: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def hidden_states(base: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """The decoder's last hidden states ``[B, T, H]`` (no KV cache)."""
     return base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

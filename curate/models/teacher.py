@@ -101,8 +101,59 @@ def weights_hash(model: Any) -> str:
         for name, t in model.state_dict().items():
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
             t = t.detach().to("cpu").contiguous()
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            if t.numel():  # the bytes through the buffer protocol: no copy of the weights (540 MB for SmolLM2)
+                h.update(t.view(torch.uint8).numpy())
     return h.hexdigest()
+
+
+TOPK_CHUNK_ROWS = 256  # rows of logits alive at a time in topk_from_hidden: 256 x 49,152 fp32 = 50 MB
+
+
+def topk_from_hidden(h: torch.Tensor, head: Any, k: int, *, chunk: int = TOPK_CHUNK_ROWS,
+                     buf: torch.Tensor | None = None) -> tuple[TopK, torch.Tensor | None]:
+    """Top-k log-probs and the exact tail log-mass of ``head(h)`` for hidden rows ``h`` ``[n, H]``, ``chunk``
+    rows at a time; returns the :class:`TopK` ``[n, k]`` and the logits buffer (reuse it for the next call).
+
+    What :meth:`TopK.from_logits` computes, in fewer passes over each ``[chunk, V]`` block and in place:
+    ``lse = logsumexp(logits)``; the top-k of the logits are the top-k of the log-probs (a shift by the
+    row's constant), so ``logprobs = top-k logits - lse``; the tail is ``logsumexp`` of the logits with the
+    top-k set to ``-inf`` (in the block itself, no scattered copy) minus ``lse`` -- a logsumexp over the
+    non-top-k tokens as before, never ``log(1 - sum)``. A bias-free fp32 ``nn.Linear`` head writes its
+    logits into ``buf`` (on CPU a fresh 50 MB block per chunk costs page faults); other heads run as
+    modules, their logits upcast to float32 like ``from_logits`` does."""
+    import torch
+
+    n = h.shape[0]
+    w = getattr(head, "weight", None)
+    plain = (type(head) is torch.nn.Linear and head.bias is None and w is not None
+             and w.dtype == h.dtype == torch.float32)
+    v = int(w.shape[0]) if plain else None
+    ids_out = vals_out = tail_out = None
+    for a in range(0, n, chunk):
+        e = min(n, a + chunk)
+        if plain:
+            if buf is None or buf.shape[0] < e - a or buf.shape[1] != v or buf.device != h.device:
+                buf = torch.empty((min(chunk, n), v), dtype=torch.float32, device=h.device)
+            lo = torch.mm(h[a:e], w.t(), out=buf[: e - a])
+        else:
+            lo = head(h[a:e]).float()
+        kk = min(int(k), lo.shape[-1])
+        if ids_out is None:
+            ids_out = torch.empty((n, kk), dtype=torch.long, device=h.device)
+            vals_out = torch.empty((n, kk), dtype=torch.float32, device=h.device)
+            tail_out = torch.empty((n,), dtype=torch.float32, device=h.device)
+        lse = torch.logsumexp(lo, -1, keepdim=True)
+        top, ids = lo.topk(kk, dim=-1, sorted=True)
+        torch.sub(top, lse, out=vals_out[a:e])
+        ids_out[a:e] = ids
+        lo.scatter_(-1, ids, float("-inf"))  # the block is ours: the tail's logsumexp runs on it in place
+        torch.sub(torch.logsumexp(lo, -1), lse.squeeze(-1), out=tail_out[a:e])
+    if ids_out is None:  # no rows
+        kk = int(k)
+        ids_out = torch.empty((0, kk), dtype=torch.long, device=h.device)
+        vals_out = torch.empty((0, kk), dtype=torch.float32, device=h.device)
+        tail_out = torch.empty((0,), dtype=torch.float32, device=h.device)
+    return TopK(ids_out, vals_out, tail_out), buf
 
 
 # ----------------------------------------------------------------------------------------------- local model
@@ -148,6 +199,7 @@ class LocalHFTeacher:
             p.requires_grad_(False)
         self.name = name or self.path or f"{type(model).__name__}:{config_hash(model.config)}"
         self._weights_hash: str | None = None
+        self._head_buf: torch.Tensor | None = None  # topk_logprobs' reused [chunk, V] logits block
 
     def _load(self, path: Path, gguf_file: str | None, dtype: Any) -> tuple[Any, Any]:
         from curate.models.causal_lm import load_causal_lm
@@ -209,8 +261,24 @@ class LocalHFTeacher:
         return out.logits.float()
 
     def topk_logprobs(self, input_ids: Any, attention_mask: Any = None, k: int = 16) -> TopK:
-        """Top-k log-probs at T=1 ``[B, T, k]`` plus the exact tail log-mass ``[B, T]`` (on the model's device)."""
-        return TopK.from_logits(self.logits(input_ids, attention_mask), k)
+        """Top-k log-probs at T=1 ``[B, T, k]`` plus the exact tail log-mass ``[B, T]`` (on the model's device).
+
+        The same values as ``TopK.from_logits(self.logits(...), k)`` up to float rounding, computed from the
+        decoder's hidden states ``TOPK_CHUNK_ROWS`` rows at a time (:func:`topk_from_hidden`), so no
+        ``[B, T, V]`` logits tensor is built; models whose logits are not ``head(hidden)`` take the full path."""
+        import torch
+
+        from curate.models.causal_lm import hidden_states, lm_parts
+
+        parts = lm_parts(self.model)
+        if parts is None:
+            return TopK.from_logits(self.logits(input_ids, attention_mask), k)
+        ids, mask = self._inputs(input_ids, attention_mask)
+        with torch.no_grad():
+            h = hidden_states(parts[0], ids, mask)  # what self.model(...) runs before its head
+            b, t, _ = h.shape
+            tk, self._head_buf = topk_from_hidden(h.reshape(b * t, -1), parts[1], k, buf=self._head_buf)
+        return TopK(tk.ids.reshape(b, t, -1), tk.logprobs.reshape(b, t, -1), tk.tail_logmass.reshape(b, t))
 
     def generate(
         self,

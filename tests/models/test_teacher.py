@@ -88,6 +88,51 @@ def test_topk_logprobs(tiny):
     assert torch.isinf(full.tail_logmass).all()
 
 
+def _reference_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 reference: log_softmax, its top-k, and the logsumexp of everything outside the top-k."""
+    lp = torch.log_softmax(logits.double(), -1)
+    vals, ids = lp.topk(k, -1)
+    tail = torch.logsumexp(lp.scatter(-1, ids, float("-inf")), -1)
+    return vals, ids, tail
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_topk_matches_float64_reference(dtype):
+    """topk_logprobs goes through topk_from_hidden (hidden states, head per chunk, in-place tail); against a
+    float64 log_softmax of the model's own logits, over several chunks, with padding, and for the head run
+    as a module (bf16: no fp32 buffer)."""
+    from curate.models.teacher import topk_from_hidden
+
+    model = tiny_llama(seed=3).to(dtype)
+    t = LocalHFTeacher(model, device="cpu")
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, 256, (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 7:] = 0
+    k = 10
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        hid = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    ref_v, ref_i, ref_t = _reference_topk(logits, k)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    tk = t.topk_logprobs(ids, mask, k)
+    assert tk.ids.shape == (3, 11, k) and tk.tail_logmass.shape == (3, 11) and tk.logprobs.dtype == torch.float32
+    assert torch.allclose(tk.logprobs.double(), ref_v, atol=tol)
+    assert torch.allclose(tk.tail_logmass.double(), ref_t, atol=tol)
+    lp = torch.log_softmax(logits.double(), -1)
+    assert torch.allclose(lp.gather(-1, tk.ids), ref_v, atol=tol)  # the ids are a top-k (ties aside)
+    for chunk in (4, 7, 33, 1000):  # chunk boundaries inside a row block, a single chunk
+        got, buf = topk_from_hidden(hid.reshape(33, -1), model.lm_head, k, chunk=chunk)
+        assert torch.allclose(got.logprobs.double(), ref_v.reshape(33, k), atol=tol)
+        assert torch.allclose(got.tail_logmass.double(), ref_t.reshape(33), atol=tol)
+        assert (buf is not None) == (dtype == torch.float32)
+        again, _ = topk_from_hidden(hid.reshape(33, -1), model.lm_head, k, chunk=chunk, buf=buf)  # reused buffer
+        assert torch.equal(again.ids, got.ids) and torch.equal(again.tail_logmass, got.tail_logmass)
+    full, _ = topk_from_hidden(hid.reshape(33, -1), model.lm_head, MODEL_VOCAB, chunk=8)
+    assert torch.isinf(full.tail_logmass).all() and torch.allclose(
+        full.logprobs.double(), lp.reshape(33, -1).sort(-1, descending=True).values, atol=tol)
+
+
 def test_generate_greedy_matches_manual_decoding_and_seeded_sampling(tiny):
     model, t = tiny
     tok = t.tokenizer
