@@ -28,8 +28,10 @@ from numba import njit
 from curate.core.text import PUNCTUATION
 
 #: class bits of a code point (``_CLASS`` table): \\w, \\s, [^\\W\\d_] (a letter-like word character),
-#: in DataTrove's PUNCTUATION set, and "classified already"
-W, S, A, P, KNOWN = 1, 2, 4, 8, 128
+#: in DataTrove's PUNCTUATION set, \\d (C4's citation markers), "non-ASCII whose lowercase has an ASCII
+#: character" (U+0130, the Kelvin sign: C4's phrase checks send such text to the polars path), and
+#: "classified already"
+W, S, A, P, D, LA, KNOWN = 1, 2, 4, 8, 16, 32, 128
 #: flag bits of a token: every character is punctuation (Gopher's "symbol" word); it has a letter
 TOK_PUNCT, TOK_ALPHA = 1, 2
 
@@ -47,7 +49,11 @@ def _classify(cps: np.ndarray) -> None:
         (pl.col("c").str.contains(r"^\w$").cast(pl.UInt8) * W
          + pl.col("c").str.contains(r"^\s$").cast(pl.UInt8) * S
          + pl.col("c").str.contains(r"^[^\W\d_]$").cast(pl.UInt8) * A
-         + pl.col("c").str.contains(_PUNCT_CLASS).cast(pl.UInt8) * P + KNOWN).alias("b")).to_series()
+         + pl.col("c").str.contains(_PUNCT_CLASS).cast(pl.UInt8) * P
+         + pl.col("c").str.contains(r"^\d$").cast(pl.UInt8) * D
+         + (~pl.col("c").str.contains(r"^[\x00-\x7F]$")
+            & pl.col("c").str.to_lowercase().str.contains(r"[\x00-\x7F]")).cast(pl.UInt8) * LA
+         + KNOWN).alias("b")).to_series()
     _CLASS[cps] = bits.to_numpy().astype(np.uint8)
 
 

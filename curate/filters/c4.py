@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import polars as pl
 from pydantic import Field
 
@@ -78,6 +79,41 @@ class C4Quality(Filter):
         self._ctx = ctx
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The line rules of every document in one numba pass over the batch's bytes
+        (:func:`curate.filters._c4_kernel.c4_lines`); documents the kernel cannot lower-case exactly (a
+        rare non-ASCII character that lowers to ASCII) go through :meth:`_score_polars`, the definition."""
+        import pyarrow as pa
+
+        from curate.core.tokens import char_classes, utf8_buffers
+        from curate.filters._c4_kernel import _CITATION_NEEDED, _EDIT, PHRASE_CPS, PHRASE_LEN, c4_lines
+
+        p = self.params
+        data, offsets = utf8_buffers(batch.get_column("text"))
+        cls = char_classes(data)
+        n = batch.height
+        out_data = np.empty(max(len(data), 1), dtype=np.uint8)
+        out_off = np.zeros(n + 1, dtype=np.int64)
+        sent, kept, n_lines, lorem, curly, fallback = c4_lines(
+            data, offsets, cls, out_data, out_off, p.remove_citations, p.filter_no_terminal_punct,
+            p.min_words_per_line, p.max_word_length, p.filter_lorem_ipsum, p.filter_javascript,
+            p.filter_curly_bracket, p.filter_policy, PHRASE_CPS, PHRASE_LEN, _EDIT, _CITATION_NEEDED)
+        arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(out_off), pa.py_buffer(out_data[:out_off[-1]]))
+        cols = [pl.Series("__c4_text", pl.from_arrow(arr), dtype=pl.String),
+                pl.Series("c4_sentences", sent, dtype=pl.UInt32), pl.Series("c4_lines_kept", kept, dtype=pl.UInt32),
+                pl.Series("c4_lorem_ipsum", lorem), pl.Series("c4_curly_bracket", curly)]
+        if fallback.any():
+            idx = np.flatnonzero(fallback)
+            ref = self._score_polars(batch[idx])
+            cols = [c.scatter(idx, ref.get_column(c.name)) for c in cols]
+        if self._ctx is not None:
+            total = int(n_lines.sum())
+            self._ctx.stat("lines", total)
+            self._ctx.stat("lines_removed", total - int(cols[2].sum()))
+        return batch.with_columns(cols)
+
+    def _score_polars(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The line rules as polars expressions over one row per line: the definition the kernel replays
+        (used for the documents it sends back, and by the tests as the reference)."""
         p = self.params
         lines = (batch.select(pl.col(UID), split_lines(pl.col("text")).alias("line"))
                  .with_columns(pl.int_range(pl.len()).alias("__row"))
@@ -103,9 +139,6 @@ class C4Quality(Filter):
         if p.filter_policy:
             alive = alive & ~pl.any_horizontal([lower.str.contains(s, literal=True) for s in POLICY_SUBSTRINGS])
         lines = lines.with_columns(alive.alias("__keep"), lorem.alias("__lorem"), curly.alias("__curly"))
-        if self._ctx is not None:
-            self._ctx.stat("lines", lines.height)
-            self._ctx.stat("lines_removed", lines.height - int(lines.get_column("__keep").sum()))
         per_doc = (lines.group_by("__row", maintain_order=True).agg(
             pl.col("line").filter(pl.col("__keep")).str.join("\n").alias("__c4_text"),
             count_sentences(pl.col("line")).filter(pl.col("__keep")).sum().alias("c4_sentences"),
