@@ -25,7 +25,10 @@ import numpy as np
 import polars as pl
 from numba import njit
 
+from curate.core.jit import prepare
 from curate.core.text import PUNCTUATION
+
+prepare()  # numba's registries without SciPy, before any kernel loads (curate/core/jit.py)
 
 #: class bits of a code point (``_CLASS`` table): \\w, \\s, [^\\W\\d_] (a letter-like word character),
 #: in DataTrove's PUNCTUATION set, \\d (C4's citation markers), "non-ASCII whose lowercase has an ASCII

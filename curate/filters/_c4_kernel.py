@@ -24,7 +24,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from curate.core.jit import prepare
 from curate.core.tokens import LA, D, S
+
+prepare()  # numba's registries without SciPy, before any kernel loads (curate/core/jit.py)
 
 # phrases tested on the lower-cased cleaned line, as code points; 0 = lorem ipsum, 1 = javascript, 2.. = policy
 _PHRASES = ["lorem ipsum", "javascript", "terms of use", "privacy policy", "cookie policy", "uses cookies",

@@ -11,6 +11,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from curate.core.jit import prepare
+
+prepare()  # numba's registries without SciPy, before any kernel loads (curate/core/jit.py)
+
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 
 
