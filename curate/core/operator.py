@@ -167,7 +167,7 @@ class FitContext(RunContext):
     _reader: Callable[[Path, Sequence[str] | None], Iterator[pl.DataFrame]] | None = None
     #: how ``map_shards`` runs its per-shard tasks (``iter_tasks``'s signature); None: core's process pool.
     #: The Ray executor sets one that runs them as Ray tasks, so a fit's per-shard work spreads over the
-    #: cluster while the fit itself stays on the driver.
+    #: cluster (its global steps go through ``global_ops``).
     _task_runner: Callable[..., Iterator[Any]] | None = field(default=None, repr=False, compare=False)
     #: how the fit's global steps run (:mod:`curate.core.global_ops`); None: in this process. The Ray
     #: executor sets Ray Data shuffles (:mod:`curate.executors.ray_global`), so grouping, connected

@@ -185,10 +185,10 @@ class RayGlobalOps(GlobalOps):
     where = "ray"
 
     def __init__(self, ray_init: Callable[[], Any], partitions: int | None = None, *,
-                 finish_edges: int = FINISH_EDGES):
+                 finish_edges: int | None = None):
         self._init = ray_init
         self.partitions = partitions
-        self.finish_edges = finish_edges
+        self.finish_edges = FINISH_EDGES if finish_edges is None else finish_edges
         #: rounds (large-star + small-star) the last ``connected_components`` took
         self.rounds = 0
 
@@ -203,14 +203,16 @@ class RayGlobalOps(GlobalOps):
         return self.partitions or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
     def _shuffle(self, ray: Any, files: list[Path], columns: list[str], keyer: Callable[[Any], Any],
-                 fn: Callable[[pl.DataFrame, int], dict]) -> list[dict]:
-        """read ``files`` -> ``keyer`` per block (adds the partition column) -> ``fn`` per partition; the
-        partitions' summaries (one small dict each; none for a partition without rows)."""
+                 fn: Callable[[pl.DataFrame, int], dict], groups: int) -> list[dict]:
+        """read ``files`` -> ``keyer`` per block (adds the partition column, one of ``groups`` values) ->
+        ``fn`` per partition; the partitions' summaries (one small dict each; none for a partition without
+        rows). The hash shuffle gets as many reducers as groups, capped by the partition count (Ray's
+        default, 200 reducers, costs more than a small shuffle's work)."""
         if not files:
             return []
         ds = self._files(ray, files).map_batches(partial(_read_keyed, columns, keyer), batch_format="pyarrow",
                                                  batch_size=1)
-        out = ds.groupby(_PART).map_groups(partial(_run_group, fn), batch_format="pyarrow")
+        out = ds.groupby(_PART, num_partitions=max(1, min(groups, self._parts(ray)))).map_groups(partial(_run_group, fn), batch_format="pyarrow")
         return [json.loads(r["summary"]) for r in out.take_all()]
 
     @staticmethod
@@ -233,7 +235,7 @@ class RayGlobalOps(GlobalOps):
         ray = self._ray()
         cols = [node] + ([active] if active else []) + list(key_columns)
         sums = self._shuffle(ray, files, cols, partial(_key_bands, list(key_columns), node, active, parts),
-                             partial(_star_group, node, parts, str(out_dir)))
+                             partial(_star_group, node, parts, str(out_dir)), len(key_columns) * parts)
         for f in out:  # a (band, partition) without rows had no group: its file is empty, as locally
             if not f.exists():
                 _write(pl.DataFrame(schema={"a": pl.UInt64, "b": pl.UInt64}), f)
@@ -248,7 +250,7 @@ class RayGlobalOps(GlobalOps):
             return [], 0
         ray = self._ray()
         sums = self._shuffle(ray, files, [order, key, value], partial(_key_hash, key, self._parts(ray)),
-                             partial(_first_group, key, order, value, str(out_dir)))
+                             partial(_first_group, key, order, value, str(out_dir)), self._parts(ray))
         return sorted(out_dir.glob("dups-*.parquet")), sum(s["groups"] for s in sums)
 
     def connected_components(self, edge_files: list[Path], *, out_dir: Path, a: str = "a",
@@ -266,7 +268,7 @@ class RayGlobalOps(GlobalOps):
             large = out_dir / f"round{r:03d}-large"
             large.mkdir()
             sums = self._shuffle(ray, files, cols, partial(_key_edges, cols[0], cols[1], parts),
-                                 partial(_large_star, str(large)))
+                                 partial(_large_star, str(large)), parts)
             if sum(s["violations"] for s in sums) == 0:
                 self.rounds = r
                 log.info("connected components on ray: %d rounds, %d nodes", r,
@@ -279,7 +281,7 @@ class RayGlobalOps(GlobalOps):
             small = out_dir / f"round{r:03d}-small"
             small.mkdir()
             self._shuffle(ray, sorted(large.glob("edges-*.parquet")), ["a", "b"],
-                          partial(_key_edges, "a", "b", parts), partial(_small_star, str(small)))
+                          partial(_key_edges, "a", "b", parts), partial(_small_star, str(small)), parts)
             if r:  # the previous round's files are no longer read
                 shutil.rmtree(out_dir / f"round{r - 1:03d}-small", ignore_errors=True)
             shutil.rmtree(large, ignore_errors=True)

@@ -244,7 +244,10 @@ class MinHashDedup(GlobalStage):
     bucket is checked against the first doc of each sub-cluster already formed in that bucket (at most
     ``verify_heads`` of them) and against the previous doc, so near-duplicates that share a bucket with
     a dissimilar earlier doc are still joined, at a bounded cost per doc -> in each connected cluster one
-    doc is kept by ``keep``; the others are removed.
+    doc is kept by ``keep``; the others are removed. Where the executor puts global steps
+    (``ctx.global_ops``: the driver locally, Ray Data shuffles on Ray) the buckets are grouped and, without
+    verification, the connected components found; verification unions band by band in file order (what a
+    doc is checked against depends on what earlier bands joined), so it runs in one process.
 
     Defaults: threshold 0.8, num_perm 128, verification on when threshold >= 0.7. (bands, rows), when not
     given, follow ``bands_rule``: ``recall`` (the default when verifying, since verification removes every

@@ -222,12 +222,11 @@ def _counters(work: Path) -> dict[str, dict]:
     return {s["step"]: s["counters"] for s in json.loads((work / "stats.json").read_text())["steps"]}
 
 
-@pytest.mark.parametrize("keep", ["earliest", "longest"])
-def test_minhash_without_verify_on_ray_equals_local(near_dups, tmp_path, local_ray, keep):
+def test_minhash_without_verify_on_ray_equals_local(near_dups, tmp_path, local_ray):
     """Buckets grouped and components found on Ray: the same clusters, kept documents and rejects."""
     def spec(root: Path, executor: str):
         return Pipeline(read(str(near_dups / "*.jsonl"), batch_size=100), ExactDedup(),
-                        MinHashDedup(threshold=0.6, verify=False, keep=keep),
+                        MinHashDedup(threshold=0.6, verify=False, keep="longest"),
                         write(str(root / "out"), format="parquet")
                         ).spec(work_dir=str(root / "work"), workers=2, executor=executor)
 
