@@ -105,7 +105,7 @@ class _InProcess(RayGlobalOps):
     def __init__(self):
         super().__init__(lambda: None, partitions=3, finish_edges=-1)  # never hand over to the union-find
 
-    def _shuffle(self, ray, files, columns, keyer, fn):
+    def _shuffle(self, ray, files, columns, keyer, fn, groups):
         keyed = keyer(pl.concat([pl.read_parquet(f, columns=columns) for f in files]))
         return [fn(g.drop("__part"), int(g["__part"][0])) for g in keyed.partition_by("__part")]
 
