@@ -31,13 +31,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from curate.core.errors import MissingDependencyError, StepError
 from curate.core.stats import StepNumbers
+
+if TYPE_CHECKING:
+    from curate.core.global_ops import GlobalOps
 
 #: internal row key (UInt64, unique and stable for a run: shard index << 40 | row in shard).
 UID = "__uid"
@@ -164,8 +167,22 @@ class FitContext(RunContext):
     _reader: Callable[[Path, Sequence[str] | None], Iterator[pl.DataFrame]] | None = None
     #: how ``map_shards`` runs its per-shard tasks (``iter_tasks``'s signature); None: core's process pool.
     #: The Ray executor sets one that runs them as Ray tasks, so a fit's per-shard work spreads over the
-    #: cluster while the fit itself stays on the driver.
+    #: cluster (its global steps go through ``global_ops``).
     _task_runner: Callable[..., Iterator[Any]] | None = field(default=None, repr=False, compare=False)
+    #: how the fit's global steps run (:mod:`curate.core.global_ops`); None: in this process. The Ray
+    #: executor sets Ray Data shuffles (:mod:`curate.executors.ray_global`), so grouping, connected
+    #: components and top-k do not funnel through the driver either.
+    _global_ops: GlobalOps | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def global_ops(self) -> GlobalOps:
+        """The :class:`~curate.core.global_ops.GlobalOps` of this fit: ``star_pairs`` (buckets of equal
+        keys), ``group_first`` (first row per key), ``connected_components`` and ``top_k``."""
+        if self._global_ops is None:
+            from curate.core.global_ops import GlobalOps
+
+            self._global_ops = GlobalOps()
+        return self._global_ops
 
     def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
         """All rows of the previous segment, batch by batch, in stable shard order, with one schema across

@@ -35,6 +35,7 @@ from curate.core.stats import StepStats, merge_stats
 from curate.models.device import resolve_device
 
 if TYPE_CHECKING:
+    from curate.core.global_ops import GlobalOps
     from curate.core.run import RunSpec
 
 log = logging.getLogger("curate")
@@ -115,6 +116,10 @@ class Executor:
         return None
 
     # -- shared --------------------------------------------------------------------------------
+    def _fit_global_ops(self) -> GlobalOps | None:
+        """How a global stage's grouping, components and top-k run; None: in this process."""
+        return None
+
     def _manifest(self, started: str) -> dict:
         import importlib.metadata as md
 
@@ -330,7 +335,7 @@ class Executor:
         prev = self.work / "segments" / f"{seg.index - 1:03d}"
         ctx = FitContext(self.work, sdir / "state", self.spec.seed, self.workers, device, seg.step_indices[0],
                          shards=[prev / sh.name for sh in shards], scratch_dir=scratch,
-                         _task_runner=self._fit_task_runner())
+                         _task_runner=self._fit_task_runner(), _global_ops=self._fit_global_ops())
         bar.start(f"fitting {stage.step_name}", total=None)
         t0 = time.perf_counter()
         stage.fit(ctx)

@@ -25,9 +25,9 @@ costs one extra write and read of each batch on the work dir's disk (see benchma
 actors: no staging, one shard per actor at a time (no batch-level balancing).
 
 The work dir and the output paths must be on storage every node sees (a shared filesystem; a ``s3://``
-output is staged in the work dir and uploaded after the run, :mod:`curate.executors`). What still runs on
-the driver: the global part of each fit (grouping hashes, MinHash buckets and connected components,
-selector top-k), as locally.
+output is staged in the work dir and uploaded after the run, :mod:`curate.executors`). The global part of
+each fit (grouping hashes, MinHash buckets and connected components, selector top-k) runs as Ray Data
+shuffles (:mod:`curate.executors.ray_global`, installed into every fit's context), off the driver.
 """
 
 from __future__ import annotations
@@ -375,3 +375,8 @@ class RayExecutor(Executor):
                 yield ray.get(done[0])
 
         return run
+
+    def _fit_global_ops(self) -> Any:
+        from curate.executors.ray_global import RayGlobalOps
+
+        return RayGlobalOps(self._ray)

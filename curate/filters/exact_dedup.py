@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -17,6 +18,16 @@ _HASH_SEED = 0x5EED
 def _hash_expr(normalize: bool) -> pl.Expr:
     text = normalize_for_dedup(pl.col("text")) if normalize else pl.col("text")
     return text.hash(seed=_HASH_SEED)
+
+
+def _hash_shard(normalize: bool, shard: Path, out: Path) -> None:
+    """Per shard: (row key, id, text hash) -> parquet."""
+    from curate.io.spill import read_spill
+
+    frames = [b.select(pl.col(UID), pl.col("id"), _hash_expr(normalize).alias("h"))
+              for b in read_spill(shard, [UID, "id", "text"])]
+    (pl.concat(frames) if frames else pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String, "h": pl.UInt64})
+     ).write_parquet(out)
 
 
 @register("exact_dedup")
@@ -41,20 +52,16 @@ class ExactDedup(GlobalStage):
                                  "never null on a rejected row", rejects_only=True)}
 
     def fit(self, ctx: FitContext) -> None:
-        with ctx.timer("hash"):
-            frames = [b.select(pl.col(UID), pl.col("id"), _hash_expr(self.params.normalize).alias("h"))
-                      for b in ctx.iter_batches(columns=[UID, "id", "text"])]
-        if not frames:
-            pl.DataFrame({UID: [], "dup_of": []}, schema={UID: pl.UInt64, "dup_of": pl.String}).write_parquet(
-                ctx.state_dir / "dups.parquet")
-            return
-        with ctx.timer("group"):
-            allh = pl.concat(frames)
-            first = allh.group_by("h").agg(pl.col("id").sort_by(UID).first().alias("dup_of"),
-                                            pl.col(UID).min().alias("first_uid"))
-            dups = allh.join(first, on="h").filter(pl.col(UID) != pl.col("first_uid")).select(UID, "dup_of")
+        with ctx.timer("hash"):  # per shard, in parallel (worker processes locally, Ray tasks on Ray)
+            hash_files = ctx.map_shards(partial(_hash_shard, self.params.normalize),
+                                        f"exact_hash_{int(self.params.normalize)}")
+        with ctx.timer("group"):  # by hash: in this process locally, a Ray Data shuffle on Ray
+            dup_files, distinct = ctx.global_ops.group_first(hash_files, key="h", order=UID, value="id",
+                                                             out_dir=ctx.scratch_dir / "exact_groups")
+            dups = (pl.concat([pl.read_parquet(f) for f in dup_files]) if dup_files
+                    else pl.DataFrame(schema={UID: pl.UInt64, "dup_of": pl.String}))
         dups.sort(UID).write_parquet(ctx.state_dir / "dups.parquet")
-        ctx.stat("distinct_texts", first.height)
+        ctx.stat("distinct_texts", distinct)
         ctx.stat("duplicates", dups.height)
 
     def setup(self, ctx: RunContext) -> None:

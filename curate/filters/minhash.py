@@ -244,7 +244,10 @@ class MinHashDedup(GlobalStage):
     bucket is checked against the first doc of each sub-cluster already formed in that bucket (at most
     ``verify_heads`` of them) and against the previous doc, so near-duplicates that share a bucket with
     a dissimilar earlier doc are still joined, at a bounded cost per doc -> in each connected cluster one
-    doc is kept by ``keep``; the others are removed.
+    doc is kept by ``keep``; the others are removed. Where the executor puts global steps
+    (``ctx.global_ops``: the driver locally, Ray Data shuffles on Ray) the buckets are grouped and, without
+    verification, the connected components found; verification unions band by band in file order (what a
+    doc is checked against depends on what earlier bands joined), so it runs in one process.
 
     Defaults: threshold 0.8, num_perm 128, verification on when threshold >= 0.7. (bands, rows), when not
     given, follow ``bands_rule``: ``recall`` (the default when verifying, since verification removes every
@@ -379,8 +382,11 @@ class MinHashDedup(GlobalStage):
                   .collect()) if sig_files else pl.DataFrame({"docs": [0], "short": [0]})
         stats["docs"], stats["short_docs"] = int(counts["docs"][0]), int(counts["short"][0] or 0)
         with ctx.timer("buckets"):
-            pair_files = _bucket_pairs(sig_files, s["bands"], ctx.scratch_dir / f"minhash_buckets_{key}",
-                                       s["bucket_memory_mb"], stats["docs"])
+            # grouped where the executor groups (the driver locally, a Ray Data shuffle on Ray)
+            pair_files = ctx.global_ops.star_pairs(
+                sig_files, key_columns=[f"b{i}" for i in range(s["bands"])], node=UID,
+                out_dir=ctx.scratch_dir / f"minhash_buckets_{key}", active="n_shingles",
+                memory_mb=s["bucket_memory_mb"], nrows=stats["docs"])
         stats["bucket_pairs"] = _num_rows(pair_files)
         stats.update(verified_pairs=0, false_positive_pairs=0, clusters=0, removed=0)  # set by _cluster if pairs
         state = _empty_state()
@@ -395,7 +401,12 @@ class MinHashDedup(GlobalStage):
             with ctx.timer("cluster"):
                 cands = _spill_candidates(cand_files, int(s["num_perm"]), bool(s["verify"]),
                                           ctx.scratch_dir / f"minhash_mmap_{key}")
-                state = _cluster(cands, pair_files, s, stats)
+                labels = None
+                if not s["verify"]:  # components of all bucket pairs: where the executor computes them
+                    label_files = ctx.global_ops.connected_components(
+                        pair_files, out_dir=ctx.scratch_dir / f"minhash_components_{key}")
+                    labels = pl.read_parquet(label_files)
+                state = _cluster(cands, pair_files, s, stats, labels=labels)
         state.write_parquet(ctx.state_dir / _STATE)
         for name, value in stats.items():
             ctx.stat(name, value)
@@ -428,37 +439,6 @@ def _num_rows(files: list[Path]) -> int:
     import pyarrow.parquet as pq
 
     return sum(pq.read_metadata(f).num_rows for f in files)
-
-
-def _bucket_pairs(sig_files: list[Path], bands: int, out_dir: Path, memory_mb: int, ndocs: int) -> list[Path]:
-    """The LSH buckets with more than one doc, one resumable parquet file per (band, hash partition), as
-    star pairs (a, b): a = the bucket's smallest row key, b = each other member; sorted by (a, b), so a
-    bucket is a run of equal a with its members in input order. One band column (split into partitions
-    to stay under ``memory_mb``) is in memory at a time; files are returned in (band, partition) order."""
-    if not sig_files:
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # ~64 bytes per doc per pass: (uid, key) read, is_duplicated hash table, sort buffers
-    parts = max(1, math.ceil(ndocs * 64 / (memory_mb << 20)))
-    files = []
-    for band in range(bands):
-        for part in range(parts):
-            f = out_dir / f"band{band:03d}-part{part:04d}-of{parts}.parquet"
-            files.append(f)
-            if f.exists():
-                continue
-            lf = pl.scan_parquet(sig_files).filter(pl.col("n_shingles") > 0).select(
-                pl.col(UID), pl.col(f"b{band}").alias("k"))
-            if parts > 1:
-                lf = lf.filter(pl.col("k") % parts == part)
-            df = lf.filter(pl.col("k").is_duplicated()).collect()
-            pairs = (df.with_columns(pl.col(UID).min().over("k").alias("a"))
-                     .filter(pl.col(UID) != pl.col("a")).select(pl.col("a"), pl.col(UID).alias("b"))
-                     .sort(["a", "b"]))
-            tmp = f.with_name(f".tmp-{f.name}")
-            pairs.write_parquet(tmp)
-            tmp.replace(f)
-    return files
 
 
 class _Cands:
@@ -533,32 +513,42 @@ def _spill_candidates(cand_files: list[Path], k: int, verify: bool, out_dir: Pat
     return _Cands(meta, sig, off, vals)
 
 
-def _cluster(c: _Cands, pair_files: list[Path], s: dict, stats: dict) -> pl.DataFrame:
+def _cluster(c: _Cands, pair_files: list[Path], s: dict, stats: dict, *,
+             labels: pl.DataFrame | None = None) -> pl.DataFrame:
     """Union the buckets band by band (verified if asked), pick the kept doc per cluster; returns the state
-    rows of clustered docs. Without verification every bucket is one clique (DataTrove's semantics); with
-    it, see :func:`~curate.filters._minhash_kernels.verify_buckets`."""
+    rows of clustered docs. Without verification every bucket is one clique (DataTrove's semantics) and the
+    clusters are ``labels`` (node -> smallest node of its component, from ``ctx.global_ops``); with it,
+    see :func:`~curate.filters._minhash_kernels.verify_buckets` (band by band in file order: the checks a
+    doc gets depend on what earlier bands joined, so this union runs in one process)."""
     from curate.filters import _minhash_kernels as K
 
     cands = c.meta
     uids = cands[UID].to_numpy()
     sig, off, vals = c.sig, c.off, c.vals
     verify = bool(s["verify"])
-    parent = np.arange(len(uids), dtype=np.int64)
-    size = np.ones(len(uids), dtype=np.int64)
     n_pass = n_fail = 0
-    for f in pair_files:  # fixed (band, partition) order, pairs sorted: deterministic
-        pairs = pl.read_parquet(f)
-        ia = np.searchsorted(uids, pairs["a"].to_numpy()).astype(np.int64)
-        ib = np.searchsorted(uids, pairs["b"].to_numpy()).astype(np.int64)
-        if verify:
-            ok, bad = K.verify_buckets(parent, size, ia, ib, vals, off, float(s["threshold"]),
-                                       int(s["verify_heads"]))
-            n_pass, n_fail = n_pass + ok, n_fail + bad
-        else:
-            K.union_edges(parent, size, ia, ib)
+    if labels is not None:
+        # a component is named by its smallest node; as an index it groups the rows like a union-find root
+        lab = cands.select(UID).join(labels.rename({"node": UID}), on=UID, how="left", maintain_order="left")
+        if lab["label"].null_count():
+            raise ValueError("connected components left a candidate document without a label")
+        root = np.searchsorted(uids, lab["label"].to_numpy()).astype(np.int64)
+    else:
+        parent = np.arange(len(uids), dtype=np.int64)
+        size = np.ones(len(uids), dtype=np.int64)
+        for f in pair_files:  # fixed (band, partition) order, pairs sorted: deterministic
+            pairs = pl.read_parquet(f)
+            ia = np.searchsorted(uids, pairs["a"].to_numpy()).astype(np.int64)
+            ib = np.searchsorted(uids, pairs["b"].to_numpy()).astype(np.int64)
+            if verify:
+                ok, bad = K.verify_buckets(parent, size, ia, ib, vals, off, float(s["threshold"]),
+                                           int(s["verify_heads"]))
+                n_pass, n_fail = n_pass + ok, n_fail + bad
+            else:
+                K.union_edges(parent, size, ia, ib)
+        root = K.roots(parent)
     stats["verified_pairs"] = int(n_pass)
     stats["false_positive_pairs"] = int(n_fail)
-    root = K.roots(parent)
     n = len(uids)
     if s["keep"] == "earliest":
         primary = np.zeros(n)

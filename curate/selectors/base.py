@@ -8,12 +8,15 @@ selection is deterministic. Rejected documents are recorded with their score and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
 import polars as pl
 from pydantic import Field, model_validator
 
+from curate.core.global_ops import top_rows
 from curate.core.operator import UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 
 _SELECTED = "__selected"
@@ -42,18 +45,22 @@ class SelectParams(OpParams):
         return self
 
 
-def select(scores: pl.DataFrame, params: SelectParams, higher_is_better: bool) -> tuple[pl.Series, float | None]:
+#: ``top_k(frame, k)``: the k best rows of frame (column ``score``, ties by ``__uid``), best first
+TopK = Callable[[pl.DataFrame, int], pl.DataFrame]
+
+
+def select(scores: pl.DataFrame, params: SelectParams, higher_is_better: bool, *,
+           top_k: TopK | None = None) -> tuple[pl.Series, float | None]:
     """Pick documents from ``scores`` (columns ``__uid``, ``score``, optional ``tokens``).
 
     Returns a boolean Series aligned with ``scores`` and the cut-off score (None when nothing is cut).
-    Order: best score first, then input order (``__uid``) - deterministic.
+    Order: best score first, then input order (``__uid``) - deterministic. ``top_k`` finds the best rows
+    for ``top_k``/``fraction`` (default: a sort here; a selector's fit passes ``ctx.global_ops.top_k``,
+    per-block top-k on Ray then a merge of the candidates).
     """
     n = scores.height
     if n == 0:
         return pl.Series(_SELECTED, [], dtype=pl.Boolean), None
-    s = pl.col("score").fill_nan(None)
-    ranked = scores.with_row_index("__pos").sort([s, pl.col(UID)], descending=[higher_is_better, False],
-                                                   nulls_last=True)
     p = params
     if p.threshold is not None:
         sc = scores["score"].cast(pl.Float64).fill_nan(None)
@@ -62,7 +69,9 @@ def select(scores: pl.DataFrame, params: SelectParams, higher_is_better: bool) -
     if p.top_k is not None or p.fraction is not None:
         k = p.top_k if p.top_k is not None else int(round(p.fraction * n))
         k = min(k, n)
+        ranked = (top_k or partial(_sorted_top, higher_is_better))(scores.with_row_index("__pos"), k)
     elif p.budget_tokens is not None:
+        ranked = _sorted_top(higher_is_better, scores.with_row_index("__pos"), n)
         tokens = ranked["tokens"] if "tokens" in ranked.columns else pl.repeat(1, n, eager=True)
         k = int((tokens.cum_sum() <= p.budget_tokens).sum())
     else:
@@ -73,7 +82,12 @@ def select(scores: pl.DataFrame, params: SelectParams, higher_is_better: bool) -
     return keep, cutoff
 
 
-def _decide(scores: pl.DataFrame, params: SelectParams, higher_is_better: bool) -> tuple[pl.Series, float | None]:
+def _sorted_top(higher_is_better: bool, frame: pl.DataFrame, k: int) -> pl.DataFrame:
+    return top_rows(frame, k, score="score", order=UID, higher_is_better=higher_is_better)
+
+
+def _decide(scores: pl.DataFrame, params: SelectParams, higher_is_better: bool, *,
+            top_k: TopK | None = None) -> tuple[pl.Series, float | None]:
     """:func:`select`, honouring two optional columns of ``compute_scores``' frame: ``__selected`` (the
     selector chose its set jointly, e.g. a coreset: used as is) and ``__exempt`` (rows that take no part
     in the selection, e.g. a held-out validation set: always kept; fractions count the other rows)."""
@@ -85,9 +99,9 @@ def _decide(scores: pl.DataFrame, params: SelectParams, higher_is_better: bool) 
     if _EXEMPT in scores.columns and scores[_EXEMPT].any():
         exempt = scores[_EXEMPT].fill_null(False)
         pos = (~exempt).arg_true()
-        sub_keep, cutoff = select(scores.filter(~exempt), params, higher_is_better)
+        sub_keep, cutoff = select(scores.filter(~exempt), params, higher_is_better, top_k=top_k)
         return pl.Series(_SELECTED, [True] * scores.height).scatter(pos, sub_keep), cutoff
-    return select(scores, params, higher_is_better)
+    return select(scores, params, higher_is_better, top_k=top_k)
 
 
 class Selector(GlobalStage):
@@ -125,7 +139,12 @@ class Selector(GlobalStage):
                       for b in ctx.iter_batches(columns=[UID, "text"])]
             tok = pl.concat(frames) if frames else pl.DataFrame(schema={UID: pl.UInt64, "tokens": pl.UInt32})
             scores = scores.join(tok, on=UID, how="left")
-        keep, cutoff = _decide(scores, self.params, self._direction())
+        hib = self._direction()
+
+        def top_k(frame: pl.DataFrame, k: int) -> pl.DataFrame:  # where the executor ranks (Ray: per block)
+            return ctx.global_ops.top_k(frame, k, score="score", order=UID, higher_is_better=hib)
+
+        keep, cutoff = _decide(scores, self.params, hib, top_k=top_k)
         state = scores.select(UID, pl.col("score").alias(self.score_column)).with_columns(keep)
         state.write_parquet(ctx.state_dir / "selection.parquet")
         (ctx.state_dir / "cutoff.txt").write_text("" if cutoff is None else repr(cutoff))
