@@ -107,3 +107,21 @@ def smollm2_dir() -> Path:
     from curate.models.causal_lm import gguf_to_plain
 
     return Path(gguf_to_plain(folder, SMOLLM2_GGUF))
+
+
+def golden_and_udhr_texts(shared_data: Path) -> list[str]:
+    """The DataTrove golden sample's texts plus the first 4,000 characters of every UDHR translation (300+
+    languages and scripts): the real inputs the byte-level kernels are checked on."""
+    import sys
+    import zipfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
+    from sample import build_sample
+
+    texts = [d["text"] for d in build_sample(shared_data)]
+    with zipfile.ZipFile(shared_data / "langid/udhr.zip") as z:
+        for name in sorted(z.namelist()):
+            if name.endswith("-UTF8"):
+                texts.append(z.read(name).decode("utf-8", errors="replace")[:4000])
+    return texts
+

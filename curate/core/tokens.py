@@ -61,7 +61,7 @@ def _classify(cps: np.ndarray) -> None:
 
 
 @njit(cache=True, inline="always")
-def _decode(data: np.ndarray, i: int) -> tuple[np.int64, int]:
+def decode_utf8(data: np.ndarray, i: int) -> tuple[np.int64, int]:
     """The code point at byte ``i`` of valid UTF-8 ``data`` and the index of the next one."""
     b = np.int64(data[i])
     if b < 0x80:
@@ -80,7 +80,7 @@ def _first_unknown(data: np.ndarray, cls: np.ndarray) -> int:
     n = data.shape[0]
     i = 0
     while i < n:
-        cp, j = _decode(data, i)
+        cp, j = decode_utf8(data, i)
         if (cls[cp] & 128) == 0:
             return i
         i = j
@@ -95,7 +95,7 @@ def _unknown_codepoints(data: np.ndarray, start: int, cls: np.ndarray) -> np.nda
     k = 0
     i = start
     while i < n:
-        cp, i = _decode(data, i)
+        cp, i = decode_utf8(data, i)
         if (cls[cp] & 128) == 0 and mark[cp] == 0:
             mark[cp] = 1
             k += 1
@@ -171,7 +171,7 @@ def _tokenize(data: np.ndarray, offsets: np.ndarray, cls: np.ndarray, first_doc:
         m = 0
         while i < e:
             src[m] = i
-            cp[m], i = _decode(data, i)
+            cp[m], i = decode_utf8(data, i)
             m += 1
         src[m] = e
         # clitics: "do" + " " + "n't" (-1 marks an inserted space)

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from curate.core.jit import prepare
-from curate.core.tokens import LA, D, S
+from curate.core.tokens import LA, D, S, decode_utf8
 
 prepare()  # numba's registries without SciPy, before any kernel loads (curate/core/jit.py)
 
@@ -38,19 +38,6 @@ for _i, _p in enumerate(_PHRASES):
     PHRASE_CPS[_i, :len(_p)] = [ord(ch) for ch in _p]
 _EDIT = np.array([ord(ch) for ch in "[edit]"], dtype=np.int64)
 _CITATION_NEEDED = np.array([ord(ch) for ch in "[citation needed]"], dtype=np.int64)
-
-
-@njit(cache=True, inline="always")
-def _decode(data: np.ndarray, i: int) -> tuple[np.int64, int]:
-    b = np.int64(data[i])
-    if b < 0x80:
-        return b, i + 1
-    if b < 0xE0:
-        return ((b & 0x1F) << 6) | (np.int64(data[i + 1]) & 0x3F), i + 2
-    if b < 0xF0:
-        return (((b & 0x0F) << 12) | ((np.int64(data[i + 1]) & 0x3F) << 6) | (np.int64(data[i + 2]) & 0x3F)), i + 3
-    return (((b & 0x07) << 18) | ((np.int64(data[i + 1]) & 0x3F) << 12) | ((np.int64(data[i + 2]) & 0x3F) << 6)
-            | (np.int64(data[i + 3]) & 0x3F)), i + 4
 
 
 @njit(cache=True, inline="always")
@@ -171,7 +158,7 @@ def c4_lines(data: np.ndarray, offsets: np.ndarray, cls: np.ndarray, out_data: n
         la = False
         while i < e:
             src[m] = i
-            cp[m], i = _decode(data, i)
+            cp[m], i = decode_utf8(data, i)
             if cls[cp[m]] & LA:
                 la = True
             m += 1

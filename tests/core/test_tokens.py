@@ -3,8 +3,6 @@ and the per-batch cache that shares its tokens between filters (curate.core.batc
 
 from __future__ import annotations
 
-import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from curate.core.text import words
 from curate.core.tokens import word_table, word_table_regex, word_tokens
 from curate.filters.c4 import C4Quality, FineWebQuality
 from curate.filters.gopher import GopherQuality, GopherRepetition
+from tests.conftest import golden_and_udhr_texts
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 
@@ -35,15 +34,7 @@ TRICKY = [
 
 
 def _real_texts(shared_data: Path) -> list[str]:
-    sys.path.insert(0, str(GOLDEN))
-    from sample import build_sample
-
-    texts = [d["text"] for d in build_sample(shared_data)]
-    with zipfile.ZipFile(shared_data / "langid/udhr.zip") as z:  # 300+ languages and scripts
-        for name in sorted(z.namelist()):
-            if name.endswith("-UTF8"):
-                texts.append(z.read(name).decode("utf-8", errors="replace")[:4000])
-    return texts
+    return golden_and_udhr_texts(shared_data)
 
 
 @pytest.fixture(scope="module")

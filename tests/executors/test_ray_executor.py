@@ -25,13 +25,6 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data" / "web_sample.jsonl.gz"
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -27,15 +27,6 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 from curate.executors.ray_global import RayGlobalOps  # noqa: E402 - needs ray
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 @pytest.fixture
 def ops(local_ray) -> RayGlobalOps:
     return RayGlobalOps(lambda: local_ray, partitions=3)  # 3: not a divisor of the id patterns below

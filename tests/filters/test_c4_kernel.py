@@ -4,8 +4,6 @@ line split, the citation markers, the phrase tests and the sentence count."""
 
 from __future__ import annotations
 
-import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from polars.testing import assert_frame_equal
 from curate.core.operator import UID
 from curate.filters import _c4_kernel
 from curate.filters.c4 import C4Quality
+from tests.conftest import golden_and_udhr_texts
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 
@@ -37,15 +36,7 @@ CORNERS = [
 
 
 def _real_texts(shared_data: Path) -> list[str]:
-    sys.path.insert(0, str(GOLDEN))
-    from sample import build_sample
-
-    texts = [d["text"] for d in build_sample(shared_data)]
-    with zipfile.ZipFile(shared_data / "langid/udhr.zip") as z:  # 300+ languages and scripts
-        for name in sorted(z.namelist()):
-            if name.endswith("-UTF8"):
-                texts.append(z.read(name).decode("utf-8", errors="replace")[:4000])
-    return texts
+    return golden_and_udhr_texts(shared_data)
 
 
 @pytest.fixture(scope="module")
