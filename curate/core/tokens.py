@@ -61,6 +61,16 @@ def _classify(cps: np.ndarray) -> None:
 
 
 @njit(cache=True, inline="always")
+def longest_row(offsets: np.ndarray, first: int = 0) -> int:
+    """The largest ``offsets[d + 1] - offsets[d]`` for rows ``first..`` (0 when there are none): the size of
+    the per-row scratch arrays the byte kernels allocate once per batch."""
+    longest = 0
+    for d in range(first, offsets.shape[0] - 1):
+        longest = max(longest, offsets[d + 1] - offsets[d])
+    return longest
+
+
+@njit(cache=True, inline="always")
 def decode_utf8(data: np.ndarray, i: int) -> tuple[np.int64, int]:
     """The code point at byte ``i`` of valid UTF-8 ``data`` and the index of the next one."""
     b = np.int64(data[i])
@@ -153,9 +163,7 @@ def _tokenize(data: np.ndarray, offsets: np.ndarray, cls: np.ndarray, first_doc:
     """
     n_docs = offsets.shape[0] - 1
     cap = hashes.shape[0]
-    max_len = 0
-    for d in range(first_doc, n_docs):
-        max_len = max(max_len, offsets[d + 1] - offsets[d])
+    max_len = longest_row(offsets, first_doc)
     cp = np.empty(max_len, dtype=np.int64)
     src = np.empty(max_len + 1, dtype=np.int64)  # byte offset of each code point, and the end
     c1 = np.empty(2 * max_len + 1, dtype=np.int64)

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from curate.core.jit import prepare
-from curate.core.tokens import LA, D, S, decode_utf8
+from curate.core.tokens import LA, D, S, decode_utf8, longest_row
 
 prepare()  # numba's registries without SciPy, before any kernel loads (curate/core/jit.py)
 
@@ -138,9 +138,7 @@ def c4_lines(data: np.ndarray, offsets: np.ndarray, cls: np.ndarray, out_data: n
     lorem_first = np.zeros(n_docs, dtype=np.bool_)
     curly_first = np.zeros(n_docs, dtype=np.bool_)
     fallback = np.zeros(n_docs, dtype=np.bool_)
-    max_len = 0
-    for d in range(n_docs):
-        max_len = max(max_len, offsets[d + 1] - offsets[d])
+    max_len = longest_row(offsets)
     cp = np.empty(max_len + 1, dtype=np.int64)
     src = np.empty(max_len + 2, dtype=np.int64)  # byte offset of each code point, and the end
     c = np.empty(max_len + 1, dtype=np.int64)  # the cleaned line

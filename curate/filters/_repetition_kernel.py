@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 
 from curate.core.jit import prepare
+from curate.core.tokens import longest_row
 
 prepare()  # numba's registries without SciPy, before any kernel loads (curate/core/jit.py)
 
@@ -37,9 +38,7 @@ def repetition_stats(hashes: np.ndarray, lengths: np.ndarray, offsets: np.ndarra
     n_docs = offsets.shape[0] - 1
     top = np.zeros((n_docs, top_ns.shape[0]), dtype=np.int64)
     dup = np.zeros((n_docs, dup_ns.shape[0]), dtype=np.int64)
-    max_words = 0
-    for d in range(n_docs):
-        max_words = max(max_words, offsets[d + 1] - offsets[d])
+    max_words = longest_row(offsets)
     size = 16
     while size < 2 * max_words + 2:
         size *= 2
@@ -197,9 +196,7 @@ def dup_segment_stats(data: np.ndarray, offsets: np.ndarray, space: np.ndarray,
     n_uniq = np.zeros(n_docs, dtype=np.int64)
     chars = np.zeros(n_docs, dtype=np.int64)
     uchars = np.zeros(n_docs, dtype=np.int64)
-    max_len = 1
-    for d in range(n_docs):
-        max_len = max(max_len, offsets[d + 1] - offsets[d])
+    max_len = max(1, longest_row(offsets))
     starts = np.empty(max_len + 2, dtype=np.int64)
     ends = np.empty(max_len + 2, dtype=np.int64)
     size = 16
