@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from _mem import load, measure  # noqa: E402
+from _workdir import clear_work  # noqa: E402
 
 CURATE_CHILD = """
 import sys, time, json, ray
@@ -81,8 +81,7 @@ def main() -> None:
     for r in range(a.rounds):
         for side in ("dj", "curate"):
             out = work / side
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir(parents=True)
+            clear_work(out)
             if side == "dj":
                 cmd = [str(dj_cli), "--config", str(_dj_config(corpus, out))]
             else:

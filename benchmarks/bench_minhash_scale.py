@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,19 +31,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from _mem import Sampler, load, self_hwm_mb, tree  # noqa: E402
-
-_MARK = ".bench_minhash_scale"  # written into every work dir this script made; only those are deleted
-
-
-def _clear_work(work: Path) -> None:
-    """Empty ``--work`` for the next run: delete it only if this script made it (its marker file is there),
-    and refuse a folder that holds anything else, so a mistyped ``--work`` cannot delete a user's files."""
-    if work.exists():
-        if not (work / _MARK).is_file() and any(work.iterdir()):
-            sys.exit(f"--work {work} exists and was not made by this script (no {_MARK}); pick another folder")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    (work / _MARK).write_text("made by benchmarks/bench_minhash_scale.py\n")
+from _workdir import clear_work  # noqa: E402
 
 
 def _child(a: argparse.Namespace) -> None:
@@ -102,7 +89,7 @@ def main() -> None:
         _child(a)
         return
     for ex in a.executors.split(","):
-        _clear_work(Path(a.work))
+        clear_work(Path(a.work))
         cmd = [sys.executable, __file__, "--child", "--executor", ex, "--corpus", a.corpus, "--work", a.work,
                "--workers", str(a.workers), "--batch-size", str(a.batch_size),
                "--bucket-memory-mb", str(a.bucket_memory_mb), "--object-store-mb", str(a.object_store_mb)]
@@ -127,7 +114,7 @@ def main() -> None:
         print("   largest VmHWM (pid: MB): " + ", ".join(f"{q}: {v / 1024:,.0f}" for q, v in top))
         print("   " + stdout.strip().replace("\n", "\n   "), flush=True)
         if not a.keep_work:
-            _clear_work(Path(a.work))
+            clear_work(Path(a.work))
 
 
 if __name__ == "__main__":
