@@ -137,6 +137,10 @@ CCNET_UNICODE_PUNCT: dict[str, str] = {
     "\u2013": "-", "\u2014": " - ", "\uff0e": ". ", "\uff5e": "~", "\u2019": "'", "\u2026": "...", "\u2501": "-",
     "\u3008": "<", "\u3009": ">", "\u3010": "[", "\u3011": "]", "\uff05": "%", "\u25ba": "-",
 }
+#: The characters Python's ``str.strip()`` removes (``str.isspace``), which CCNet's ``line.strip()`` strips.
+#: polars' ``strip_chars()`` without arguments strips Unicode White_Space, which lacks U+001C-U+001F.
+PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                 "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 #: codepoints 0-31 and 127-159, which CCNet's ``remove_non_printing_char`` deletes (this includes "\n", "\t").
 _NON_PRINTING = r"[\x00-\x1f\x7f-\x9f]"
 
@@ -150,7 +154,7 @@ def ccnet_normalize(text: pl.Expr, *, accent: bool = True, case: bool = True, nu
     As in CCNet, the accent step leaves text NFD-decomposed (CCNet's early return never fires), and the
     last step deletes newlines and tabs, so normalise line by line when line structure matters.
     """
-    out = text.str.strip_chars()
+    out = text.str.strip_chars(PY_WHITESPACE)  # Python's strip, as CCNet's (polars' default keeps U+001C-1F)
     if case:
         out = out.str.to_lowercase()
     if accent:
@@ -204,7 +208,7 @@ def ccnet_normalize_series(s: pl.Series) -> pl.Series:
     non-ASCII characters or control characters, found by numpy passes over the batch's bytes) get the full
     expression. ``tests/models/test_kenlm.py`` checks the result against CCNet's per-line normaliser."""
     s = s.cast(pl.String)
-    stripped = pl.select(pl.lit(s).str.strip_chars()).to_series()
+    stripped = pl.select(pl.lit(s).str.strip_chars(PY_WHITESPACE)).to_series()
     out = pl.select(pl.lit(stripped).str.to_lowercase().str.replace_all(r"[0-9]", "0")).to_series().alias(s.name)
     data, off = utf8_buffer(stripped)
     odd = rows_with_bytes(off, (data - np.uint8(0x20)) > 0x5e)  # uint8: below 0x20 or above 0x7e

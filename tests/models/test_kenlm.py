@@ -82,12 +82,16 @@ def test_ccnet_normalize_series_tiers_match_ccnet(shared_data):
     assert len(mapped) > 200  # the real sample exercises the punctuation-only path
     edge = ["\u201c\uff11\u201d", "\uff11", "a\u2014b\tc", "\u2014\x01\u2019", "caf\u00e9 \u2014 ok",
             "\u3000\u2019x\u3000", "  \u2026  ", "\r\nA\u2013B\r", "\u00a0\u201e1\u00bb\u00a0", "\x7f\u2019\x85",
-            "\u0301\u2019", "\u00b4\u0301", "ΣΑΣ \u2019ΟΔΟΣ\u2019", "\ufe52\uff0e\uff5e", ""]
+            "\u0301\u2019", "\u00b4\u0301", "ΣΑΣ \u2019ΟΔΟΣ\u2019", "\ufe52\uff0e\uff5e", "",
+            # U+001C-1F: Python's strip removes them, polars' default strip did not (" a" instead of "a")
+            "\x1c a", "b \x1f", "\x1d caf\u00e9 \x1e", "\x1f\u2019x\u2019 \x1c"]
     rows = lines + edge
     got = ccnet_normalize_series(pl.Series(rows)).to_list()
     bad = [(s, g, w) for s, g, w in zip(rows, got, map(ccnet_normalize_line, rows)) if g != w]
     assert not bad, bad[:5]
     assert ccnet_normalize_series(pl.Series(["A", None, "\u201cB\u201d"])).to_list() == ["a", None, '"b"']
+    full = pl.select(ccnet_normalize(pl.lit(pl.Series(edge)))).to_series().to_list()  # the expression too
+    assert full == [ccnet_normalize_line(x) for x in edge]
 
 
 def test_token_counts_match_regex_and_python_split(shared_data):
