@@ -187,6 +187,35 @@ def utf8_buffer(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return data[off[0]:off[-1]], off - off[0]
 
 
+def utf8_arrow(data: np.ndarray, off: np.ndarray, *, binary: bool = False):  # noqa: ANN201 (pyarrow is lazy)
+    """The inverse of :func:`utf8_buffer` as an Arrow ``large_string`` (``large_binary`` with ``binary``)
+    array whose row ``i`` is ``data[off[i]:off[i + 1]]``: the two arrays become its buffers (no copy, no
+    per-row Python). ``data`` must be valid UTF-8 for a string array (it is not checked)."""
+    import pyarrow as pa
+
+    bufs = [None, pa.py_buffer(np.ascontiguousarray(off, dtype=np.int64)), pa.py_buffer(np.ascontiguousarray(data))]
+    return pa.Array.from_buffers(pa.large_binary() if binary else pa.large_string(), len(off) - 1, bufs)
+
+
+class _ArrowCArray:
+    """An Arrow array offered to polars only through the Arrow PyCapsule interface: polars' ``pa.Array``
+    path imports ``pyarrow.compute`` (0.1 CPU s at start-up) for a dictionary-chunk cast plain strings
+    never need; the capsule path hands the same buffers over."""
+
+    __slots__ = ("arr",)
+
+    def __init__(self, arr) -> None:  # noqa: ANN001 (a pyarrow array; pyarrow is imported lazily)
+        self.arr = arr
+
+    def __arrow_c_array__(self, requested_schema: object | None = None) -> object:
+        return self.arr.__arrow_c_array__(requested_schema)
+
+
+def utf8_series(data: np.ndarray, off: np.ndarray, name: str = "", *, binary: bool = False) -> pl.Series:
+    """:func:`utf8_arrow` as a polars String (or Binary) Series."""
+    return pl.Series(name, _ArrowCArray(utf8_arrow(data, off, binary=binary))).alias(name)
+
+
 def rows_with_bytes(off: np.ndarray, hit: np.ndarray) -> np.ndarray:
     """Sorted row indices (of :func:`utf8_buffer`'s offsets ``off``) holding at least one byte where the
     boolean array ``hit`` is true; cheap when such bytes are rare."""

@@ -44,7 +44,7 @@ import numpy as np
 import polars as pl
 
 from curate.core.errors import ConfigError
-from curate.core.text import ccnet_normalize_series, rows_with_bytes, utf8_buffer
+from curate.core.text import ccnet_normalize, rows_with_bytes, utf8_arrow, utf8_buffer, utf8_series
 
 log = logging.getLogger("curate.lm")
 
@@ -88,15 +88,87 @@ class LMTokenizer:
         """One row per line of every document: ``doc`` (row index in ``texts``) and ``line`` (tokens joined
         by single spaces for SentencePiece, normalised text otherwise). Empty and null documents give one
         empty line, so every document has at least one row (CCNet counts one ``</s>`` per line)."""
-        df = (pl.DataFrame({"text": texts.cast(pl.String)}).with_row_index("doc")
-              .select("doc", pl.col("text").fill_null("").str.split("\n").alias("line")).explode("line"))
-        line = df["line"].fill_null("")
-        df = df.with_columns(ccnet_normalize_series(line) if self.normalize else line)
+        if self.normalize:
+            table = ccnet_line_table(texts)
+            df = pl.DataFrame({"doc": pl.Series(table.doc, dtype=pl.UInt32), "line": table.series()})
+        else:
+            df = (pl.DataFrame({"text": texts.cast(pl.String)}).with_row_index("doc")
+                  .select("doc", pl.col("text").fill_null("").str.split("\n").alias("line")).explode("line"))
+            df = df.with_columns(df["line"].fill_null(""))
         sp = self._processor()
         if sp is not None:
             pieces = sp.encode(df["line"].to_list(), out_type=str)
             df = df.with_columns(pl.Series("line", pieces, dtype=pl.List(pl.String)).list.join(" "))
         return df
+
+    def line_table(self, texts: pl.Series) -> LineTable:
+        """:meth:`lines` as a :class:`LineTable` (UTF-8 bytes, per-line document and token count): what the
+        scorer uses. CCNet-normalised whitespace tokens come from one kernel pass (:func:`ccnet_line_table`)."""
+        if self.normalize and self.sp_model is None:
+            return ccnet_line_table(texts)
+        df = self.lines(texts)
+        data, off = utf8_buffer(df["line"])
+        return LineTable(data, off, df["doc"].to_numpy().astype(np.int64), token_counts(df["line"]))
+
+
+@dataclass
+class LineTable:
+    """The lines of a batch: line ``i`` is ``data[off[i]:off[i + 1]]`` (UTF-8), from document ``doc[i]``,
+    with ``ntok[i]`` whitespace (``\\S+``) tokens."""
+
+    data: np.ndarray
+    off: np.ndarray
+    doc: np.ndarray
+    ntok: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.off) - 1
+
+    def series(self, *, binary: bool = False) -> pl.Series:
+        """The lines as a ``line`` String Series (Binary with ``binary``)."""
+        return utf8_series(self.data, self.off, "line", binary=binary)
+
+    def bytes_list(self) -> list[bytes]:
+        """The lines as ``bytes`` objects (made by Arrow in C), what ``kenlm.Model.score`` takes."""
+        return utf8_arrow(self.data, self.off, binary=True).to_pylist()
+
+
+_TABLES: tuple[np.ndarray, ...] | None = None
+
+
+def ccnet_line_table(texts: pl.Series) -> LineTable:
+    """Every document split on ``"\\n"``, each line CCNet-normalised (as :func:`curate.core.text.ccnet_normalize`
+    and CCNet's per-line normaliser) with its whitespace token count, in one numba pass over the batch's
+    UTF-8 bytes (:mod:`curate.models._ccnet_kernel`). Lines holding characters other than ASCII and
+    CCNet's mapped punctuation (accents, other scripts) are normalised by the polars expression and
+    spliced in; ``tests/models/test_kenlm.py`` checks the table byte for byte against CCNet's normaliser
+    on real multilingual text. Null documents are one empty line, like empty ones."""
+    from curate.models import _ccnet_kernel as K  # numba: loaded on first use, not on import
+
+    global _TABLES
+    if _TABLES is None:
+        _TABLES = (*K.ascii_tables(), *K.punct_tables())
+    data, off = utf8_buffer(texts)
+    n = len(off) - 1 + int(np.count_nonzero(data == 10))
+    out = np.empty(len(data), dtype=np.uint8)
+    line_off = np.empty(n + 1, dtype=np.int64)
+    doc, ntok, raw_start, raw_end = (np.empty(n, dtype=np.int64) for _ in range(4))
+    if K.normalize_lines(data, off, *_TABLES, out, line_off, doc, ntok, raw_start, raw_end):
+        rows = np.flatnonzero(ntok < 0)  # the kernel left them empty: normalise their raw bytes with polars
+        lens = raw_end[rows] - raw_start[rows]
+        raw_off = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lens, out=raw_off[1:])
+        raw = data[np.repeat(raw_start[rows] - raw_off[:-1], lens) + np.arange(raw_off[-1])]
+        sub = pl.select(ccnet_normalize(pl.lit(utf8_series(raw, raw_off)))).to_series()
+        ntok[rows] = sub.str.count_matches(_TOKEN).to_numpy()
+        sub_data, sub_off = utf8_buffer(sub)
+        sub_lens = np.diff(sub_off)
+        # insert each row's bytes where its empty line sits (np.insert keeps equal positions in order)
+        out = np.insert(out[:line_off[-1]], np.repeat(line_off[rows], sub_lens), sub_data)
+        grow = np.zeros(n + 1, dtype=np.int64)
+        grow[rows + 1] = sub_lens
+        line_off = line_off + np.cumsum(grow)
+    return LineTable(out[:line_off[-1]], line_off, doc, ntok)
 
 
 def token_counts(lines: pl.Series) -> np.ndarray:
@@ -514,17 +586,25 @@ class LMScorer:
     def lines(self, texts: pl.Series) -> pl.DataFrame:
         return self.tokenizer.lines(texts)
 
+    def line_table(self, texts: pl.Series) -> LineTable:
+        return self.tokenizer.line_table(texts)
+
+    def score_table(self, table: LineTable) -> tuple[np.ndarray, np.ndarray]:
+        """Per line of ``table``: log10 p(line </s> | <s>) and its token count + 1."""
+        # bytes, not str: kenlm encodes every str to UTF-8 again; Arrow makes the bytes objects in C
+        lp = np.fromiter(map(self.model.score, table.bytes_list()),
+                         dtype=np.float64, count=len(table))
+        return lp, table.ntok.astype(np.float64) + 1.0
+
     def score_lines(self, lines: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Per line: log10 p(line </s> | <s>) and its token count + 1."""
+        """Per line of a :meth:`lines` frame: log10 p(line </s> | <s>) and its token count + 1."""
         text = lines["line"]
-        # bytes, not str: kenlm encodes every str to UTF-8 again, and polars makes bytes objects faster
-        lp = np.fromiter(map(self.model.score, text.cast(pl.Binary).to_list()), dtype=np.float64,
-                         count=text.len())
-        return lp, token_counts(text).astype(np.float64) + 1.0
+        data, off = utf8_buffer(text)
+        return self.score_table(LineTable(data, off, np.zeros(0, np.int64), token_counts(text)))
 
     def score_docs(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        lines = self.lines(texts)
-        lp, ntok = self.score_lines(lines)
-        doc = lines["doc"].to_numpy()
+        """Per document: the sum of its lines' log10 probabilities and of their token counts + 1."""
+        table = self.line_table(texts)
+        lp, ntok = self.score_table(table)
         n = texts.len()
-        return np.bincount(doc, weights=lp, minlength=n), np.bincount(doc, weights=ntok, minlength=n)
+        return np.bincount(table.doc, weights=lp, minlength=n), np.bincount(table.doc, weights=ntok, minlength=n)

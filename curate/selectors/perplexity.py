@@ -80,9 +80,9 @@ class Perplexity(Filter):
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         scorer = self._ensure()
         col = self.params.column
-        lines = scorer.lines(batch["text"])
-        lp, ntok = scorer.score_lines(lines)
-        doc = lines["doc"].to_numpy()
+        table = scorer.line_table(batch["text"])
+        lp, ntok = scorer.score_table(table)
+        doc = table.doc
         n = batch.height
         ppl = np.power(10.0, -np.bincount(doc, weights=lp, minlength=n) / np.bincount(doc, weights=ntok, minlength=n))
         out = batch.with_columns(pl.Series(col, ppl, dtype=pl.Float64))
