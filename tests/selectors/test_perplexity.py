@@ -125,3 +125,39 @@ def test_fixed_cutoffs_from_metadata(tmp_path):
         work_dir=str(tmp_path / "work"), workers=1, progress=False)
     out = read_output(tmp_path / "out").sort("id")
     assert out["bucket"].to_list() == ["head", "middle", "tail", "all"]
+
+
+_STARTUP_SCRIPT = r'''
+import json, sys
+import curate.selectors.perplexity  # the import a worker does to unpickle the operator
+imported = [m for m in ("numba", "scipy", "pyarrow.compute", "kenlm", "torch") if m in sys.modules]
+from curate import Pipeline, read, write
+from curate.selectors.perplexity import Perplexity
+
+inp, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
+Pipeline(read(inp), Perplexity(model=model), write(out + "/out", format="jsonl")).run(
+    work_dir=out + "/work", workers=1, progress=False)
+print(json.dumps({"imported": imported, "numba_after_run": "numba" in sys.modules,
+                  "loaded": [m for m in ("scipy.linalg", "pyarrow.compute", "torch") if m in sys.modules]}))
+'''
+
+
+def test_perplexity_import_and_run_load_no_heavy_modules(book_lm, tmp_path):
+    """Importing the operator (what every worker does) loads neither numba nor kenlm (numba comes with the
+    first scored batch, kenlm with setup); a scoring run loads neither scipy.linalg (numba's BLAS probe,
+    0.3-0.4 CPU s, hidden by curate.core.jit), nor pyarrow.compute (polars' pa.Array import path), nor torch."""
+    import os
+    import subprocess
+    import sys
+
+    path, held, _ = book_lm
+    docs = held[:50] + ["Ünï — x"]
+    _write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": t} for i, t in enumerate(docs)])
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", _STARTUP_SCRIPT, str(tmp_path / "in.jsonl"), str(path), str(tmp_path)],
+                       capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res == {"imported": [], "numba_after_run": True, "loaded": []}
+    assert len(read_output(tmp_path / "out")) == len(docs)
