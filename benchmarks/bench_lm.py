@@ -123,7 +123,7 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def bench_score(model: Path, docs: list[str], repeats: int = 3) -> list[str]:
+def bench_score(model: Path, docs: list[str], repeats: int = 6) -> list[str]:
     """Operator vs bare kenlm loops on the same docs, each timed ``repeats`` times in turn (A B A B, so load
     hits all alike); the best wall and the best CPU seconds (this process, polars threads included)."""
     import kenlm
@@ -143,7 +143,7 @@ def bench_score(model: Path, docs: list[str], repeats: int = 3) -> list[str]:
         "raw": lambda: [raw_model.score(s) for s in lines],
         "raw_bytes": lambda: [raw_model.score(s) for s in blines],
         "op": lambda: op.score(batch),
-        "norm": lambda: op._scorer.lines(batch["text"]),
+        "norm": lambda: op._scorer.line_table(batch["text"]),
         "raw_docs": lambda: [raw_model.score(s) for s in docs],
         "ccnet": lambda: [raw_model.score(ccnet_normalize_line(ln)) for d in docs for ln in d.split("\n")],
     }
@@ -164,14 +164,16 @@ def bench_score(model: Path, docs: list[str], repeats: int = 3) -> list[str]:
            row("raw `kenlm.Model.score` loop over the normalised lines, str (no normalisation)", "raw"),
            row("the same loop over the lines as bytes (what the operator calls)", "raw_bytes"),
            row("`perplexity` operator `score()` (CCNet normalisation + split + score + token counts + per-doc sums)", "op"),
-           row("its line split + CCNet normalisation alone", "norm"),
+           row("its line split + CCNet normalisation + token counts alone (one numba pass, polars for the "
+               "lines it leaves)", "norm"),
            row("raw `kenlm.Model.score(doc)` on raw, unnormalised docs (one call per doc)", "raw_docs"),
            row("CCNet's way: its Python normaliser per line + `kenlm.Model.score`", "ccnet"),
            f"| **operator vs CCNet's way** (same work: normalise + score) | | **{wall['ccnet'] / wall['op']:.2f}x** | | "
            f"**{cpu['ccnet'] / cpu['op']:.2f}x** |"]
     print(f"scoring {n:,} docs ({len(lines):,} lines): operator {n / wall['op']:,.0f} docs/s, raw kenlm loop "
           f"{n / wall['raw']:,.0f} docs/s -> ratio {wall['raw'] / wall['op']:.2f} wall, {cpu['raw'] / cpu['op']:.2f} CPU; "
-          f"normalisation {cpu['norm']:.3f} of {cpu['op']:.3f} CPU s", flush=True)
+          f"(bytes loop: {cpu['raw_bytes'] / cpu['op']:.2f} CPU); split + normalisation + counts {cpu['norm']:.3f} of "
+          f"{cpu['op']:.3f} CPU s", flush=True)
     return out
 
 
@@ -263,6 +265,8 @@ def main() -> None:
                     "model); the model is trained in any case")
     ap.add_argument("--docs", type=int, default=None, help="held-out paragraphs to score (default 40,000; "
                     "10,000 with --small)")
+    ap.add_argument("--repeats", type=int, default=6, help="rounds of the scoring paths, run in turn (A B A B); "
+                    "the best of each is reported (default 6)")
     ap.add_argument("--worker-docs", type=int, default=None, help="documents of the workers run (default: "
                     "--docs); repeats the held-out paragraphs when larger")
     args = ap.parse_args()
@@ -283,7 +287,7 @@ def main() -> None:
             in_child(_train_child, paragraphs(sizes[1]), str(model), args.order)
         docs = paragraphs(n_docs * 80, skip_books=150)[:n_docs]
         if "score" in parts:
-            score_rows = bench_score(model, docs)
+            score_rows = bench_score(model, docs, args.repeats)
         if "load" in parts or "workers" in parts:
             load_rows, models = bench_load(model, tmp)
         if "workers" in parts:

@@ -229,7 +229,8 @@ _PLAIN_PUNCT = {k: v for k, v in CCNET_UNICODE_PUNCT.items() if k != "\uff11"}
 
 
 def ccnet_normalize_series(s: pl.Series) -> pl.Series:
-    """:func:`ccnet_normalize` of a Series (the form the KenLM trainer and scorer use), faster.
+    """:func:`ccnet_normalize` of a Series, faster, with polars alone (the KenLM trainer and scorer split and
+    normalise whole batches in one numba pass instead: :func:`curate.models.kenlm.ccnet_line_table`).
 
     Every row is stripped, lowercased and gets ASCII digits to "0"; that is all a row needs when it is
     printable ASCII once stripped (most lines of English text). Rows whose other bytes are only mapped

@@ -570,8 +570,9 @@ class LMScorer:
     ``score_docs`` returns, per document, the sum of ``model.score(line)`` (log10, ``<s>``/``</s>`` per
     line) and the token count sum(len(line.split()) + 1), as CCNet's ``DocLM`` (``cc_net/perplexity.py``).
     The only per-line Python work is the kenlm call itself (``map`` over the lines as ``bytes``, which kenlm
-    takes without re-encoding); splitting, normalising, token counting and per-document sums are
-    polars/numpy over the batch (ratio to a bare kenlm loop and worker scaling: ``benchmarks/bench_lm.py``).
+    takes without re-encoding); splitting, CCNet normalisation and token counting are one numba pass over
+    the batch's bytes (:func:`ccnet_line_table`), per-document sums numpy (ratio to a bare kenlm loop and
+    worker scaling: ``benchmarks/bench_lm.py``). numba loads with the first batch, not on import.
     """
 
     def __init__(self, model: str | Path, normalize: bool | None = None, sp_model: str | None = None):

@@ -33,10 +33,10 @@ def _score_shard(in_model: str, gen_model: str, normalize: bool | None, sp_model
     lm_gen = LMScorer(gen_model, normalize=normalize, sp_model=sp_model)
     frames = []
     for batch in read_spill(shard, [UID, "text"]):
-        lines = lm_in.lines(batch["text"])  # one tokenisation serves both models (checked in fit)
-        lp_in, ntok = lm_in.score_lines(lines)
-        lp_gen = np.fromiter(map(lm_gen.model.score, lines["line"].to_list()), dtype=np.float64, count=lines.height)
-        doc = lines["doc"].to_numpy()
+        table = lm_in.line_table(batch["text"])  # one tokenisation serves both models (checked in fit)
+        lp_in, ntok = lm_in.score_table(table)
+        lp_gen, _ = lm_gen.score_table(table)
+        doc = table.doc
         n = batch.height
         tokens = np.bincount(doc, weights=ntok, minlength=n)
         score = cross_entropy_difference(np.bincount(doc, weights=lp_in, minlength=n),
