@@ -94,7 +94,8 @@ class RejectsSpec(BaseModel):
 
 
 def _public(df: pl.DataFrame) -> pl.DataFrame:
-    return df.select([c for c in df.columns if not c.startswith("__")])
+    hidden = [c for c in df.columns if c.startswith("__")]
+    return df.drop(hidden) if hidden else df
 
 
 class ShardWriter:
@@ -180,9 +181,12 @@ class ShardWriter:
         if self.typed_head:
             for c in batch.columns:
                 if c not in self._first_value:
-                    hit = batch.get_column(c).is_not_null().arg_true()
-                    if len(hit):
-                        self._first_value[c] = self.rows + int(hit[0])
+                    col = batch.get_column(c)
+                    nulls = col.null_count()  # O(1): Arrow keeps the count, no scan for the common cases
+                    if nulls == 0:
+                        self._first_value[c] = self.rows
+                    elif nulls < col.len():
+                        self._first_value[c] = self.rows + int(col.is_not_null().arg_true()[0])
         self.rows += batch.height
         data = self._encode(batch)
         self._batches.append((dict(batch.schema), len(data)))
