@@ -273,8 +273,8 @@ def _tokenize(data: np.ndarray, offsets: np.ndarray, cls: np.ndarray, first_doc:
                     L = q
             if L == 0:  # (?:[^\W_]\.){2,}
                 r = 0
-                while (p + 2 * r + 1 < m2 and t[p + 2 * r] != 95 and (cls[t[p + 2 * r]] & 1) != 0
-                       and t[p + 2 * r + 1] == 46):
+                while (p + 2 * r + 1 < m2 and t[p + 2 * r + 1] == 46 and t[p + 2 * r] != 95
+                       and (cls[t[p + 2 * r]] & 1) != 0):
                     r += 1
                 if r >= 2:
                     L = 2 * r
@@ -282,25 +282,39 @@ def _tokenize(data: np.ndarray, offsets: np.ndarray, cls: np.ndarray, first_doc:
                 L = 2
                 while p + L < m2 and t[p + L] == x:
                     L += 1
-            if L == 0:
-                if x != 95 and (cx & 1) != 0:  # [^\W_](?:\S*[^\W_])?
-                    L = 1
-                    j = p + 1
-                    while j < m2 and (cls[t[j]] & 2) == 0:
-                        if t[j] != 95 and (cls[t[j]] & 1) != 0:
-                            L = j - p + 1
-                        j += 1
-                else:  # [^\w\s] | _
-                    L = 1
             h = np.uint64(0xCBF29CE484222325)
             all_p = True
             any_a = False
-            for j in range(p, p + L):
-                y = t[j]
-                h = (h ^ np.uint64(y)) * mult
-                cy = cls[y]
-                all_p = all_p and (cy & 8) != 0
-                any_a = any_a or (cy & 4) != 0
+            if L == 0 and x != 95 and (cx & 1) != 0:  # [^\W_](?:\S*[^\W_])?
+                # the token's hash and flags as the scan goes, taken at its last word character (one pass
+                # over the token instead of a scan and a second hashing loop)
+                L = 1
+                hs = (h ^ np.uint64(x)) * mult
+                ps = (cx & 8) != 0
+                as_ = (cx & 4) != 0
+                h, all_p, any_a = hs, ps, as_
+                j = p + 1
+                while j < m2:
+                    y = t[j]
+                    cy = cls[y]
+                    if cy & 2:
+                        break
+                    hs = (hs ^ np.uint64(y)) * mult
+                    ps = ps and (cy & 8) != 0
+                    as_ = as_ or (cy & 4) != 0
+                    if y != 95 and (cy & 1) != 0:
+                        L = j - p + 1
+                        h, all_p, any_a = hs, ps, as_
+                    j += 1
+            else:
+                if L == 0:  # [^\w\s] | _
+                    L = 1
+                for j in range(p, p + L):
+                    y = t[j]
+                    h = (h ^ np.uint64(y)) * mult
+                    cy = cls[y]
+                    all_p = all_p and (cy & 8) != 0
+                    any_a = any_a or (cy & 4) != 0
             hashes[nt] = h ^ (h >> np.uint64(31))
             lengths[nt] = L
             flags[nt] = (1 if all_p else 0) | (2 if any_a else 0)
