@@ -180,6 +180,13 @@ class _Pool:
                                           initializer=_init_worker, initargs=(self.q, os.getpid(), self.env))
         return self.ex
 
+    def _drain(self) -> None:
+        """Read the "started task" messages the pump thread (stopped) had not read yet."""
+        while not self.q.empty():
+            kind, pid, value = self.q.get()
+            if kind == "start":
+                self.running[pid] = value
+
     def _pump(self) -> None:
         while not self.stop.is_set():
             if self.q.empty():
@@ -213,6 +220,7 @@ class _Pool:
                         self.broken = True
                         self.stop.set()
                         self.th.join(timeout=1.0)
+                        self._drain()  # a task that died at once: its "start" may still be in the queue
                         raise _dead_worker_error(self.procs, self.running) from None
                     yield result
         except BaseException:
