@@ -246,24 +246,29 @@ _SHARED: dict[str, Any] = {"open": 0, "pool": None, "method": None}
 
 
 @contextlib.contextmanager
-def shared_pool(start_method: str | None = None) -> Iterator[None]:
+def shared_pool(start_method: str | None = None, *, workers: int = 1) -> Iterator[None]:
     """Within this block, :func:`iter_tasks` keeps its worker processes between calls (an executor's run:
     its segments and global-stage fits), so workers start and import curate, polars and numba once per
     run instead of once per segment. Closed (workers stopped) at the end of the block. ``start_method``
     (the executor's option: ``auto``, ``forkserver``, ``spawn``; see :func:`resolve_start_method`) holds
-    for every pool started inside, shared or not."""
+    for every pool started inside, shared or not. With ``workers > 1`` (the run's) the fork server starts
+    at once, importing while the driver plans the run; it is stopped with the block."""
     method = resolve_start_method(start_method)
     outer = _SHARED["method"]
     _SHARED["open"] += 1
     _SHARED["method"] = method
     try:
+        if workers > 1 and method == "forkserver" and _SHARED["open"] == 1:
+            _launch_server()
         yield
     finally:
         _SHARED["open"] -= 1
         _SHARED["method"] = outer
-        if _SHARED["open"] == 0 and _SHARED["pool"] is not None:
-            pool, _SHARED["pool"] = _SHARED["pool"], None
-            pool.close(wait_for=not pool.broken)
+        if _SHARED["open"] == 0:
+            if _SHARED["pool"] is not None:
+                pool, _SHARED["pool"] = _SHARED["pool"], None
+                pool.close(wait_for=not pool.broken)
+            _stop_server()
 
 
 def iter_tasks(fn: Callable[..., Any], tasks: Iterable[tuple], workers: int, *,
@@ -295,25 +300,24 @@ def iter_tasks(fn: Callable[..., Any], tasks: Iterable[tuple], workers: int, *,
     finally:
         if not share:
             pool.close(wait_for=not pool.broken)
+            if _SHARED["open"] == 0:
+                _stop_server()  # a pool outside any run: its server goes with it, as spawned workers do
         elif pool.broken:
             _SHARED["pool"] = None
 
 
-_SERVER: dict[str, Any] = {"checked": None}
+_SERVER: dict[str, Any] = {"checked": None, "ours": None}
 _SERVER_LOCK = threading.Lock()
 
 
-def _start_server() -> bool:
-    """Make sure multiprocessing's fork server runs as curate's (:mod:`curate.core._forkserver` preloaded)
-    and can fork a worker; False when it cannot (the pool then spawns). Called with ``__main__`` hidden
-    or checked (:func:`spawn_guard`) and signals blocked: the server keeps that mask, and its workers
-    unblock SIGINT and SIGTERM in :func:`_init_worker`."""
+def _launch_server() -> None:
+    """Start multiprocessing's fork server as curate's (:mod:`curate.core._forkserver` preloaded) unless it
+    runs; returns at once (the server imports in the background, overlapping the driver's own set-up)."""
     from multiprocessing import forkserver
 
     import curate
 
     with _SERVER_LOCK:
-        server = getattr(forkserver, "_forkserver", None)
         # curate's module alone: the default, ['__main__'], would make the server import the user's script
         forkserver.set_forkserver_preload(["curate.core._forkserver"])
         env = {_forkserver.PARENT_ENV: str(os.getpid()),
@@ -323,47 +327,62 @@ def _start_server() -> bool:
                _forkserver.ARM_ENV: "1" if threading.current_thread() is threading.main_thread() else "0"}
         old = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
+        before = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
         try:
-            forkserver.ensure_running()
+            with _signals_blocked():  # the server keeps this mask; workers unblock them in _init_worker
+                forkserver.ensure_running()
         finally:
             for k, v in old.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        pid = getattr(server, "_forkserver_pid", None)
-        if pid is not None and pid == _SERVER["checked"]:
-            return True
-        # one trivial worker: a server that refused to serve (_forkserver: threads it cannot fork) or failed
-        # to start shows here, before the pool depends on it
-        probe = mp.get_context("forkserver").Process(target=os.getpid, name="curate-forkserver-probe")
-        try:
-            probe.start()
-            probe.join(timeout=120)
-        except (OSError, EOFError):
-            return False
-        if probe.exitcode != 0:
-            return False
-        _SERVER["checked"] = pid
-        if pid is not None and not _SERVER.get("atexit"):
+        after = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+        if after != before:  # started now, by curate (one some other code started stays theirs)
+            _SERVER["ours"] = after
+        if not _SERVER.get("atexit"):
             atexit.register(_stop_server)
             _SERVER["atexit"] = True
+
+
+def _start_server() -> bool:
+    """Make sure curate's fork server runs and can fork a worker; False when it cannot (the pool then
+    spawns). Called with ``__main__`` hidden or checked (:func:`spawn_guard`) and signals blocked."""
+    from multiprocessing import forkserver
+
+    _launch_server()
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if pid is not None and pid == _SERVER["checked"]:
         return True
+    # one trivial worker: a server that refused to serve (_forkserver: threads it cannot fork) or failed to
+    # start shows here, before the pool depends on it
+    probe = mp.get_context("forkserver").Process(target=os.getpid, name="curate-forkserver-probe")
+    try:
+        probe.start()
+        probe.join(timeout=120)
+    except (OSError, EOFError):
+        return False
+    if probe.exitcode != 0:
+        return False
+    _SERVER["checked"] = pid
+    return True
 
 
 def _stop_server() -> None:
-    """At exit: close the server's pipe and reap it (it exits once no process holds the pipe), so its CPU
-    time and its workers' count as this process's children (``wait4``, ``RUSAGE_CHILDREN``), as spawned
-    workers' do. Waits at most 2 seconds: a worker still alive would keep the server up."""
+    """Close the fork server curate started and reap it (it exits once no process holds its pipe): at the
+    end of a run (:func:`shared_pool`) and at exit. Its CPU time and its workers' then count as this
+    process's children (``wait4``, ``RUSAGE_CHILDREN``), as spawned workers' do, and no server outlives
+    the run that needed it. Waits at most 2 seconds: a worker still alive would keep the server up."""
     from multiprocessing import forkserver
 
     server = getattr(forkserver, "_forkserver", None)
-    pid, fd = getattr(server, "_forkserver_pid", None), getattr(server, "_forkserver_alive_fd", None)
-    if pid is None or fd is None:
-        return
     with _SERVER_LOCK:
+        pid, fd = getattr(server, "_forkserver_pid", None), getattr(server, "_forkserver_alive_fd", None)
+        if pid is None or fd is None or pid != _SERVER["ours"]:
+            return  # none, or one some other code started: theirs to stop
         server._forkserver_alive_fd = None  # type: ignore[union-attr]
         server._forkserver_pid = None  # type: ignore[union-attr]
+        _SERVER["ours"] = None
         os.close(fd)
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:

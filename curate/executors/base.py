@@ -162,7 +162,7 @@ class Executor:
             for root in roots.values():
                 root.clean_tmp()  # leftovers of killed runs, only under curate's own names
             # one set of worker processes for every segment and fit of the run
-            with shared_pool(p.executor.start_method):
+            with shared_pool(p.executor.start_method, workers=self.workers):
                 result, vouched = self._run_segments(p, segments, shards, rejects, device, progress, t0)
             for name in ("output", "rejects"):
                 roots[name].sweep(vouched[name])
