@@ -9,9 +9,11 @@ Importing this module does nothing unless the importing process is that server: 
 ``CURATE_FORKSERVER_PARENT`` to its own pid only while it launches the server, and the server's parent is
 the driver. Then, in order:
 
-1. ``PR_SET_PDEATHSIG`` (Linux): the kernel kills the server when the driver dies. Workers set the same
-   against their parent, the server, so the chain driver -> server -> workers needs no thread in any of
-   them; a driver that died before the request took effect makes the server exit at once.
+1. ``PR_SET_PDEATHSIG`` (Linux; only when the driver started the server from its main thread, since the
+   signal follows the thread that started the process: ``CURATE_FORKSERVER_ARM``): the kernel kills the
+   server when the driver dies. Workers set the same against their parent, the server, so the chain
+   driver -> server -> workers needs no thread in any of them; a driver that died before the request
+   took effect makes the server exit at once. (Workers also watch the driver's pipe: curate.core.pool.)
 2. The server imports only from the same ``curate`` the driver runs (``CURATE_FORKSERVER_CURATE``):
    Python 3.11's fork server ignores the driver's ``sys.path``, so a driver that put another checkout
    first would otherwise get workers running other code. On a mismatch the curate modules are dropped

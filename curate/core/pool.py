@@ -4,9 +4,10 @@ asked for.
 How workers start (:func:`resolve_start_method`; the executor option ``start_method`` or the environment
 variable ``CURATE_START_METHOD``: ``auto``, ``forkserver`` or ``spawn``):
 
-- ``forkserver`` (``auto`` on Linux): one server process per driver imports polars, numpy, pydantic and
-  curate's core and executor modules once (:mod:`curate.core._forkserver`), and every worker is a fork
-  of it, so a worker does not pay that import again (measured: ~1 CPU-second per worker under spawn).
+- ``forkserver`` (``auto`` on Linux): one server process per run imports polars, numpy, pydantic, numba's
+  registries and curate's core and executor modules once (:mod:`curate.core._forkserver`), and every
+  worker is a fork of it, so a worker does not pay that import again (~1.4 CPU-seconds per spawned
+  worker; a fork costs ~0.02). The server starts with the run and is stopped and reaped at its end.
   No polars query ever runs in the server, so polars' compute thread pool, which is not fork-safe,
   never exists there; a worker gets the driver's environment as it was when the worker started (as
   under spawn, where it is inherited), so ``POLARS_MAX_THREADS`` and the rest apply.
