@@ -22,6 +22,10 @@ class ExecutorSpec(BaseModel):
 
     type: Literal["local", "ray"] = "local"
     workers: int | None = Field(None, gt=0, description="worker processes; default: number of cores")
+    start_method: Literal["auto", "forkserver", "spawn"] = Field(
+        "auto", description="local: how worker processes start (curate.core.pool). 'forkserver': forks of one "
+        "server that has imported polars, numpy and curate once (Linux); 'spawn': each worker a fresh "
+        "interpreter; 'auto' (default): $CURATE_START_METHOD if set, else forkserver on Linux, spawn elsewhere")
     address: str | None = Field(None, description="ray: cluster address ('auto' to join one)")
     mode: Literal["data", "actors"] = Field(
         "data", description="ray: 'data' runs each segment of map/filter steps as a Ray Data map_batches "

@@ -1,34 +1,54 @@
-"""A small process pool for shard tasks: spawn-started workers (polars' thread pool is not fork-safe),
-results as tasks complete, serial in-process when one worker is asked for.
+"""A small process pool for shard tasks: results as tasks complete, serial in-process when one worker is
+asked for.
+
+How workers start (:func:`resolve_start_method`; the executor option ``start_method`` or the environment
+variable ``CURATE_START_METHOD``: ``auto``, ``forkserver`` or ``spawn``):
+
+- ``forkserver`` (``auto`` on Linux): one server process per run imports polars, numpy, pydantic, numba's
+  registries and curate's core and executor modules once (:mod:`curate.core._forkserver`), and every
+  worker is a fork of it, so a worker does not pay that import again (~1.4 CPU-seconds per spawned
+  worker; a fork costs ~0.02). The server starts with the run and is stopped and reaped at its end.
+  No polars query ever runs in the server, so polars' compute thread pool, which is not fork-safe,
+  never exists there; a worker gets the driver's environment as it was when the worker started (as
+  under spawn, where it is inherited), so ``POLARS_MAX_THREADS`` and the rest apply.
+- ``spawn`` (``auto`` elsewhere, and the fallback when the fork server cannot start): each worker is a
+  fresh interpreter.
 
 What it guarantees, whatever happens to the run:
 
 - Ctrl-C: workers ignore SIGINT (it reaches the whole process group), so only the main process sees it;
   it stops the workers and the CLI prints one line. SIGINT and SIGTERM are blocked while workers start,
   so a signal during their start-up cannot print a traceback from inside one either.
-- No orphans: every worker asks the kernel to kill it when the main process dies
-  (``PR_SET_PDEATHSIG``, Linux; a watchdog thread elsewhere), and the main process kills its workers on
-  any exception (Ctrl-C, SIGTERM turned into an exception by the CLI, an error in one shard).
+- No orphans: every worker asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``, Linux;
+  a watchdog thread elsewhere). Under spawn the parent is the main process; under forkserver it is the
+  fork server, which asks the same against the main process, and each worker also watches the main
+  process through the pipe multiprocessing keeps open to it (a thread blocked on it exits the worker
+  when it closes), so a worker never outlives the main process even if the server was killed. The main
+  process kills its workers on any exception (Ctrl-C, SIGTERM turned into an exception by the CLI, an
+  error in one shard).
 - A worker killed from outside (SIGKILL, the out-of-memory killer) is a :class:`CurateError` naming the
   task it was running, not a ``BrokenProcessPool`` traceback.
 - A script without ``if __name__ == "__main__":`` works: when no task needs a class or function defined
-  in ``__main__``, workers start without re-running the user's script (multiprocessing's spawn decides
-  that from ``sys.modules['__main__']``); when one does and the run is not under that guard, a
+  in ``__main__``, workers start without re-running the user's script (multiprocessing decides that
+  from ``sys.modules['__main__']``, under spawn and forkserver alike; the fork server itself never
+  imports ``__main__``); when one does and the run is not under that guard, a
   :class:`CurateError` says to add it (instead of ``RuntimeError ... bootstrapping phase``).
 """
 
 from __future__ import annotations
 
 import ast
+import atexit
 import contextlib
-import ctypes
 import io
+import logging
 import multiprocessing as mp
 import os
 import pickle
 import signal
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -36,29 +56,72 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from curate.core import _forkserver
 from curate.core.errors import CurateError
+
+log = logging.getLogger("curate")
 
 _QUEUE: Any = None  # in a worker: where progress and "started task" messages go
 
+START_METHOD_ENV = "CURATE_START_METHOD"
+START_METHODS = ("auto", "forkserver", "spawn")
 
-def _init_worker(q: Any, parent: int) -> None:
+
+def resolve_start_method(requested: str | None = None) -> str:
+    """The start method workers get: ``requested`` (the executor's ``start_method``) unless it is None or
+    ``auto``, else ``$CURATE_START_METHOD`` unless unset or ``auto``; ``auto`` is ``forkserver`` on Linux
+    (where the fork server's guarantees above hold: ``PR_SET_PDEATHSIG``, /proc) and ``spawn`` elsewhere
+    (macOS, Windows). Asking for ``forkserver`` where multiprocessing has none is a :class:`CurateError`."""
+    method = requested if requested not in (None, "auto") else os.environ.get(START_METHOD_ENV, "auto") or "auto"
+    if method not in START_METHODS:
+        raise CurateError(f"{START_METHOD_ENV}={method!r}: expected one of {', '.join(START_METHODS)}")
+    if method == "auto":
+        return "forkserver" if sys.platform.startswith("linux") and _has_forkserver() else "spawn"
+    if method == "forkserver" and not _has_forkserver():
+        raise CurateError(f"start method 'forkserver' is not available on {sys.platform}: use 'spawn' or 'auto'")
+    return method
+
+
+def _has_forkserver() -> bool:
+    return "forkserver" in mp.get_all_start_methods()
+
+
+def _init_worker(q: Any, parent: int, env: dict[str, str] | None) -> None:
     global _QUEUE
+    if env is not None:  # forkserver: the server's environment is the driver's of long ago
+        os.environ.clear()
+        os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process alone answers Ctrl-C
     if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while spawning (see _signals_blocked)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    _die_with_parent(parent)
+    _die_with_parent(parent, forked=env is not None)
     _QUEUE = q
 
 
-def _die_with_parent(parent: int) -> None:
-    """Make this worker die with the main process, even when that one is SIGKILLed."""
-    armed = False
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            armed = False
+def _die_with_parent(parent: int, *, forked: bool = False) -> None:
+    """Make this worker die with the main process ``parent``, even when that one is SIGKILLed.
+
+    Spawned (``forked=False``): the worker's parent is the main process; ``PR_SET_PDEATHSIG`` ties it to
+    it, a thread polling ``getppid`` where that is not available. Forked by the fork server
+    (``forked=True``): ``PR_SET_PDEATHSIG`` ties it to the server, which dies with the main process (see
+    :mod:`curate.core._forkserver`); and a thread waits on the pipe multiprocessing keeps from the main
+    process (``parent_process().sentinel``: at EOF once the main process is gone, whatever its pid is
+    reused for), which covers a server that could not ask for its own parent-death signal."""
+    armed = _forkserver.arm_parent_death()
+    if forked:
+        main = mp.parent_process()
+        if main is None or not main.is_alive():  # the main process died before the request took effect
+            os._exit(1)
+        sentinel = main.sentinel
+
+        def wait_for_main() -> None:
+            from multiprocessing.connection import wait as wait_fds
+
+            wait_fds([sentinel])
+            os._exit(1)
+
+        threading.Thread(target=wait_for_main, daemon=True, name="curate-parent-watch").start()
+        return
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
     if not armed:
@@ -89,22 +152,41 @@ def _default_label(i: int, task: tuple) -> str:
 
 
 class _Pool:
-    """Spawned workers, their message queue and the thread that forwards progress: kept for a whole run
-    when :func:`shared_pool` is open (workers then start once, not once per segment and per fit)."""
+    """Workers, their message queue and the thread that forwards progress: kept for a whole run when
+    :func:`shared_pool` is open (workers then start once, not once per segment and per fit)."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, method: str = "spawn"):
         self.workers = workers
-        ctx = mp.get_context("spawn")
-        self.q = ctx.SimpleQueue()
+        self.asked = method  # what the run asked for; ``method`` is what the workers got
+        self.method = method
+        self.q = mp.get_context("spawn").SimpleQueue()  # a pipe and a lock: the same under either method
         self.running: dict[int, str] = {}
         self.progress: Callable[[int], None] | None = None
         self.stop = threading.Event()
         self.th = threading.Thread(target=self._pump, daemon=True, name="curate-progress")
         self.th.start()
-        self.ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                      initargs=(self.q, os.getpid()))
+        self.ex: ProcessPoolExecutor | None = None  # made by the first run(): the fork server is checked then
+        #: forkserver: the driver's environment, filled in just before the workers start (pickled then)
+        self.env: dict[str, str] | None = {} if method == "forkserver" else None
         self.procs: dict[int, Any] = {}
         self.broken = False
+
+    def _executor(self) -> ProcessPoolExecutor:
+        """The executor, made on first use (inside the blocks of :meth:`run` that workers start in)."""
+        if self.ex is None:
+            if self.method == "forkserver" and not _start_server():
+                log.warning("curate: the fork server did not start; worker processes are spawned instead")
+                self.method, self.env = "spawn", None
+            self.ex = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context(self.method),
+                                          initializer=_init_worker, initargs=(self.q, os.getpid(), self.env))
+        return self.ex
+
+    def _drain(self) -> None:
+        """Read the "started task" messages the pump thread (stopped) had not read yet."""
+        while not self.q.empty():
+            kind, pid, value = self.q.get()
+            if kind == "start":
+                self.running[pid] = value
 
     def _pump(self) -> None:
         while not self.stop.is_set():
@@ -123,9 +205,13 @@ class _Pool:
         pending: set = set()
         try:
             with spawn_guard((fn, tasks)), _signals_blocked(), _polars_threads(self.workers):
-                futures = {self.ex.submit(_call, fn, name, t): name for name, t in zip(names, tasks)}
+                ex = self._executor()
+                if self.env is not None:  # what a spawned worker would inherit now
+                    self.env.clear()
+                    self.env.update(os.environ)
+                futures = {ex.submit(_call, fn, name, t): name for name, t in zip(names, tasks)}
             pending = set(futures)
-            self.procs.update(getattr(self.ex, "_processes", None) or {})  # spawn starts every worker on submit
+            self.procs.update(getattr(ex, "_processes", None) or {})  # workers start on submit (not fork)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
@@ -135,13 +221,15 @@ class _Pool:
                         self.broken = True
                         self.stop.set()
                         self.th.join(timeout=1.0)
+                        self._drain()  # a task that died at once: its "start" may still be in the queue
                         raise _dead_worker_error(self.procs, self.running) from None
                     yield result
         except BaseException:
             # no Future.cancel(): the pool's manager thread would then fail setting their exception
             # (InvalidStateError traceback); killing the workers makes it fail every pending future itself
             self.broken = True
-            _kill_workers(self.ex)
+            if self.ex is not None:
+                _kill_workers(self.ex)
             pending = set(wait(pending, timeout=10.0).not_done) if pending else set()
             self.close(wait_for=not pending, cancel=bool(pending))
             raise
@@ -149,27 +237,39 @@ class _Pool:
             self.progress = None
 
     def close(self, *, wait_for: bool = True, cancel: bool = False) -> None:
-        self.ex.shutdown(wait=wait_for, cancel_futures=cancel)
+        if self.ex is not None:
+            self.ex.shutdown(wait=wait_for, cancel_futures=cancel)
         self.stop.set()
         self.th.join(timeout=1.0)
 
 
-_SHARED: dict[str, Any] = {"open": 0, "pool": None}
+_SHARED: dict[str, Any] = {"open": 0, "pool": None, "method": None}
 
 
 @contextlib.contextmanager
-def shared_pool() -> Iterator[None]:
+def shared_pool(start_method: str | None = None, *, workers: int = 1) -> Iterator[None]:
     """Within this block, :func:`iter_tasks` keeps its worker processes between calls (an executor's run:
-    its segments and global-stage fits), so workers are spawned and import curate, polars and numba once
-    per run instead of once per segment. Closed (workers stopped) at the end of the block."""
+    its segments and global-stage fits), so workers start and import curate, polars and numba once per
+    run instead of once per segment. Closed (workers stopped) at the end of the block. ``start_method``
+    (the executor's option: ``auto``, ``forkserver``, ``spawn``; see :func:`resolve_start_method`) holds
+    for every pool started inside, shared or not. With ``workers > 1`` (the run's) the fork server starts
+    at once, importing while the driver plans the run; it is stopped with the block."""
+    method = resolve_start_method(start_method)
+    outer = _SHARED["method"]
     _SHARED["open"] += 1
+    _SHARED["method"] = method
     try:
+        if workers > 1 and method == "forkserver" and _SHARED["open"] == 1:
+            _launch_server()
         yield
     finally:
         _SHARED["open"] -= 1
-        if _SHARED["open"] == 0 and _SHARED["pool"] is not None:
-            pool, _SHARED["pool"] = _SHARED["pool"], None
-            pool.close(wait_for=not pool.broken)
+        _SHARED["method"] = outer
+        if _SHARED["open"] == 0:
+            if _SHARED["pool"] is not None:
+                pool, _SHARED["pool"] = _SHARED["pool"], None
+                pool.close(wait_for=not pool.broken)
+            _stop_server()
 
 
 def iter_tasks(fn: Callable[..., Any], tasks: Iterable[tuple], workers: int, *,
@@ -188,11 +288,12 @@ def iter_tasks(fn: Callable[..., Any], tasks: Iterable[tuple], workers: int, *,
     # a payload that needs the user's __main__ gets its own workers (shared ones started without it)
     share = _SHARED["open"] > 0 and not main_references((fn, tasks))
     pool = _SHARED["pool"] if share else None
-    if pool is not None and (pool.broken or pool.workers != workers):
+    method = _SHARED["method"] or resolve_start_method()
+    if pool is not None and (pool.broken or pool.workers != workers or pool.asked != method):
         pool.close(wait_for=not pool.broken)
         pool = _SHARED["pool"] = None
     if pool is None:
-        pool = _Pool(workers if share else min(workers, len(tasks)))
+        pool = _Pool(workers if share else min(workers, len(tasks)), method)
         if share:
             _SHARED["pool"] = pool
     try:
@@ -200,8 +301,98 @@ def iter_tasks(fn: Callable[..., Any], tasks: Iterable[tuple], workers: int, *,
     finally:
         if not share:
             pool.close(wait_for=not pool.broken)
+            if _SHARED["open"] == 0:
+                _stop_server()  # a pool outside any run: its server goes with it, as spawned workers do
         elif pool.broken:
             _SHARED["pool"] = None
+
+
+_SERVER: dict[str, Any] = {"checked": None, "ours": None}
+_SERVER_LOCK = threading.Lock()
+
+
+def _launch_server() -> None:
+    """Start multiprocessing's fork server as curate's (:mod:`curate.core._forkserver` preloaded) unless it
+    runs; returns at once (the server imports in the background, overlapping the driver's own set-up)."""
+    from multiprocessing import forkserver
+
+    import curate
+
+    with _SERVER_LOCK:
+        # curate's module alone: the default, ['__main__'], would make the server import the user's script
+        forkserver.set_forkserver_preload(["curate.core._forkserver"])
+        env = {_forkserver.PARENT_ENV: str(os.getpid()),
+               _forkserver.CURATE_ENV: os.path.dirname(os.path.abspath(curate.__file__)),
+               # a server started from another thread must not die with that thread (PR_SET_PDEATHSIG
+               # follows the thread that started it); its workers still watch the main process
+               _forkserver.ARM_ENV: "1" if threading.current_thread() is threading.main_thread() else "0"}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        before = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+        try:
+            with _signals_blocked():  # the server keeps this mask; workers unblock them in _init_worker
+                forkserver.ensure_running()
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        after = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+        if after != before:  # started now, by curate (one some other code started stays theirs)
+            _SERVER["ours"] = after
+        if not _SERVER.get("atexit"):
+            atexit.register(_stop_server)
+            _SERVER["atexit"] = True
+
+
+def _start_server() -> bool:
+    """Make sure curate's fork server runs and can fork a worker; False when it cannot (the pool then
+    spawns). Called with ``__main__`` hidden or checked (:func:`spawn_guard`) and signals blocked."""
+    from multiprocessing import forkserver
+
+    _launch_server()
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if pid is not None and pid == _SERVER["checked"]:
+        return True
+    # one trivial worker: a server that refused to serve (_forkserver: threads it cannot fork) or failed to
+    # start shows here, before the pool depends on it
+    probe = mp.get_context("forkserver").Process(target=os.getpid, name="curate-forkserver-probe")
+    try:
+        probe.start()
+        probe.join(timeout=120)
+    except (OSError, EOFError):
+        return False
+    if probe.exitcode != 0:
+        return False
+    _SERVER["checked"] = pid
+    return True
+
+
+def _stop_server() -> None:
+    """Close the fork server curate started and reap it (it exits once no process holds its pipe): at the
+    end of a run (:func:`shared_pool`) and at exit. Its CPU time and its workers' then count as this
+    process's children (``wait4``, ``RUSAGE_CHILDREN``), as spawned workers' do, and no server outlives
+    the run that needed it. Waits at most 2 seconds: a worker still alive would keep the server up."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    with _SERVER_LOCK:
+        pid, fd = getattr(server, "_forkserver_pid", None), getattr(server, "_forkserver_alive_fd", None)
+        if pid is None or fd is None or pid != _SERVER["ours"]:
+            return  # none, or one some other code started: theirs to stop
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+        server._forkserver_pid = None  # type: ignore[union-attr]
+        _SERVER["ours"] = None
+        os.close(fd)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return
+            time.sleep(0.01)
 
 
 @contextlib.contextmanager

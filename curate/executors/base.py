@@ -161,7 +161,8 @@ class Executor:
             self._claim(roots, segments, shards)
             for root in roots.values():
                 root.clean_tmp()  # leftovers of killed runs, only under curate's own names
-            with shared_pool():  # one set of worker processes for every segment and fit of the run
+            # one set of worker processes for every segment and fit of the run
+            with shared_pool(p.executor.start_method, workers=self.workers):
                 result, vouched = self._run_segments(p, segments, shards, rejects, device, progress, t0)
             for name in ("output", "rejects"):
                 roots[name].sweep(vouched[name])

@@ -1,4 +1,5 @@
-"""The default executor: a pool of spawn-started worker processes over input shards on one machine."""
+"""The default executor: a pool of worker processes over input shards on one machine (forks of a fork
+server that has imported curate once, or spawned; ``executor.start_method``, :mod:`curate.core.pool`)."""
 
 from __future__ import annotations
 

@@ -105,17 +105,25 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _workers(pid: int) -> list[int]:
-    """Pool workers (not multiprocessing's resource tracker) among the descendants of ``pid``."""
-    found = []
+    """Pool workers (not multiprocessing's resource tracker or fork server) among the descendants of
+    ``pid``: spawned ones run ``spawn_main``; forked ones are children of a fork server started by ``pid``
+    (they share its command line)."""
+    cmds: dict[int, bytes] = {}
     for c in _descendants(pid):
         try:
-            cmd = Path(f"/proc/{c}/cmdline").read_bytes()
+            cmds[c] = Path(f"/proc/{c}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"spawn_main" in cmd:
-            found.append(c)
-    return sorted(found)
+    servers = {c for c, cmd in cmds.items() if b"multiprocessing.forkserver" in cmd and _ppid(c) == pid}
+    return sorted(c for c, cmd in cmds.items() if b"spawn_main" in cmd or _ppid(c) in servers)
 
 
 def _wait_for(cond, timeout: float = 60.0, what: str = "condition") -> None:
