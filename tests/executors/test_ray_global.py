@@ -5,7 +5,6 @@ Needs the `ray` extra; a local Ray instance with 2 CPUs started here."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import random
@@ -178,32 +177,6 @@ def test_group_first_and_star_pairs_equal_local(tmp_path, ops):
 
 
 # ------------------------------------------------------------------------------- stages, end to end
-@pytest.fixture(scope="module")
-def near_dups(shared_data, tmp_path_factory) -> Path:
-    """Real 20news posts and book paragraphs in three files, with near copies (a few words replaced) and
-    chains of copies of copies planted across files, so clusters span shards and need transitive joins."""
-    rng = random.Random(3)
-    with gzip.open(shared_data / "web" / "20news-bydate.jsonl.gz", "rt") as fh:
-        rows = [{"id": f"news-{i}", "text": json.loads(line)["text"]} for i, line in zip(range(300), fh)]
-    with gzip.open(shared_data / "books" / "gutenberg_slice.jsonl.gz", "rt") as fh:
-        body = json.loads(next(fh))["text"].replace("\r\n", "\n")
-    rows += [{"id": f"book-{i}", "text": p.replace("\n", " ")}
-             for i, p in enumerate(p for p in body.split("\n\n") if len(p.split()) >= 40)][:200]
-    planted = []
-    for c in range(40):
-        w = rng.choice(rows)["text"].split()
-        for step in range(4):  # a chain: each copy edits the previous one
-            for _ in range(max(1, len(w) // 40)):
-                w[rng.randrange(len(w))] = rng.choice(["alpha", "beta", "gamma"])
-            planted.append({"id": f"near-{c}-{step}", "text": " ".join(w)})
-    allrows = rows + planted
-    rng.shuffle(allrows)
-    d = tmp_path_factory.mktemp("near")
-    for k in range(3):
-        (d / f"part{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in allrows[k::3]))
-    return d
-
-
 def _digest(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".curate")}
@@ -231,3 +204,28 @@ def test_minhash_without_verify_on_ray_equals_local(near_dups, tmp_path, local_r
     # the components were computed by the Ray ops (a graph this small: handed to one Ray task, round 0)
     assert list((tmp_path / "r" / "work").rglob("minhash_components_*/round000-final/labels-0000.parquet"))
     assert not list((tmp_path / "l" / "work").rglob("round000-final"))
+
+
+def test_minhash_verified_on_ray_equals_local(near_dups, tmp_path, local_ray):
+    """Verified MinHash: components found on Ray, then the verified union run per group of components in
+    Ray tasks (a hash join of the pairs with their component, a shuffle by component): the same clusters,
+    kept documents, rejects and counters (verified and rejected pairs included) as the local executor."""
+    def spec(root: Path, executor: str):
+        return Pipeline(read(str(near_dups / "*.jsonl"), batch_size=100),
+                        MinHashDedup(threshold=0.7, verify=True, keep="longest"),
+                        write(str(root / "out"), format="parquet")
+                        ).spec(work_dir=str(root / "work"), workers=2, executor=executor)
+
+    LocalExecutor(spec(tmp_path / "l", "local")).run(progress=False)
+    RayExecutor(spec(tmp_path / "r", "ray")).run(progress=False)
+    assert _digest(tmp_path / "l" / "out") == _digest(tmp_path / "r" / "out")
+    assert _digest(tmp_path / "l" / "work" / "rejects") == _digest(tmp_path / "r" / "work" / "rejects")
+    local, on_ray = _counters(tmp_path / "l" / "work"), _counters(tmp_path / "r" / "work")
+    assert local == on_ray
+    c = on_ray["minhash_dedup"]
+    assert c["removed"] >= 100 and c["verified_pairs"] >= 100 and c["false_positive_pairs"] > 0
+    # locally one partition; on Ray the groups were spread over several (2 CPUs: 4 partitions)
+    (lv,) = (tmp_path / "l" / "work").rglob("minhash_verified_*")
+    (rv,) = (tmp_path / "r" / "work").rglob("minhash_verified_*")
+    assert len(list(lv.glob("part-*.parquet"))) == 1
+    assert len(list(rv.glob("part-*.parquet"))) > 1
