@@ -21,6 +21,7 @@ from curate.executors.local import LocalExecutor
 from curate.executors.ray import RayExecutor
 from curate.filters.exact_dedup import ExactDedup
 from curate.filters.minhash import MinHashDedup
+from curate.filters.semdedup import SemDeDup
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'curate-llm[ray]')")
 from curate.executors.ray_global import RayGlobalOps  # noqa: E402 - needs ray
@@ -229,3 +230,39 @@ def test_minhash_verified_on_ray_equals_local(near_dups, tmp_path, local_ray):
     (rv,) = (tmp_path / "r" / "work").rglob("minhash_verified_*")
     assert len(list(lv.glob("part-*.parquet"))) == 1
     assert len(list(rv.glob("part-*.parquet"))) > 1
+
+
+def test_semdedup_on_ray_equals_local(shared_data, tmp_path, local_ray):
+    """SemDeDup with embeddings computed in the fit (model2vec: MiniLM's static distillation) on real
+    MRPC paraphrases and exact copies in three files: k-means on the driver, each cluster's pruning in
+    Ray tasks over the per-shard embedding files; the same kept set, rejects (with the earlier item they
+    duplicate), eps report and counters as the local executor."""
+    pytest.importorskip("model2vec")
+    import csv
+
+    with open(shared_data / "paraphrase/msr_paraphrase_train.txt", encoding="utf-8-sig") as f:
+        pairs = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r and r[0] == "1"][:60]
+    texts = [t for r in pairs for t in (r[3], r[4])]
+    texts += texts[:40:4]  # 10 exact copies
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        (src / f"part{k}.jsonl").write_text("".join(json.dumps({"id": f"d{i:04d}", "text": t}) + "\n"
+                                                    for i, t in enumerate(texts) if i % 3 == k))
+
+    def spec(root: Path, executor: str):
+        return Pipeline(read(str(src / "*.jsonl")), SemDeDup(eps=0.1, n_clusters=4, backend="model2vec"),
+                        write(str(root / "out"), format="parquet")
+                        ).spec(work_dir=str(root / "work"), workers=2, executor=executor)
+
+    LocalExecutor(spec(tmp_path / "l", "local")).run(progress=False)
+    RayExecutor(spec(tmp_path / "r", "ray")).run(progress=False)
+    assert _digest(tmp_path / "l" / "out") == _digest(tmp_path / "r" / "out")
+    assert _digest(tmp_path / "l" / "work" / "rejects") == _digest(tmp_path / "r" / "work" / "rejects")
+    local, on_ray = _counters(tmp_path / "l" / "work"), _counters(tmp_path / "r" / "work")
+    assert local == on_ray
+    assert on_ray["semdedup"]["removed"] >= 10 and on_ray["semdedup"]["clusters"] == 4
+    reports = [json.loads(next((tmp_path / x / "work").rglob("eps_report.json")).read_text()) for x in "lr"]
+    assert reports[0] == reports[1]
+    (parts,) = {p.parent for p in (tmp_path / "r" / "work").rglob("semdup/part-*.parquet")}
+    assert len(list(parts.glob("part-*.parquet"))) > 1  # the clusters were spread over partitions
