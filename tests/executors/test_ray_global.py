@@ -5,6 +5,7 @@ Needs the `ray` extra; a local Ray instance with 2 CPUs started here."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import random
@@ -266,3 +267,43 @@ def test_semdedup_on_ray_equals_local(shared_data, tmp_path, local_ray):
     assert reports[0] == reports[1]
     (parts,) = {p.parent for p in (tmp_path / "r" / "work").rglob("semdup/part-*.parquet")}
     assert len(list(parts.glob("part-*.parquet"))) > 1  # the clusters were spread over partitions
+
+
+def test_moore_lewis_on_ray_selects_from_score_files_as_local(shared_data, tmp_path, local_ray):
+    """A selector scoring per shard (Moore-Lewis, small real LMs: GSM8K questions vs 20news posts): the
+    workers write score files, top-k reads them on Ray (per block, then the best k of the candidates),
+    and the kept set, rejects (with the cut-off) and counters equal the local executor's."""
+    pytest.importorskip("kenlm")
+    from curate.models.kenlm import train_lm
+    from curate.selectors.moore_lewis import MooreLewis
+
+    with open(shared_data / "instructions" / "gsm8k" / "train.jsonl") as fh:
+        gsm = [json.loads(line)["question"] for line in fh][:600]
+    with gzip.open(shared_data / "web" / "20news-bydate.jsonl.gz", "rt") as fh:
+        news = [json.loads(line)["text"] for _, line in zip(range(900), fh)]
+    train_lm(gsm[:400], tmp_path / "gsm.arpa", order=3, use_lmplz="never")
+    train_lm(news[:600], tmp_path / "news.arpa", order=3, use_lmplz="never")
+    rows = [{"id": f"g{i}", "text": t} for i, t in enumerate(gsm[400:])]
+    rows += [{"id": f"n{i}", "text": t} for i, t in enumerate(news[600:])]
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        (src / f"part{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[k::3]))
+
+    def spec(root: Path, executor: str):
+        return Pipeline(read(str(src / "*.jsonl"), batch_size=100),
+                        MooreLewis(in_domain_model=str(tmp_path / "gsm.arpa"),
+                                   general_model=str(tmp_path / "news.arpa"), fraction=0.4),
+                        write(str(root / "out"), format="parquet")
+                        ).spec(work_dir=str(root / "work"), workers=2, executor=executor)
+
+    LocalExecutor(spec(tmp_path / "l", "local")).run(progress=False)
+    RayExecutor(spec(tmp_path / "r", "ray")).run(progress=False)
+    assert _digest(tmp_path / "l" / "out") == _digest(tmp_path / "r" / "out")
+    assert _digest(tmp_path / "l" / "work" / "rejects") == _digest(tmp_path / "r" / "work" / "rejects")
+    assert _counters(tmp_path / "l" / "work") == _counters(tmp_path / "r" / "work")
+    kept = pl.read_parquet(sorted((tmp_path / "r" / "out").rglob("*.parquet")))
+    assert kept.height == 200 and kept["id"].str.starts_with("g").mean() > 0.9  # in-domain kept
+    (rule,) = (tmp_path / "r" / "work").rglob("rule.json")  # selected by a rule over the score files
+    assert json.loads(rule.read_text())["mode"] == "rank"
+    assert len(list((rule.parent / "scores").glob("part-*.parquet"))) == 3
