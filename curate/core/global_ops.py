@@ -1,5 +1,6 @@
-"""The global steps of a fit (grouping rows by a key, connected components, top-k), as one interface a
-global stage calls through its :class:`~curate.core.operator.FitContext` and an executor may replace.
+"""The global steps of a fit (grouping rows by a key, connected components, a function per group, top-k),
+as one interface a global stage calls through its :class:`~curate.core.operator.FitContext` and an
+executor may replace.
 
 :class:`GlobalOps` is the local implementation: everything in the driver process with polars (lazy scans of
 the per-shard files, one band or hash partition in memory at a time) and a numba union-find. The Ray
@@ -214,5 +215,8 @@ class GlobalOps:
               higher_is_better: bool) -> pl.DataFrame:
         """The ``k`` best rows of ``scores`` (a frame or parquet files), best first: by ``score`` (NaN and
         null last), ties by ascending ``order``."""
-        frame = scores if isinstance(scores, pl.DataFrame) else pl.read_parquet(scores)
-        return top_rows(frame, k, score=score, order=order, higher_is_better=higher_is_better)
+        if isinstance(scores, pl.DataFrame):
+            return top_rows(scores, k, score=score, order=order, higher_is_better=higher_is_better)
+        # files: a lazy sort + head, which polars runs as a top-k (not a sort of all rows held at once)
+        return top_rows(pl.scan_parquet(scores), k, score=score, order=order,  # type: ignore[arg-type]
+                        higher_is_better=higher_is_better).collect()

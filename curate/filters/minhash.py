@@ -245,9 +245,11 @@ class MinHashDedup(GlobalStage):
     ``verify_heads`` of them) and against the previous doc, so near-duplicates that share a bucket with
     a dissimilar earlier doc are still joined, at a bounded cost per doc -> in each connected cluster one
     doc is kept by ``keep``; the others are removed. Where the executor puts global steps
-    (``ctx.global_ops``: the driver locally, Ray Data shuffles on Ray) the buckets are grouped and, without
-    verification, the connected components found; verification unions band by band in file order (what a
-    doc is checked against depends on what earlier bands joined), so it runs in one process.
+    (``ctx.global_ops``: the driver locally, Ray Data shuffles and tasks on Ray) the buckets are grouped
+    and the connected components of the bucket graph found: without verification they are the clusters;
+    with it the verified union runs per group of components (``global_ops.map_groups``), each group's
+    buckets in the one-process (band, head, member) order, which gives the one-process clusters since a
+    bucket never reaches outside its component (see :func:`_verify_group`).
 
     Defaults: threshold 0.8, num_perm 128, verification on when threshold >= 0.7. (bands, rows), when not
     given, follow ``bands_rule``: ``recall`` (the default when verifying, since verification removes every
