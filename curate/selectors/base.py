@@ -156,6 +156,7 @@ class Selector(GlobalStage):
             return ctx.global_ops.top_k(frame, k, score="score", order=UID, higher_is_better=hib)
 
         keep, cutoff = _decide(scores, self.params, hib, top_k=top_k)
+        (ctx.state_dir / "rule.json").unlink(missing_ok=True)  # a files-mode state of an earlier fit
         state = scores.select(UID, pl.col("score").alias(self.score_column)).with_columns(keep)
         state.write_parquet(ctx.state_dir / "selection.parquet")
         (ctx.state_dir / "cutoff.txt").write_text("" if cutoff is None else repr(cutoff))
@@ -199,6 +200,7 @@ class Selector(GlobalStage):
                 cutoff = None if last is None else float(last)
                 rank_score = None if cutoff is None or math.isnan(cutoff) else cutoff
                 rule.update(mode="rank", score=rank_score, uid=int(best[UID][k - 1]))
+        (ctx.state_dir / "selection.parquet").unlink(missing_ok=True)  # a frame-mode state of an earlier fit
         (ctx.state_dir / "rule.json").write_text(json.dumps(rule))
         (ctx.state_dir / "cutoff.txt").write_text("" if cutoff is None else repr(cutoff))
 

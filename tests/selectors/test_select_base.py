@@ -103,3 +103,18 @@ def test_selection_from_score_files_equals_select_on_the_frame(tmp_path, hib):
         assert got["score"].equals(ref["score"])
         assert list((ctx.state_dir / "scores").glob("part-*.parquet"))  # the state is per-shard files
     assert ref["__selected"].sum() > 0
+
+
+def test_refit_in_another_mode_replaces_the_state(tmp_path):
+    """A fit from files, then one from a frame in the same state dir (and back): setup reads the latest."""
+    f = tmp_path / "s.parquet"
+    frame = pl.DataFrame({UID: np.arange(20, dtype=np.uint64), "score": np.arange(20, dtype=np.float64)})
+    frame.write_parquet(f)
+    ctx = FitContext(work_dir=tmp_path, state_dir=tmp_path / "st", scratch_dir=tmp_path)
+    ctx.state_dir.mkdir()
+    for scores, k in (([f], 5), (frame, 3), ([f], 7)):
+        op = _FileScores(top_k=k)
+        op.files = scores
+        op.fit(ctx)
+        op.setup(ctx)
+        assert op._state["__selected"].sum() == k
