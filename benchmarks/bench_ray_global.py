@@ -9,6 +9,9 @@ timers of both stages from ``stats.json`` (``hash``/``group``, ``signatures``/``
 1-minute load average before and after.
 
     for i in 1 2; do for m in local ray; do python benchmarks/bench_ray_global.py --docs 20000 --executor $m; done; done
+
+``--verify``: MinHash at 0.8 with verification instead (the clusters then come from the verified union,
+run per group of connected components of the bucket graph: on Ray as tasks).
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--executor", choices=("local", "ray"), default="local")
     ap.add_argument("--rounds", action="store_true", help="Ray: components by rounds, never one task")
+    ap.add_argument("--verify", action="store_true", help="MinHash at 0.8 with verification (the verified "
+                    "union runs per group of components: on Ray in tasks)")
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "ray_global"))
     a = ap.parse_args()
     work = Path(a.work)
@@ -67,7 +72,8 @@ def main() -> None:
     if a.executor == "ray":
         import ray
 
-        ray.init(num_cpus=a.workers, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=a.workers, object_store_memory=512 << 20, include_dashboard=False,
+                 log_to_driver=False)
         if a.rounds:
             import curate.executors.ray_global as rg
 
@@ -75,7 +81,8 @@ def main() -> None:
     t_init = time.perf_counter() - t0
     try:
         p = Pipeline(read(str(corpus / "*.jsonl"), batch_size=1000), ExactDedup(),
-                     MinHashDedup(threshold=0.7, verify=False), write(str(root / "out"), format="parquet"))
+                     (MinHashDedup(threshold=0.8, verify=True) if a.verify
+                                                   else MinHashDedup(threshold=0.7, verify=False)), write(str(root / "out"), format="parquet"))
         t1 = time.perf_counter()
         res = p.run(work_dir=str(root / "work"), workers=a.workers, progress=False, executor=a.executor)
         secs = time.perf_counter() - t1
@@ -86,12 +93,14 @@ def main() -> None:
             ray.shutdown()
     cpu = _cpu() - c0
     steps = {s["step"]: s for s in json.loads((root / "work" / "stats.json").read_text())["steps"]}
-    out = {"executor": a.executor + ("-rounds" if a.rounds else ""), "docs": res.docs_in,
+    mc = steps["minhash_dedup"]["counters"]
+    out = {"executor": a.executor + ("-rounds" if a.rounds else ""), "verify": a.verify, "docs": res.docs_in,
            "run_s": round(secs, 2), "ray_init_s": round(t_init, 2), "cpu_s": round(cpu, 2),
            "exact": {k: round(v, 2) for k, v in steps["exact_dedup"]["timers"].items()},
            "minhash": {k: round(v, 2) for k, v in steps["minhash_dedup"]["timers"].items()},
            "clusters": steps["minhash_dedup"]["counters"].get("clusters"),
            "removed": steps["minhash_dedup"]["counters"].get("removed"),
+           "verified_pairs": mc.get("verified_pairs"), "false_positive_pairs": mc.get("false_positive_pairs"),
            "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
     print(json.dumps(out))
     shutil.rmtree(root, ignore_errors=True)

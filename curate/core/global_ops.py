@@ -1,5 +1,6 @@
-"""The global steps of a fit (grouping rows by a key, connected components, top-k), as one interface a
-global stage calls through its :class:`~curate.core.operator.FitContext` and an executor may replace.
+"""The global steps of a fit (grouping rows by a key, connected components, a function per group, top-k),
+as one interface a global stage calls through its :class:`~curate.core.operator.FitContext` and an
+executor may replace.
 
 :class:`GlobalOps` is the local implementation: everything in the driver process with polars (lazy scans of
 the per-shard files, one band or hash partition in memory at a time) and a numba union-find. The Ray
@@ -16,6 +17,8 @@ reads the result the same way whichever ran.
 from __future__ import annotations
 
 import math
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,12 @@ import polars as pl
 
 #: columns of a label file of :meth:`GlobalOps.connected_components`
 NODE, LABEL = "node", "label"
+#: the group column :meth:`GlobalOps.map_groups` adds to the rows it hands to a group function
+GROUP = "__group"
+
+#: a group function of :meth:`GlobalOps.map_groups`: the rows of one partition (whole groups, sorted) ->
+#: (a frame written as that partition's result, integer counters summed over the partitions)
+GroupFn = Callable[[pl.DataFrame], "tuple[pl.DataFrame, dict[str, int]]"]
 
 
 def star_pairs_of(df: pl.DataFrame, node: str) -> pl.DataFrame:
@@ -62,6 +71,21 @@ def top_rows(frame: pl.DataFrame, k: int, *, score: str, order: str, higher_is_b
     (unique, so the result is one set whatever the blocks were). Shared by both implementations."""
     s = pl.col(score).cast(pl.Float64).fill_nan(None)
     return frame.sort([s, pl.col(order)], descending=[higher_is_better, False], nulls_last=True).head(k)
+
+
+def group_part_name(part: int) -> str:
+    return f"part-{part:04d}.parquet"
+
+
+def run_group_fn(fn: GroupFn, order: list[str] | None, df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """``fn`` on one partition's rows sorted by ``order`` (then by group, so a group's rows are adjacent
+    whatever order the rows came in). Shared by both implementations of :meth:`GlobalOps.map_groups`."""
+    return fn(df.sort([GROUP, *(order or [])], maintain_order=True))
+
+
+def add_counts(total: dict[str, int], summary: dict[str, int]) -> None:
+    for name, value in summary.items():
+        total[name] = total.get(name, 0) + int(value)
 
 
 def _write_atomic(df: pl.DataFrame, path: Path) -> None:
@@ -139,9 +163,60 @@ class GlobalOps:
         _write_atomic(pl.DataFrame({NODE: nodes, LABEL: nodes[root]}, schema=schema), f)
         return [f]
 
+    def map_groups(self, files: list[Path], *, key: str, fn: GroupFn, out_dir: Path,
+                   columns: list[str] | None = None, order: list[str] | None = None,
+                   labels: list[Path] | None = None, file_index: str | None = None, memory_mb: int = 1024,
+                   nrows: int = 0) -> tuple[list[Path], dict[str, int]]:
+        """Run ``fn`` over groups of the rows of ``files``, one hash partition of groups at a time: each
+        row's group (column ``GROUP``) is its ``key`` column, or, with ``labels`` (files of ``NODE``,
+        ``LABEL`` and optional more columns, joined on), the ``LABEL`` of its ``key`` (rows without a
+        label are dropped); every column of ``labels`` but ``NODE`` is joined onto the row. A group never
+        spans partitions, and ``fn`` sees its partition's rows sorted by (``GROUP``, ``order``), so a
+        ``fn`` whose result per group depends only on that group's rows gives the same results however
+        the groups were partitioned (locally ``star_parts(nrows, memory_mb)`` partitions, on Ray twice
+        the CPUs). ``file_index`` names a column to add holding the row's file's position in ``files``.
+        Returns each partition's result file (``group_part_name``; empty partitions have none) and the
+        counters of ``fn`` summed. Used by verified MinHash (groups: components of the bucket graph) and
+        SemDeDup (groups: k-means clusters)."""
+        shutil.rmtree(out_dir, ignore_errors=True)  # another partition count would leave stale parts
+        out_dir.mkdir(parents=True)
+        totals: dict[str, int] = {}
+        if not files:
+            return [], totals
+        frames = []
+        for i, f in enumerate(files):
+            lf = pl.scan_parquet(f)
+            if columns is not None:
+                lf = lf.select(columns)
+            if file_index is not None:
+                lf = lf.with_columns(pl.lit(i, dtype=pl.Int64).alias(file_index))
+            frames.append(lf)
+        rows = pl.concat(frames, how="vertical_relaxed")
+        if labels is not None:
+            lab = pl.scan_parquet(labels).rename({NODE: key, LABEL: GROUP})
+            rows = rows.join(lab, on=key, how="inner")
+        else:
+            rows = rows.with_columns(pl.col(key).alias(GROUP))
+        parts = star_parts(nrows, memory_mb)
+        out = []
+        for part in range(parts):
+            sub = rows if parts == 1 else rows.filter(pl.col(GROUP).cast(pl.UInt64) % parts == part)
+            df = sub.collect()
+            if not df.height:
+                continue
+            res, summary = run_group_fn(fn, order, df)
+            add_counts(totals, summary)
+            f = out_dir / group_part_name(part)
+            _write_atomic(res, f)
+            out.append(f)
+        return out, totals
+
     def top_k(self, scores: pl.DataFrame | list[Path], k: int, *, score: str = "score", order: str,
               higher_is_better: bool) -> pl.DataFrame:
         """The ``k`` best rows of ``scores`` (a frame or parquet files), best first: by ``score`` (NaN and
         null last), ties by ascending ``order``."""
-        frame = scores if isinstance(scores, pl.DataFrame) else pl.read_parquet(scores)
-        return top_rows(frame, k, score=score, order=order, higher_is_better=higher_is_better)
+        if isinstance(scores, pl.DataFrame):
+            return top_rows(scores, k, score=score, order=order, higher_is_better=higher_is_better)
+        # files: a lazy sort + head, which polars runs as a top-k (not a sort of all rows held at once)
+        return top_rows(pl.scan_parquet(scores), k, score=score, order=order,  # type: ignore[arg-type]
+                        higher_is_better=higher_is_better).collect()

@@ -177,7 +177,8 @@ class FitContext(RunContext):
     @property
     def global_ops(self) -> GlobalOps:
         """The :class:`~curate.core.global_ops.GlobalOps` of this fit: ``star_pairs`` (buckets of equal
-        keys), ``group_first`` (first row per key), ``connected_components`` and ``top_k``."""
+        keys), ``group_first`` (first row per key), ``connected_components``, ``map_groups`` (a function
+        over whole groups of rows, partition by partition) and ``top_k``."""
         if self._global_ops is None:
             from curate.core.global_ops import GlobalOps
 

@@ -17,6 +17,9 @@ result as parquet on the shared work dir. What comes back to the driver is one s
   until no node has two smaller neighbours or both a smaller and a larger one: the graph is then a forest
   of stars centred on each component's smallest node, which is every node's label (the local union-find's
   label). O(log^2 n) rounds in the worst case (the paper's bound), a few on real dedup graphs.
+* ``map_groups`` (verified MinHash, SemDeDup): the rows, with their group label joined on where the
+  group comes from a label file (a Ray Data hash join), partitioned by group; each partition runs the
+  stage's group function and writes its result file; the driver gets the counters.
 * ``top_k`` (selectors): the k best rows of each block in ``map_batches``, then the best k of those
   k * blocks candidates on the driver.
 """
@@ -34,11 +37,16 @@ from typing import Any
 import polars as pl
 
 from curate.core.global_ops import (
+    GROUP,
     LABEL,
     NODE,
     GlobalOps,
+    GroupFn,
+    add_counts,
     first_of_groups,
+    group_part_name,
     pair_file_name,
+    run_group_fn,
     star_pairs_of,
     star_parts,
     top_rows,
@@ -91,7 +99,37 @@ def _read_keyed(columns: list[str] | None, keyer: Callable[[pl.DataFrame], pl.Da
     return keyer(pl.concat(frames, how="vertical_relaxed")).to_arrow()
 
 
+def _read_rows(columns: list[str] | None, file_index: str | None, table: Any) -> Any:
+    """A block of (path, index) rows -> the files' rows, with the file's index as ``file_index``."""
+    frames = []
+    for path, i in zip(table.column("path").to_pylist(), table.column("index").to_pylist()):
+        df = pl.read_parquet(path, columns=columns)
+        if file_index is not None:
+            df = df.with_columns(pl.lit(i, dtype=pl.Int64).alias(file_index))
+        frames.append(df)
+    return pl.concat(frames, how="vertical_relaxed").to_arrow()
+
+
+def _read_labels(key: str, table: Any) -> Any:
+    frames = [pl.read_parquet(p).rename({NODE: key, LABEL: GROUP}) for p in table.column("path").to_pylist()]
+    return pl.concat(frames, how="vertical_relaxed").to_arrow()
+
+
+def _key_group(parts: int, key: str | None, table: Any) -> Any:
+    df = pl.from_arrow(table)
+    if key is not None:
+        df = df.with_columns(pl.col(key).alias(GROUP))
+    return df.with_columns((pl.col(GROUP).cast(pl.UInt64) % parts).cast(pl.Int64).alias(_PART)).to_arrow()
+
+
 # ------------------------------------------------------------------------- per group (map_groups)
+def _apply_group(fn: GroupFn, order: list[str] | None, out_dir: str, df: pl.DataFrame, part: int) -> dict:
+    res, summary = run_group_fn(fn, order, df)
+    _write(res, Path(out_dir) / group_part_name(part))
+    return summary
+
+
+
 def _star_group(node: str, parts: int, out_dir: str, df: pl.DataFrame, part: int) -> dict:
     band, p = divmod(part, parts)
     pairs = star_pairs_of(df.select(node, "k"), node)
@@ -217,9 +255,11 @@ class RayGlobalOps(GlobalOps):
 
     @staticmethod
     def _files(ray: Any, files: list[Path]) -> Any:
-        """A dataset of the file paths, one block each, read by the next step (``ray.data.read_parquet``
-        would do, but it probes fsspec's HTTP filesystem and fails where fsspec and aiohttp disagree)."""
-        return ray.data.from_items([{"path": str(f)} for f in files], override_num_blocks=len(files))
+        """A dataset of the file paths (and their positions), one block each, read by the next step
+        (``ray.data.read_parquet`` would do, but it probes fsspec's HTTP filesystem and fails where fsspec
+        and aiohttp disagree)."""
+        return ray.data.from_items([{"path": str(f), "index": i} for i, f in enumerate(files)],
+                                   override_num_blocks=len(files))
 
     # ------------------------------------------------------------------------------------- steps
     def star_pairs(self, files: list[Path], *, key_columns: list[str], node: str, out_dir: Path,
@@ -287,6 +327,32 @@ class RayGlobalOps(GlobalOps):
             shutil.rmtree(large, ignore_errors=True)
             files, cols = sorted(small.glob("edges-*.parquet")), ["a", "b"]
         raise RuntimeError(f"connected components did not converge in {MAX_ROUNDS} rounds")
+
+    def map_groups(self, files: list[Path], *, key: str, fn: GroupFn, out_dir: Path,
+                   columns: list[str] | None = None, order: list[str] | None = None,
+                   labels: list[Path] | None = None, file_index: str | None = None, memory_mb: int = 1024,
+                   nrows: int = 0) -> tuple[list[Path], dict[str, int]]:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True)
+        totals: dict[str, int] = {}
+        if not files:
+            return [], totals
+        ray = self._ray()
+        parts = self._parts(ray)
+        ds = self._files(ray, files).map_batches(partial(_read_rows, columns, file_index),
+                                                 batch_format="pyarrow", batch_size=1)
+        if labels is not None:  # a hash join on the key: the rows meet their labels in one partition
+            lab = self._files(ray, labels).map_batches(partial(_read_labels, key), batch_format="pyarrow",
+                                                       batch_size=1)
+            ds = ds.join(lab, join_type="inner", num_partitions=parts, on=(key,))
+        ds = ds.map_batches(partial(_key_group, parts, None if labels is not None else key),
+                            batch_format="pyarrow", batch_size=None)
+        out = ds.groupby(_PART, num_partitions=parts).map_groups(
+            partial(_run_group, partial(_apply_group, fn, order, str(out_dir))), batch_format="pyarrow")
+        for r in out.take_all():
+            add_counts(totals, json.loads(r["summary"]))
+        log.info("map_groups on ray: %d partitions", parts)
+        return sorted(out_dir.glob("part-*.parquet")), totals
 
     def top_k(self, scores: pl.DataFrame | list[Path], k: int, *, score: str = "score", order: str,
               higher_is_better: bool) -> pl.DataFrame:

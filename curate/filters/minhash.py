@@ -245,9 +245,11 @@ class MinHashDedup(GlobalStage):
     ``verify_heads`` of them) and against the previous doc, so near-duplicates that share a bucket with
     a dissimilar earlier doc are still joined, at a bounded cost per doc -> in each connected cluster one
     doc is kept by ``keep``; the others are removed. Where the executor puts global steps
-    (``ctx.global_ops``: the driver locally, Ray Data shuffles on Ray) the buckets are grouped and, without
-    verification, the connected components found; verification unions band by band in file order (what a
-    doc is checked against depends on what earlier bands joined), so it runs in one process.
+    (``ctx.global_ops``: the driver locally, Ray Data shuffles and tasks on Ray) the buckets are grouped
+    and the connected components of the bucket graph found: without verification they are the clusters;
+    with it the verified union runs per group of components (``global_ops.map_groups``), each group's
+    buckets in the one-process (band, head, member) order, which gives the one-process clusters since a
+    bucket never reaches outside its component (see :func:`_verify_group`).
 
     Defaults: threshold 0.8, num_perm 128, verification on when threshold >= 0.7. (bands, rows), when not
     given, follow ``bands_rule``: ``recall`` (the default when verifying, since verification removes every
@@ -401,12 +403,22 @@ class MinHashDedup(GlobalStage):
             with ctx.timer("cluster"):
                 cands = _spill_candidates(cand_files, int(s["num_perm"]), bool(s["verify"]),
                                           ctx.scratch_dir / f"minhash_mmap_{key}")
-                labels = None
-                if not s["verify"]:  # components of all bucket pairs: where the executor computes them
-                    label_files = ctx.global_ops.connected_components(
-                        pair_files, out_dir=ctx.scratch_dir / f"minhash_components_{key}")
-                    labels = pl.read_parquet(label_files)
-                state = _cluster(cands, pair_files, s, stats, labels=labels)
+                # components of all bucket pairs, where the executor computes them: the clusters
+                # without verification, the independent groups of the verified union with it
+                label_files = ctx.global_ops.connected_components(
+                    pair_files, out_dir=ctx.scratch_dir / f"minhash_components_{key}")
+                if s["verify"]:
+                    label_files, counts = ctx.global_ops.map_groups(
+                        pair_files, key="a", labels=label_files, file_index="file", order=["file", "a", "b"],
+                        fn=partial(_verify_group, str(ctx.scratch_dir / f"minhash_mmap_{key}"),
+                                   float(s["threshold"]), int(s["verify_heads"])),
+                        out_dir=ctx.scratch_dir / f"minhash_verified_{key}",
+                        memory_mb=s["bucket_memory_mb"], nrows=stats["bucket_pairs"])
+                    stats["verified_pairs"] = counts.get("passed", 0)
+                    stats["false_positive_pairs"] = counts.get("failed", 0)
+                labels = pl.read_parquet(label_files) if label_files else pl.DataFrame(
+                    schema={"node": pl.UInt64, "label": pl.UInt64})
+                state = _cluster(cands, s, stats, labels=labels)
         state.write_parquet(ctx.state_dir / _STATE)
         for name, value in stats.items():
             ctx.stat(name, value)
@@ -510,45 +522,72 @@ def _spill_candidates(cand_files: list[Path], k: int, verify: bool, out_dir: Pat
     for a in (sig, vals):
         if isinstance(a, np.memmap):
             a.flush()
+    # for the verified union's group tasks (other processes, maybe other nodes): which row is which doc
+    np.save(out_dir / "uids.npy", meta[UID].to_numpy())
+    np.save(out_dir / "off.npy", off)
     return _Cands(meta, sig, off, vals)
 
 
-def _cluster(c: _Cands, pair_files: list[Path], s: dict, stats: dict, *,
-             labels: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Union the buckets band by band (verified if asked), pick the kept doc per cluster; returns the state
-    rows of clustered docs. Without verification every bucket is one clique (DataTrove's semantics) and the
-    clusters are ``labels`` (node -> smallest node of its component, from ``ctx.global_ops``); with it,
-    see :func:`~curate.filters._minhash_kernels.verify_buckets` (band by band in file order: the checks a
-    doc gets depend on what earlier bands joined, so this union runs in one process)."""
+def _verify_group(mmap_dir: str, threshold: float, max_heads: int,
+                  rows: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The verified union (:func:`~curate.filters._minhash_kernels.verify_buckets`) of the buckets of some
+    connected components of the bucket graph: ``rows`` are their star pairs (``file``, ``a``, ``b``),
+    sorted by (component, file, a, b). Returns every node's ``label`` (the smallest row key of its
+    verified cluster) and the passed / failed checks.
+
+    Why this equals the one-process union over all pair files: a bucket's members are all in one
+    component of the bucket graph, and the kernel's work on a bucket reads and changes the union-find
+    only at that bucket's members. So the outcome of each check (which pairs are compared, which pass)
+    depends only on the unions done earlier in the same component, and those are the same here as in
+    one process, since this runs the component's buckets in the same (file, head, member) order, one
+    kernel call per pair file as there. Which node ends up as a root does not matter (labels are the
+    smallest node of each set)."""
+    from curate.filters import _minhash_kernels as K
+
+    d = Path(mmap_dir)
+    uids, off = np.load(d / "uids.npy"), np.load(d / "off.npy")
+    vals = np.load(d / "vals.npy", mmap_mode="r") if (d / "vals.npy").exists() else np.zeros(0, np.uint64)
+    ia = np.searchsorted(uids, rows["a"].to_numpy()).astype(np.int64)
+    ib = np.searchsorted(uids, rows["b"].to_numpy()).astype(np.int64)
+    nodes = np.unique(np.concatenate([ia, ib]))
+    la, lb = np.searchsorted(nodes, ia).astype(np.int64), np.searchsorted(nodes, ib).astype(np.int64)
+    lens = off[nodes + 1] - off[nodes]  # this group's shingle sets, copied out of the memory map
+    loff = np.zeros(len(nodes) + 1, dtype=np.int64)
+    loff[1:] = np.cumsum(lens)
+    lvals = np.ascontiguousarray(vals[np.repeat(off[nodes] - loff[:-1], lens) + np.arange(int(loff[-1]))])
+    parent = np.arange(len(nodes), dtype=np.int64)
+    size = np.ones(len(nodes), dtype=np.int64)
+    n_pass = n_fail = 0
+    file = rows["file"].to_numpy()
+    order = np.argsort(file, kind="stable")  # rows come by component first: regroup by file, order kept
+    bounds = np.flatnonzero(np.diff(file[order])) + 1
+    for sel in np.split(order, bounds):  # one kernel call per pair file, in file order (as in one process)
+        ok, bad = K.verify_buckets(parent, size, la[sel], lb[sel], lvals, loff, threshold, max_heads)
+        n_pass, n_fail = n_pass + ok, n_fail + bad
+    root = K.roots(parent)
+    first = np.full(len(nodes), len(nodes), dtype=np.int64)
+    np.minimum.at(first, root, np.arange(len(nodes)))  # nodes are sorted: the set's first is its smallest
+    return (pl.DataFrame({"node": uids[nodes], "label": uids[nodes[first[root]]]},
+                         schema={"node": pl.UInt64, "label": pl.UInt64}),
+            {"passed": int(n_pass), "failed": int(n_fail)})
+
+
+def _cluster(c: _Cands, s: dict, stats: dict, *, labels: pl.DataFrame) -> pl.DataFrame:
+    """Pick the kept doc per cluster; returns the state rows of clustered docs. The clusters are
+    ``labels`` (node -> smallest node of its cluster, from ``ctx.global_ops``): without verification the
+    connected components of the bucket pairs (every bucket is one clique, DataTrove's semantics), with it
+    the verified union of :func:`_verify_group`."""
     from curate.filters import _minhash_kernels as K
 
     cands = c.meta
     uids = cands[UID].to_numpy()
     sig, off, vals = c.sig, c.off, c.vals
     verify = bool(s["verify"])
-    n_pass = n_fail = 0
-    if labels is not None:
-        # a component is named by its smallest node; as an index it groups the rows like a union-find root
-        lab = cands.select(UID).join(labels.rename({"node": UID}), on=UID, how="left", maintain_order="left")
-        if lab["label"].null_count():
-            raise ValueError("connected components left a candidate document without a label")
-        root = np.searchsorted(uids, lab["label"].to_numpy()).astype(np.int64)
-    else:
-        parent = np.arange(len(uids), dtype=np.int64)
-        size = np.ones(len(uids), dtype=np.int64)
-        for f in pair_files:  # fixed (band, partition) order, pairs sorted: deterministic
-            pairs = pl.read_parquet(f)
-            ia = np.searchsorted(uids, pairs["a"].to_numpy()).astype(np.int64)
-            ib = np.searchsorted(uids, pairs["b"].to_numpy()).astype(np.int64)
-            if verify:
-                ok, bad = K.verify_buckets(parent, size, ia, ib, vals, off, float(s["threshold"]),
-                                           int(s["verify_heads"]))
-                n_pass, n_fail = n_pass + ok, n_fail + bad
-            else:
-                K.union_edges(parent, size, ia, ib)
-        root = K.roots(parent)
-    stats["verified_pairs"] = int(n_pass)
-    stats["false_positive_pairs"] = int(n_fail)
+    # a cluster is named by its smallest node; as an index it groups the rows like a union-find root
+    lab = cands.select(UID).join(labels.rename({"node": UID}), on=UID, how="left", maintain_order="left")
+    if lab["label"].null_count():
+        raise ValueError("connected components left a candidate document without a label")
+    root = np.searchsorted(uids, lab["label"].to_numpy()).astype(np.int64)
     n = len(uids)
     if s["keep"] == "earliest":
         primary = np.zeros(n)

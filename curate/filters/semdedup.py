@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
+from curate.core.global_ops import GROUP, LABEL, NODE
 from curate.core.operator import PATH_MODEL, UID, Column, FitContext, GlobalStage, OpParams, Rule, RunContext
 from curate.core.registry import register
 from curate.filters.embed import cache_root
@@ -89,15 +90,7 @@ def cluster_order(labels: np.ndarray, dist: np.ndarray, *, which: Keep = "hard",
     ``hard``: descending distance to the centroid (least prototypical first, so kept); ``easy``: ascending;
     ``random``: a seeded permutation. Ties keep input order (Python's stable ``sorted`` in the reference).
     """
-    n = len(labels)
-    pos = np.arange(n)
-    if which == "hard":
-        key = -dist.astype(np.float64)
-    elif which == "easy":
-        key = dist.astype(np.float64)
-    else:
-        key = np.random.default_rng(seed).permutation(n).astype(np.float64)
-    return np.lexsort((pos, key, labels))
+    return np.lexsort((np.arange(len(labels)), order_key(dist, which=which, seed=seed), labels))
 
 
 def _block_max(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,13 +172,33 @@ def semdedup_vectors(x: np.ndarray, *, n_clusters: int | None = None, which: Kee
     sorted_labels = labels[order]
     bounds = np.flatnonzero(np.diff(sorted_labels)) + 1
     for members in np.split(order, bounds):
-        if len(members) < 2:
-            continue
-        best, arg = earlier_max_sim(x[members], batch_size=batch_size, faiss_min=faiss_min, device=device)
+        best, arg = cluster_max_sim(x[members], batch_size=batch_size, faiss_min=faiss_min, device=device)
         ok = arg >= 0
         max_sim[members[ok]] = best[ok]
         nearest[members[ok]] = members[arg[ok]]
     return SemDedupResult(labels, max_sim, nearest, dist, cents)
+
+
+def cluster_max_sim(x: np.ndarray, *, batch_size: int = 1024, faiss_min: int = 4096,
+                    device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """One cluster's rows (normalised, in keep order) -> (max cosine to an earlier row, NaN for the first;
+    its row, -1 where none): :func:`earlier_max_sim`, nothing to compare in a cluster of one."""
+    best = np.full(len(x), np.nan, np.float32)
+    arg = np.full(len(x), -1, np.int64)
+    if len(x) >= 2:
+        b, a = earlier_max_sim(x, batch_size=batch_size, faiss_min=faiss_min, device=device)
+        ok = a >= 0
+        best[ok], arg[ok] = b[ok], a[ok]
+    return best, arg
+
+
+def order_key(dist: np.ndarray, *, which: Keep, seed: int) -> np.ndarray:
+    """The within-cluster sort key of :func:`cluster_order` (ties: input position)."""
+    if which == "hard":
+        return -dist.astype(np.float64)
+    if which == "easy":
+        return dist.astype(np.float64)
+    return np.random.default_rng(seed).permutation(len(dist)).astype(np.float64)
 
 
 def kept_fraction(max_sim: np.ndarray, eps_list) -> list[tuple[float, float]]:
@@ -215,6 +228,36 @@ def _embed_shard(shard: Path, out: Path, spec: EmbedSpec, device: str, cache: Pa
         pl.concat(frames).write_parquet(out)
     else:
         pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String}).write_parquet(out)
+
+
+def _semdedup_group(eps: float, eps_list: list[float], batch_size: int, faiss_min: int, device: str,
+                    rows: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """``GlobalOps.map_groups`` function: the within-cluster pruning of whole k-means clusters (``rows``:
+    uid, id, raw embedding, cluster as the group, sorted by cluster then keep order). Returns the
+    stage's state rows (cluster, max cosine to an earlier item, that item's id where removed at ``eps``)
+    and the counts removed and kept per eps of the report (``kept_<i>``, i indexing ``eps_list``)."""
+    x = l2_normalize(np.ascontiguousarray(embeddings_to_numpy(rows.get_column(EMBEDDING_COLUMN)),
+                                          dtype=np.float32))
+    cluster = rows.get_column(GROUP).to_numpy()
+    max_sim = np.full(rows.height, np.nan, np.float32)
+    nearest = np.full(rows.height, -1, np.int64)
+    bounds = np.flatnonzero(np.diff(cluster)) + 1
+    for members in np.split(np.arange(rows.height), bounds):  # rows of a cluster are adjacent, in order
+        best, arg = cluster_max_sim(x[members], batch_size=batch_size, faiss_min=faiss_min, device=device)
+        ok = arg >= 0
+        max_sim[members[ok]] = best[ok]
+        nearest[members[ok]] = members[arg[ok]]
+    m = np.nan_to_num(max_sim.astype(np.float64), nan=-np.inf)
+    removed = m > 1.0 - eps
+    ids = rows.get_column("id")
+    of = pl.Series("semdup_of", ids.to_numpy()[np.maximum(nearest, 0)], dtype=pl.String)
+    table = rows.select(UID).with_columns(
+        pl.Series("semdup_cluster", cluster, dtype=pl.Int64),
+        pl.Series("semdup_max_sim", max_sim.astype(np.float64), nan_to_null=True),
+        pl.when(pl.Series(removed)).then(of).otherwise(None).alias("semdup_of"))
+    counts = {"removed": int(removed.sum())}
+    counts.update({f"kept_{i}": int((m <= 1.0 - e).sum()) for i, e in enumerate(eps_list)})
+    return table, counts
 
 
 @register("semdedup")
@@ -294,8 +337,10 @@ class SemDeDup(GlobalStage):
                                 "null when not removed", rejects_only=self.params.report_eps is None),
         }
 
-    def _load_vectors(self, ctx: FitContext) -> tuple[pl.DataFrame, np.ndarray]:
-        """(uid, id) frame and the matching raw embeddings, from the column or computed (cached)."""
+    def _load_vectors(self, ctx: FitContext) -> tuple[pl.DataFrame, np.ndarray, list[Path]]:
+        """(uid, id) frame and the matching raw embeddings, from the column or computed (cached); and the
+        files holding them (uid, id, ``embedding``) for the per-cluster step: the per-shard files of the
+        embedding, or one scratch file of the column."""
         col = self.params.embedding_column
         has_col = False
         for shard in ctx.shards:
@@ -305,54 +350,71 @@ class SemDeDup(GlobalStage):
             else:
                 continue
             break
+        empty = pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String})
         if has_col:
             frames = [b.select(UID, "id", col) for b in ctx.iter_batches([UID, "id", col])]
-            df = pl.concat(frames) if frames else pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String})
+            df = pl.concat(frames) if frames else empty
             x = embeddings_to_numpy(df.get_column(col)) if df.height else np.zeros((0, 1), np.float32)
-            return df.select(UID, "id"), x
+            f = ctx.scratch_dir / "semdedup_vectors.parquet"
+            if df.height:
+                df.rename({col: EMBEDDING_COLUMN}).write_parquet(f)
+            return df.select(UID, "id"), x, [f] if df.height else []
         p = self.params
         spec = EmbedSpec(p.model, p.embed_batch_size, p.fp16, p.max_seq_length, p.backend, p.pca_dims)
         fn = partial(_embed_shard, spec=spec, device=ctx.device, cache=cache_root(p.cache, p.cache_dir, ctx))
         outs = ctx.map_shards(fn, "embeddings")
         frames = [pl.read_parquet(o) for o in outs]
-        frames = [f for f in frames if f.height]
-        if not frames:
-            return pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String}), np.zeros((0, 1), np.float32)
-        df = pl.concat(frames)
-        return df.select(UID, "id"), embeddings_to_numpy(df.get_column(EMBEDDING_COLUMN))
+        full = [(o, f) for o, f in zip(outs, frames) if f.height]
+        if not full:
+            return empty, np.zeros((0, 1), np.float32), []
+        df = pl.concat([f for _, f in full])
+        return df.select(UID, "id"), embeddings_to_numpy(df.get_column(EMBEDDING_COLUMN)), [o for o, _ in full]
 
     def fit(self, ctx: FitContext) -> None:
         p = self.params
         with ctx.timer("vectors"):
-            keys, x = self._load_vectors(ctx)
+            keys, x, vector_files = self._load_vectors(ctx)
         n = keys.height
         state = Path(ctx.state_dir)
-        removed_n = 0
+        eps_list = sorted(set(p.report_eps or DEFAULT_REPORT_EPS) | {p.eps})
+        counts: dict[str, int] = {}
+        n_clusters = 0
+        out_dir = state / "semdup"
         if n:
             with ctx.timer("semdedup"):
-                res = semdedup_vectors(x, n_clusters=p.n_clusters, which=p.which_to_keep, niter=p.niter,
-                                       seed=p.seed, spherical=p.spherical, batch_size=p.batch_size,
-                                       faiss_min=p.faiss_min_cluster, device=ctx.device)
-            ids = keys.get_column("id")
-            removed = res.removed(p.eps)
-            of = pl.Series("semdup_of", ids.to_numpy()[np.maximum(res.nearest, 0)], dtype=pl.String)
-            table = keys.select(UID).with_columns(
-                pl.Series("semdup_cluster", res.cluster, dtype=pl.Int64),
-                pl.Series("semdup_max_sim", res.max_sim.astype(np.float64), nan_to_null=True),
-                pl.when(pl.Series(removed)).then(of).otherwise(None).alias("semdup_of"))
-            np.save(state / "centroids.npy", res.centroids)
-            removed_n = 0 if p.report_eps is not None else int(removed.sum())
-            max_sim, n_clusters = res.max_sim, int(res.centroids.shape[0])
+                dim = x.shape[1]
+                xn = l2_normalize(np.ascontiguousarray(x, dtype=np.float32))
+                del x
+                k = default_n_clusters(n) if p.n_clusters is None else p.n_clusters
+                labels, dist, cents = kmeans_assign(xn, k, niter=p.niter, seed=p.seed, spherical=p.spherical,
+                                                    device=ctx.device)
+                del xn
+                np.save(state / "centroids.npy", cents)
+                n_clusters = int(cents.shape[0])
+                # each doc's cluster and place in its cluster's keep order (cluster_order's sort key, then
+                # input position): the per-cluster work runs where the executor runs groups, on the
+                # per-shard embedding files, and returns counts only (semdedup_vectors' result, by cluster)
+                assign = ctx.scratch_dir / "semdedup_clusters.parquet"
+                keys.select(pl.col(UID).alias(NODE)).with_columns(
+                    pl.Series(LABEL, labels, dtype=pl.Int64),
+                    pl.Series("okey", order_key(dist, which=p.which_to_keep, seed=p.seed)),
+                    pl.Series("pos", np.arange(n, dtype=np.int64))).write_parquet(assign)
+                _, counts = ctx.global_ops.map_groups(
+                    vector_files, key=UID, columns=[UID, "id", EMBEDDING_COLUMN], labels=[assign],
+                    order=["okey", "pos"], out_dir=out_dir,
+                    fn=partial(_semdedup_group, p.eps, eps_list, p.batch_size, p.faiss_min_cluster, ctx.device),
+                    # map_groups sizes partitions at 64 bytes a row: an embedding row is 4 * dim more
+                    nrows=n * (1 + dim // 16))
         else:
-            table = pl.DataFrame(schema={UID: pl.UInt64, "semdup_cluster": pl.Int64, "semdup_max_sim": pl.Float64,
-                                         "semdup_of": pl.String})
-            max_sim, n_clusters = np.zeros(0, np.float32), 0
-        table.write_parquet(state / "semdup.parquet")
-        eps_list = sorted(set(p.report_eps or DEFAULT_REPORT_EPS) | {p.eps})
-        rows = kept_fraction(max_sim, eps_list)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            pl.DataFrame(schema={UID: pl.UInt64, "semdup_cluster": pl.Int64, "semdup_max_sim": pl.Float64,
+                                 "semdup_of": pl.String}).write_parquet(out_dir / "part-empty.parquet")
+        removed_n = 0 if p.report_eps is not None else counts.get("removed", 0)
+        kept = [counts.get(f"kept_{i}", 0) for i in range(len(eps_list))]
         report = {"documents": n, "n_clusters": n_clusters, "which_to_keep": p.which_to_keep,
                   "eps": p.eps, "report_mode": p.report_eps is not None,
-                  "kept": [{"eps": e, "kept_fraction": f, "kept": round(f * n)} for e, f in rows]}
+                  "kept": [{"eps": float(e), "kept_fraction": c / max(n, 1), "kept": round(c / max(n, 1) * n)}
+                           for e, c in zip(eps_list, kept)]}
         (state / "eps_report.json").write_text(json.dumps(report, indent=1))
         ctx.stat("documents", n)
         ctx.stat("clusters", n_clusters)
@@ -363,7 +425,7 @@ class SemDeDup(GlobalStage):
             log.info("%s", format_report(report))
 
     def setup(self, ctx: RunContext) -> None:
-        self._state = pl.read_parquet(Path(ctx.state_dir) / "semdup.parquet")
+        self._state = pl.read_parquet(sorted((Path(ctx.state_dir) / "semdup").glob("*.parquet")))
 
     def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
         cols = [c for c in ("semdup_cluster", "semdup_max_sim", "semdup_of") if c in batch.columns]

@@ -8,6 +8,9 @@ selection is deterministic. Rejected documents are recorded with their score and
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -122,7 +125,9 @@ class Selector(GlobalStage):
     class Params(SelectParams):
         pass
 
-    def compute_scores(self, ctx: FitContext) -> pl.DataFrame:
+    def compute_scores(self, ctx: FitContext) -> pl.DataFrame | list[Path]:
+        """The scores: a frame, or the per-shard parquet files (``__uid``, ``score``) the workers wrote
+        (``ctx.map_shards``), which the base class selects from without reading them all at once."""
         raise NotImplementedError
 
     def adds(self) -> dict[str, Column]:
@@ -134,6 +139,12 @@ class Selector(GlobalStage):
 
     def fit(self, ctx: FitContext) -> None:
         scores = self.compute_scores(ctx)
+        if isinstance(scores, list):
+            if self._by_rule(scores):
+                self._fit_files(ctx, scores)
+                return
+            scores = (pl.concat([pl.read_parquet(f) for f in scores], how="vertical_relaxed") if scores
+                      else pl.DataFrame(schema={UID: pl.UInt64, "score": pl.Float64}))
         if "tokens" not in scores.columns and getattr(self.params, "budget_tokens", None) is not None:
             frames = [b.select(UID, pl.col("text").str.count_matches(r"\S+").alias("tokens"))
                       for b in ctx.iter_batches(columns=[UID, "text"])]
@@ -145,12 +156,84 @@ class Selector(GlobalStage):
             return ctx.global_ops.top_k(frame, k, score="score", order=UID, higher_is_better=hib)
 
         keep, cutoff = _decide(scores, self.params, hib, top_k=top_k)
+        (ctx.state_dir / "rule.json").unlink(missing_ok=True)  # a files-mode state of an earlier fit
         state = scores.select(UID, pl.col("score").alias(self.score_column)).with_columns(keep)
         state.write_parquet(ctx.state_dir / "selection.parquet")
         (ctx.state_dir / "cutoff.txt").write_text("" if cutoff is None else repr(cutoff))
 
+    def _by_rule(self, files: list[Path]) -> bool:
+        """Per-shard score files are selected by a rule on (score, ``__uid``) (threshold, top_k, fraction
+        or keep-all): a token budget and joint or exempt selections need all rows in one frame."""
+        if getattr(self.params, "budget_tokens", None) is not None:
+            return False
+        return not files or not ({_SELECTED, _EXEMPT} & set(pl.read_parquet_schema(files[0])))
+
+    def _fit_files(self, ctx: FitContext, files: list[Path]) -> None:
+        """Selection from per-shard score files: the driver gets the row count (file metadata) and, for
+        top_k / fraction, the k best rows from ``ctx.global_ops.top_k`` (``__uid`` and score only) to
+        read the k-th from; the state is the score files (copied into the state dir one at a time) and
+        the rule ``setup`` applies to them: the same selection as :func:`select` on the whole frame."""
+        import pyarrow.parquet as pq
+
+        p = self.params
+        hib = self._direction()
+        n = sum(pq.read_metadata(f).num_rows for f in files)
+        part_dir = ctx.state_dir / "scores"
+        shutil.rmtree(part_dir, ignore_errors=True)
+        part_dir.mkdir(parents=True)
+        parts = []
+        for i, f in enumerate(files):
+            part = part_dir / f"part-{i:05d}.parquet"
+            pl.scan_parquet(f).select(UID, "score").sink_parquet(part)
+            parts.append(part)
+        rule: dict = {"mode": "all", "higher_is_better": hib}
+        cutoff: float | None = None
+        if n and p.threshold is not None:
+            rule.update(mode="threshold", threshold=p.threshold)
+            cutoff = p.threshold
+        elif n and (p.top_k is not None or p.fraction is not None):
+            k = min(p.top_k if p.top_k is not None else int(round(p.fraction * n)), n)
+            rule["mode"] = "none"
+            if k:
+                best = ctx.global_ops.top_k(parts, k, score="score", order=UID, higher_is_better=hib)
+                last = best["score"][k - 1]
+                cutoff = None if last is None else float(last)
+                rank_score = None if cutoff is None or math.isnan(cutoff) else cutoff
+                rule.update(mode="rank", score=rank_score, uid=int(best[UID][k - 1]))
+        (ctx.state_dir / "selection.parquet").unlink(missing_ok=True)  # a frame-mode state of an earlier fit
+        (ctx.state_dir / "rule.json").write_text(json.dumps(rule))
+        (ctx.state_dir / "cutoff.txt").write_text("" if cutoff is None else repr(cutoff))
+
+    @staticmethod
+    def _rule_expr(rule: dict) -> pl.Expr:
+        """``__selected`` of a score file's rows under a rule of :meth:`_fit_files`: for ``rank``, the
+        rows at or before the k-th best (score, NaN and null last; ties by ascending ``__uid``)."""
+        s = pl.col("score").cast(pl.Float64).fill_nan(None)
+        hib = rule["higher_is_better"]
+        mode = rule["mode"]
+        if mode == "all":
+            return pl.lit(True)
+        if mode == "none":
+            return pl.lit(False)
+        if mode == "threshold":
+            return ((s >= rule["threshold"]) if hib else (s <= rule["threshold"])).fill_null(False)
+        at_or_before = pl.col(UID) <= rule["uid"]
+        if rule["score"] is None:  # the k-th best has no score: every scored row, and the unscored up to it
+            return s.is_not_null() | at_or_before
+        better = (s > rule["score"]) if hib else (s < rule["score"])
+        return (better | ((s == rule["score"]) & at_or_before)).fill_null(False)
+
     def setup(self, ctx: RunContext) -> None:
-        self._state = pl.read_parquet(Path(ctx.state_dir) / "selection.parquet")
+        rule_file = Path(ctx.state_dir) / "rule.json"
+        if rule_file.exists():
+            rule = json.loads(rule_file.read_text())
+            parts = sorted((Path(ctx.state_dir) / "scores").glob("part-*.parquet"))
+            scores = (pl.read_parquet(parts) if parts
+                      else pl.DataFrame(schema={UID: pl.UInt64, "score": pl.Float64}))
+            self._state = scores.select(UID, pl.col("score").alias(self.score_column),
+                                        self._rule_expr(rule).alias(_SELECTED))
+        else:
+            self._state = pl.read_parquet(Path(ctx.state_dir) / "selection.parquet")
         raw = (Path(ctx.state_dir) / "cutoff.txt").read_text()
         self._cutoff = float(raw) if raw else None
 

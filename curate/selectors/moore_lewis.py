@@ -87,12 +87,10 @@ class MooreLewis(Selector):
             raise ConfigError("moore_lewis: the two LMs must share normalisation and tokeniser "
                               f"(in-domain: {a}, general: {b}); train the second with --sp-model of the first")
 
-    def compute_scores(self, ctx: FitContext) -> pl.DataFrame:
+    def compute_scores(self, ctx: FitContext) -> list[Path]:
+        """Per-shard score files written by the workers (the base class selects from them: the scores
+        never gather in the driver)."""
         self._check_models()
         p = self.params
         fn = functools.partial(_score_shard, str(p.in_domain_model), str(p.general_model), p.normalize, p.sp_model)
-        outs = ctx.map_shards(fn, "moore_lewis")
-        frames = [pl.read_parquet(o) for o in outs]
-        if not frames:
-            return pl.DataFrame(schema={UID: pl.UInt64, "score": pl.Float64})
-        return pl.concat(frames)
+        return ctx.map_shards(fn, "moore_lewis")

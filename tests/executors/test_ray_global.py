@@ -22,6 +22,7 @@ from curate.executors.local import LocalExecutor
 from curate.executors.ray import RayExecutor
 from curate.filters.exact_dedup import ExactDedup
 from curate.filters.minhash import MinHashDedup
+from curate.filters.semdedup import SemDeDup
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'curate-llm[ray]')")
 from curate.executors.ray_global import RayGlobalOps  # noqa: E402 - needs ray
@@ -178,32 +179,6 @@ def test_group_first_and_star_pairs_equal_local(tmp_path, ops):
 
 
 # ------------------------------------------------------------------------------- stages, end to end
-@pytest.fixture(scope="module")
-def near_dups(shared_data, tmp_path_factory) -> Path:
-    """Real 20news posts and book paragraphs in three files, with near copies (a few words replaced) and
-    chains of copies of copies planted across files, so clusters span shards and need transitive joins."""
-    rng = random.Random(3)
-    with gzip.open(shared_data / "web" / "20news-bydate.jsonl.gz", "rt") as fh:
-        rows = [{"id": f"news-{i}", "text": json.loads(line)["text"]} for i, line in zip(range(300), fh)]
-    with gzip.open(shared_data / "books" / "gutenberg_slice.jsonl.gz", "rt") as fh:
-        body = json.loads(next(fh))["text"].replace("\r\n", "\n")
-    rows += [{"id": f"book-{i}", "text": p.replace("\n", " ")}
-             for i, p in enumerate(p for p in body.split("\n\n") if len(p.split()) >= 40)][:200]
-    planted = []
-    for c in range(40):
-        w = rng.choice(rows)["text"].split()
-        for step in range(4):  # a chain: each copy edits the previous one
-            for _ in range(max(1, len(w) // 40)):
-                w[rng.randrange(len(w))] = rng.choice(["alpha", "beta", "gamma"])
-            planted.append({"id": f"near-{c}-{step}", "text": " ".join(w)})
-    allrows = rows + planted
-    rng.shuffle(allrows)
-    d = tmp_path_factory.mktemp("near")
-    for k in range(3):
-        (d / f"part{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in allrows[k::3]))
-    return d
-
-
 def _digest(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".curate")}
@@ -231,3 +206,104 @@ def test_minhash_without_verify_on_ray_equals_local(near_dups, tmp_path, local_r
     # the components were computed by the Ray ops (a graph this small: handed to one Ray task, round 0)
     assert list((tmp_path / "r" / "work").rglob("minhash_components_*/round000-final/labels-0000.parquet"))
     assert not list((tmp_path / "l" / "work").rglob("round000-final"))
+
+
+def test_minhash_verified_on_ray_equals_local(near_dups, tmp_path, local_ray):
+    """Verified MinHash: components found on Ray, then the verified union run per group of components in
+    Ray tasks (a hash join of the pairs with their component, a shuffle by component): the same clusters,
+    kept documents, rejects and counters (verified and rejected pairs included) as the local executor."""
+    def spec(root: Path, executor: str):
+        return Pipeline(read(str(near_dups / "*.jsonl"), batch_size=100),
+                        MinHashDedup(threshold=0.7, verify=True, keep="longest"),
+                        write(str(root / "out"), format="parquet")
+                        ).spec(work_dir=str(root / "work"), workers=2, executor=executor)
+
+    LocalExecutor(spec(tmp_path / "l", "local")).run(progress=False)
+    RayExecutor(spec(tmp_path / "r", "ray")).run(progress=False)
+    assert _digest(tmp_path / "l" / "out") == _digest(tmp_path / "r" / "out")
+    assert _digest(tmp_path / "l" / "work" / "rejects") == _digest(tmp_path / "r" / "work" / "rejects")
+    local, on_ray = _counters(tmp_path / "l" / "work"), _counters(tmp_path / "r" / "work")
+    assert local == on_ray
+    c = on_ray["minhash_dedup"]
+    assert c["removed"] >= 100 and c["verified_pairs"] >= 100 and c["false_positive_pairs"] > 0
+    # locally one partition; on Ray the groups were spread over several (2 CPUs: 4 partitions)
+    (lv,) = (tmp_path / "l" / "work").rglob("minhash_verified_*")
+    (rv,) = (tmp_path / "r" / "work").rglob("minhash_verified_*")
+    assert len(list(lv.glob("part-*.parquet"))) == 1
+    assert len(list(rv.glob("part-*.parquet"))) > 1
+
+
+def test_semdedup_on_ray_equals_local(shared_data, tmp_path, local_ray):
+    """SemDeDup with embeddings computed in the fit (model2vec: MiniLM's static distillation) on real
+    MRPC paraphrases and exact copies in three files: k-means on the driver, each cluster's pruning in
+    Ray tasks over the per-shard embedding files; the same kept set, rejects (with the earlier item they
+    duplicate), eps report and counters as the local executor."""
+    pytest.importorskip("model2vec")
+    import csv
+
+    with open(shared_data / "paraphrase/msr_paraphrase_train.txt", encoding="utf-8-sig") as f:
+        pairs = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r and r[0] == "1"][:60]
+    texts = [t for r in pairs for t in (r[3], r[4])]
+    texts += texts[:40:4]  # 10 exact copies
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        (src / f"part{k}.jsonl").write_text("".join(json.dumps({"id": f"d{i:04d}", "text": t}) + "\n"
+                                                    for i, t in enumerate(texts) if i % 3 == k))
+
+    def spec(root: Path, executor: str):
+        return Pipeline(read(str(src / "*.jsonl")), SemDeDup(eps=0.1, n_clusters=4, backend="model2vec"),
+                        write(str(root / "out"), format="parquet")
+                        ).spec(work_dir=str(root / "work"), workers=2, executor=executor)
+
+    LocalExecutor(spec(tmp_path / "l", "local")).run(progress=False)
+    RayExecutor(spec(tmp_path / "r", "ray")).run(progress=False)
+    assert _digest(tmp_path / "l" / "out") == _digest(tmp_path / "r" / "out")
+    assert _digest(tmp_path / "l" / "work" / "rejects") == _digest(tmp_path / "r" / "work" / "rejects")
+    local, on_ray = _counters(tmp_path / "l" / "work"), _counters(tmp_path / "r" / "work")
+    assert local == on_ray
+    assert on_ray["semdedup"]["removed"] >= 10 and on_ray["semdedup"]["clusters"] == 4
+    reports = [json.loads(next((tmp_path / x / "work").rglob("eps_report.json")).read_text()) for x in "lr"]
+    assert reports[0] == reports[1]
+    (parts,) = {p.parent for p in (tmp_path / "r" / "work").rglob("semdup/part-*.parquet")}
+    assert len(list(parts.glob("part-*.parquet"))) > 1  # the clusters were spread over partitions
+
+
+def test_moore_lewis_on_ray_selects_from_score_files_as_local(shared_data, tmp_path, local_ray):
+    """A selector scoring per shard (Moore-Lewis, small real LMs: GSM8K questions vs 20news posts): the
+    workers write score files, top-k reads them on Ray (per block, then the best k of the candidates),
+    and the kept set, rejects (with the cut-off) and counters equal the local executor's."""
+    pytest.importorskip("kenlm")
+    from curate.models.kenlm import train_lm
+    from curate.selectors.moore_lewis import MooreLewis
+
+    with open(shared_data / "instructions" / "gsm8k" / "train.jsonl") as fh:
+        gsm = [json.loads(line)["question"] for line in fh][:600]
+    with gzip.open(shared_data / "web" / "20news-bydate.jsonl.gz", "rt") as fh:
+        news = [json.loads(line)["text"] for _, line in zip(range(900), fh)]
+    train_lm(gsm[:400], tmp_path / "gsm.arpa", order=3, use_lmplz="never")
+    train_lm(news[:600], tmp_path / "news.arpa", order=3, use_lmplz="never")
+    rows = [{"id": f"g{i}", "text": t} for i, t in enumerate(gsm[400:])]
+    rows += [{"id": f"n{i}", "text": t} for i, t in enumerate(news[600:])]
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        (src / f"part{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[k::3]))
+
+    def spec(root: Path, executor: str):
+        return Pipeline(read(str(src / "*.jsonl"), batch_size=100),
+                        MooreLewis(in_domain_model=str(tmp_path / "gsm.arpa"),
+                                   general_model=str(tmp_path / "news.arpa"), fraction=0.4),
+                        write(str(root / "out"), format="parquet")
+                        ).spec(work_dir=str(root / "work"), workers=2, executor=executor)
+
+    LocalExecutor(spec(tmp_path / "l", "local")).run(progress=False)
+    RayExecutor(spec(tmp_path / "r", "ray")).run(progress=False)
+    assert _digest(tmp_path / "l" / "out") == _digest(tmp_path / "r" / "out")
+    assert _digest(tmp_path / "l" / "work" / "rejects") == _digest(tmp_path / "r" / "work" / "rejects")
+    assert _counters(tmp_path / "l" / "work") == _counters(tmp_path / "r" / "work")
+    kept = pl.read_parquet(sorted((tmp_path / "r" / "out").rglob("*.parquet")))
+    assert kept.height == 200 and kept["id"].str.starts_with("g").mean() > 0.9  # in-domain kept
+    (rule,) = (tmp_path / "r" / "work").rglob("rule.json")  # selected by a rule over the score files
+    assert json.loads(rule.read_text())["mode"] == "rank"
+    assert len(list((rule.parent / "scores").glob("part-*.parquet"))) == 3
