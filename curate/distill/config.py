@@ -22,7 +22,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from curate.core.config import _fmt_loc, _where, load_yaml
 from curate.core.errors import ConfigError
 from curate.models.packaged import resolve_model_path
 
@@ -579,7 +578,11 @@ class DistillConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DistillConfig:
+        # the pipeline's config stack (it imports polars): only when a YAML file is read
+        from curate.core.config import _fmt_loc, _where, load_yaml
+
         p = Path(path)
+
         data, lines = load_yaml(p, what="distill config", top_level="teacher, student, data, output_dir, ...")
         base = p.parent
 

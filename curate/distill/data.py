@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import xxhash
 
 from curate.core.errors import ConfigError, InputError
@@ -24,6 +23,7 @@ from curate.distill.config import CHAT
 from curate.models.causal_lm import IGNORE
 
 if TYPE_CHECKING:
+    import polars as pl
     import torch
 
     from curate.distill.config import DataSpec
@@ -108,6 +108,8 @@ def collate(seqs: Sequence[Sequence[int]], n_prompt: Sequence[int], pad_id: int)
 
 def read_records(paths: Sequence[str]) -> pl.DataFrame:
     """Rows of jsonl files (``.jsonl``, ``.jsonl.gz``, ``.json`` lines) or curate output folders."""
+    import polars as pl  # lazily: a KD run from a cache or TokenData never needs it
+
     frames = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -160,6 +162,8 @@ def record_texts(df: pl.DataFrame, spec: DataSpec, tokenizer: Any = None) -> tup
     """(prompt part, full text) of each usable row: ``template`` over prompt/response (rows lacking either are
     left out; ``template: chat`` renders the prompt with ``tokenizer``'s chat template), or ``text_field``
     (prompt parts empty)."""
+    import polars as pl  # lazily: a KD run from a cache or TokenData never needs it
+
     if spec.prompt_field:
         for f in (spec.prompt_field, spec.response_field):
             if f not in df.columns:
@@ -197,6 +201,8 @@ def rationale_frame(df: pl.DataFrame, spec: DataSpec) -> pl.DataFrame:
     ``[rationale] question -> rationale`` (task prefixes of ``curate.distill.losses``), label task first.
 
     Rows lacking the question, label or rationale are left out (rationale-less rows keep the label task)."""
+    import polars as pl  # lazily: a KD run from a cache or TokenData never needs it
+
     from curate.distill.losses import LABEL_PREFIX, RATIONALE_PREFIX
 
     for f in (spec.question_field, spec.label_field, spec.rationale_field):

@@ -91,19 +91,37 @@ class _TopKBuckets(torch.autograd.Function):
 
 
 class HeadInto(torch.autograd.Function):
-    """``F.linear(h, w)`` written into a reused buffer; the backward is ``F.linear``'s (two matmuls)."""
+    """``F.linear(h, w)`` written into a reused buffer; the backward is ``F.linear``'s (two matmuls).
+
+    ``grad_buf``: None, or a reused ``[V, H]`` buffer for the weight's gradient. With it (and ``w`` a leaf)
+    the weight's gradient is written into ``w.grad`` in place -- the step's first contribution by
+    ``mm(out=grad_buf)``, later chunks and micro-batches added by ``addmm_`` -- instead of a fresh
+    ``[V, H]`` tensor per chunk that autograd then adds to ``w.grad``: on CPU that 50 MB block (SmolLM2's
+    vocabulary x 256) was page-faulted in and summed at every step. The values are the same sums up to
+    float rounding. Only for ``.backward()`` (the trainer's use), not ``torch.autograd.grad``."""
 
     @staticmethod
-    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
+                grad_buf: torch.Tensor | None = None) -> torch.Tensor:
         ctx.save_for_backward(h, w)
+        ctx.param = w if grad_buf is not None and w.is_leaf else None
+        ctx.grad_buf = grad_buf
         return torch.mm(h, w.t(), out=out)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         h, w = ctx.saved_tensors
         gh = g.mm(w) if ctx.needs_input_grad[0] else None
-        gw = g.t().mm(h) if ctx.needs_input_grad[1] else None
-        return gh, gw, None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            p = ctx.param
+            if p is None:
+                gw = g.t().mm(h)
+            elif p.grad is None:  # the step's first contribution: into the reused buffer
+                p.grad = torch.mm(g.t(), h, out=ctx.grad_buf)
+            else:
+                p.grad.addmm_(g.t(), h)
+        return gh, gw, None, None
 
 
 def fused_kd(name: str, s: torch.Tensor, teacher: Any, kw: dict[str, Any],
@@ -142,16 +160,21 @@ def fused_kd(name: str, s: torch.Tensor, teacher: Any, kw: dict[str, Any],
 
 
 class Scratch:
-    """Reusable contiguous ``[n, v]`` buffers by name, grown on demand (rows are a prefix view)."""
+    """Reusable contiguous ``[n, v]`` buffers by name, grown on demand (rows are a prefix view).
 
-    def __init__(self, device: torch.device) -> None:
+    ``min_rows``: the rows a buffer gets when first made (at least the rows asked for); the trainer passes
+    the most rows a micro-batch chunk can have, so a later, larger batch does not re-allocate (and on
+    CPU page-fault) a new ``[n, V]`` block."""
+
+    def __init__(self, device: torch.device, min_rows: int = 0) -> None:
         self.device = device
+        self.min_rows = int(min_rows)
         self._bufs: dict[str, torch.Tensor] = {}
 
     def get(self, name: str, n: int, v: int, dtype: torch.dtype) -> torch.Tensor:
         buf = self._bufs.get(name)
         if buf is None or buf.shape[0] < n or buf.shape[1] != v or buf.dtype != dtype:
-            buf = torch.empty((n, v), dtype=dtype, device=self.device)
+            buf = torch.empty((max(n, self.min_rows), v), dtype=dtype, device=self.device)
             self._bufs[name] = buf
         return buf[:n]
 

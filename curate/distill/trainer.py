@@ -157,8 +157,13 @@ class DistillTrainer:
         self.t_parts = lm_parts(self.teacher) if isinstance(self.teacher, torch.nn.Module) else None
         self.amp = autocast_dtype(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == torch.float16 else None
-        # reusable [rows, V] scratch for the loss on CPU (fresh big tensors cost page faults there)
-        self.scratch = Scratch(self.device)
+        # reusable [rows, V] scratch for the loss on CPU (fresh big tensors cost page faults there), made at
+        # once with the most rows a micro-batch chunk of this data can have (no re-allocation as batches grow)
+        longest = max((len(s) for s in train_data.seqs), default=1)
+        rows = min(cfg.loss.chunk_tokens, cfg.optim.batch_size * max(1, longest - 1))
+        self.scratch = Scratch(self.device, min_rows=rows if self.device.type == "cpu" else 0)
+        self._head_grad: torch.Tensor | None = None  # the reused [V, H] gradient of a plain CPU head
+        self._sparse_emb = self._tied_embedding()
         self.loss: TokenLoss = loss if loss is not None else SpecLoss(cfg.loss, self.scratch.like)
         self.signal = signal if signal is not None else self._default_signal()
         if loss is None and (cfg.loss.token_weighting != "none" or cfg.loss.teacher_prior != "none"):
@@ -260,13 +265,54 @@ class DistillTrainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
 
+    def _tied_embedding(self) -> torch.nn.Embedding | None:
+        """The student's input embedding when it shares its weight with a plain CPU fp32 output head (and the
+        trainer takes its gradients through :class:`HeadInto`), else None. Its lookup is then run with
+        ``sparse=True`` in training: the embedding's gradient (the step's few hundred token rows) is added
+        into the head's dense ``[V, H]`` gradient in place, instead of a fresh zero-filled ``[V, H]`` tensor
+        (50 MB, page-faulted on CPU) plus an add per micro-batch."""
+        if self.s_parts is None or self.device.type != "cpu" or self.amp is not None:
+            return None
+        emb = self.student.get_input_embeddings()
+        head = self.s_parts[1]
+        w = getattr(head, "weight", None)
+        if (type(emb) is not torch.nn.Embedding or type(head) is not torch.nn.Linear or head.bias is not None
+                or w is None or emb.weight is not w or w.dtype != torch.float32 or emb.sparse):
+            return None
+        return emb
+
+    @contextlib.contextmanager
+    def _sparse_lookup(self, on: bool) -> Any:
+        """Run the tied embedding's lookup sparse for this forward (see :meth:`_tied_embedding`)."""
+        emb = self._sparse_emb if on else None
+        if emb is None:
+            yield
+            return
+        emb.sparse = True
+        try:
+            yield
+        finally:
+            emb.sparse = False
+
+    def _dense_grads(self) -> None:
+        """A sparse embedding gradient that met no dense head gradient (a step with no head backward) is
+        made dense for clipping and the fused optimizer."""
+        w = self._sparse_emb.weight if self._sparse_emb is not None else None
+        if w is not None and w.grad is not None and w.grad.is_sparse:
+            w.grad = w.grad.to_dense()
+
     def _student_head(self, h: torch.Tensor) -> torch.Tensor:
         """Student logits ``[n, vocab]`` (float) of hidden rows ``h`` (with grad when ``h`` has it)."""
         head = self.s_parts[1]
         w = plain_head_weight(head, h, self.amp)
         if w is not None:
             out = self.scratch.get("s", h.shape[0], w.shape[0], torch.float32)
-            return HeadInto.apply(h, w, out)[:, : self.vocab]
+            gbuf = None
+            if torch.is_grad_enabled() and w.requires_grad and w.is_leaf:  # its gradient into a reused buffer
+                if self._head_grad is None or self._head_grad.shape != w.shape:
+                    self._head_grad = torch.empty_like(w, memory_format=torch.contiguous_format)
+                gbuf = self._head_grad
+            return HeadInto.apply(h, w, out, gbuf)[:, : self.vocab]
         with self._autocast():
             s_lo = head(h)
         return s_lo[:, : self.vocab].float()
@@ -280,7 +326,7 @@ class DistillTrainer:
         if n == 0:
             return {}
         with torch.set_grad_enabled(backward):
-            with self._autocast():
+            with self._autocast(), self._sparse_lookup(backward):
                 if self.s_parts is not None:
                     rows = hidden_states(self.s_parts[0], mb.input_ids, mb.attention_mask)[:, :-1][mb.mask]
                 else:
@@ -341,6 +387,7 @@ class DistillTrainer:
         for m in micro:
             for k, v in self._micro(m, max(1, n_total)).items():
                 sums[k] = sums.get(k, 0.0) + v
+        self._dense_grads()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         gnorm = None
@@ -415,6 +462,7 @@ class DistillTrainer:
                     self.save_checkpoint(ck)
         self.save_checkpoint(ck)
         self.scratch.clear()  # the loss scratch is not needed after training
+        self._head_grad = None
         summary = {"steps": self.step, "total_steps": self.total_steps,
                    "final_loss": self.history[-1]["loss"] if self.history else None,
                    "train_tokens": self.tokens_seen, "train_s": self.train_time,

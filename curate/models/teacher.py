@@ -114,13 +114,17 @@ def topk_from_hidden(h: torch.Tensor, head: Any, k: int, *, chunk: int = TOPK_CH
     """Top-k log-probs and the exact tail log-mass of ``head(h)`` for hidden rows ``h`` ``[n, H]``, ``chunk``
     rows at a time; returns the :class:`TopK` ``[n, k]`` and the logits buffer (reuse it for the next call).
 
-    What :meth:`TopK.from_logits` computes, in fewer passes over each ``[chunk, V]`` block and in place:
-    ``lse = logsumexp(logits)``; the top-k of the logits are the top-k of the log-probs (a shift by the
-    row's constant), so ``logprobs = top-k logits - lse``; the tail is ``logsumexp`` of the logits with the
-    top-k set to ``-inf`` (in the block itself, no scattered copy) minus ``lse`` -- a logsumexp over the
-    non-top-k tokens as before, never ``log(1 - sum)``. A bias-free fp32 ``nn.Linear`` head writes its
-    logits into ``buf`` (on CPU a fresh 50 MB block per chunk costs page faults); other heads run as
-    modules, their logits upcast to float32 like ``from_logits`` does."""
+    What :meth:`TopK.from_logits` computes, in fewer passes over each ``[chunk, V]`` block, in place and with
+    no ``[chunk, V]`` temporary (``torch.logsumexp`` allocates two and reads the block four times; it ran
+    twice per block before): one ``topk`` of k+1 gives the top-k and the tail's own maximum ``m_t`` (the
+    (k+1)-th logit); the block becomes ``exp(logits - m_t)`` in place, its top-k entries are zeroed and one
+    sum gives the tail's mass relative to ``m_t`` -- a sum over the non-top-k tokens as before, never
+    ``log(1 - sum)``, and shifted by the tail's own maximum as ``logsumexp`` would, so it neither
+    underflows nor cancels. The top-k's logsumexp runs on the ``[chunk, k]`` values; ``lse`` is the
+    ``logaddexp`` of the two, ``logprobs = top-k logits - lse`` (a shift by the row's constant keeps the
+    order) and ``tail = tail lse - lse``. A bias-free fp32 ``nn.Linear`` head writes its logits into
+    ``buf`` (on CPU a fresh 50 MB block per chunk costs page faults); other heads run as modules, their
+    logits upcast to float32 like ``from_logits`` does."""
     import torch
 
     n = h.shape[0]
@@ -137,17 +141,28 @@ def topk_from_hidden(h: torch.Tensor, head: Any, k: int, *, chunk: int = TOPK_CH
             lo = torch.mm(h[a:e], w.t(), out=buf[: e - a])
         else:
             lo = head(h[a:e]).float()
-        kk = min(int(k), lo.shape[-1])
+        width = lo.shape[-1]
+        kk = min(int(k), width)
         if ids_out is None:
             ids_out = torch.empty((n, kk), dtype=torch.long, device=h.device)
             vals_out = torch.empty((n, kk), dtype=torch.float32, device=h.device)
             tail_out = torch.empty((n,), dtype=torch.float32, device=h.device)
-        lse = torch.logsumexp(lo, -1, keepdim=True)
-        top, ids = lo.topk(kk, dim=-1, sorted=True)
-        torch.sub(top, lse, out=vals_out[a:e])
+        top, ids = lo.topk(min(kk + 1, width), dim=-1, sorted=True)
+        top_k, ids = top[:, :kk], ids[:, :kk]
+        lse_top = torch.logsumexp(top_k, -1)  # [rows, k]: small
+        if kk < width:
+            m_t = top[:, kk:kk + 1]  # the largest tail logit
+            m_t = torch.where(torch.isfinite(m_t), m_t, torch.zeros_like(m_t))  # all -inf tail: exp gives 0
+            lo.sub_(m_t).exp_()  # the block is ours: exp(logits - m_t) in place
+            lo.scatter_(-1, ids, 0.0)  # drop the top-k: what is left is the tail
+            lse_tail = lo.sum(-1).log_().add_(m_t.squeeze(-1))
+            lse = torch.logaddexp(lse_top, lse_tail)
+            torch.sub(lse_tail, lse, out=tail_out[a:e])
+        else:  # k = V: no tail
+            lse = lse_top
+            tail_out[a:e] = float("-inf")
+        torch.sub(top_k, lse.unsqueeze(-1), out=vals_out[a:e])
         ids_out[a:e] = ids
-        lo.scatter_(-1, ids, float("-inf"))  # the block is ours: the tail's logsumexp runs on it in place
-        torch.sub(torch.logsumexp(lo, -1), lse.squeeze(-1), out=tail_out[a:e])
     if ids_out is None:  # no rows
         kk = int(k)
         ids_out = torch.empty((0, kk), dtype=torch.long, device=h.device)

@@ -199,3 +199,38 @@ def test_smollm2_gguf_teacher(smollm2):
     assert torch.allclose(mass, torch.ones_like(mass), atol=1e-4)
     out = t.generate(["The capital of France is"], max_new_tokens=5, temperature=0)
     assert len(out) == 1 and out[0].strip()
+
+
+def test_topk_tail_far_below_the_top_stays_finite():
+    """A peaked row whose tail lies ~700 nats below its top logit: the tail is summed relative to its own
+    maximum (the (k+1)-th logit), so it neither underflows to -inf nor loses digits, as the float64
+    reference shows; a row with an all -inf tail gives -inf, and a row with -inf logits inside the tail
+    ignores them."""
+    from curate.models.teacher import topk_from_hidden
+
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(6, 16, generator=g)
+    head = torch.nn.Linear(16, 40, bias=False).requires_grad_(False)  # a teacher's head: no grad
+    with torch.no_grad():
+        head.weight.normal_(generator=g)
+        head.weight[0] = h[0] * 700 / float(h[0] @ h[0])  # row 0: logit 700 at id 0, the rest O(10)
+    k = 3
+    got, _ = topk_from_hidden(h, head, k, chunk=4)
+    ref_v, ref_i, ref_t = _reference_topk(head(h), k)
+    assert torch.isfinite(got.tail_logmass).all() and float(got.tail_logmass[0]) < -600
+    torch.testing.assert_close(got.tail_logmass.double(), ref_t, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(got.logprobs.double(), ref_v, rtol=1e-6, atol=1e-5)
+    assert torch.equal(got.ids, ref_i)
+
+    class Masked(torch.nn.Module):  # a module head: logits with -inf entries
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lo = head(x)
+            lo[:, 20:] = float("-inf")  # -inf inside the tail of every row
+            lo[1, k:] = float("-inf")  # row 1: only k finite logits, an empty tail
+            return lo
+
+    got, _ = topk_from_hidden(h, Masked(), k)
+    ref_v, _, ref_t = _reference_topk(Masked()(h), k)
+    assert float(got.tail_logmass[1]) == float("-inf") and float(ref_t[1]) == float("-inf")
+    torch.testing.assert_close(got.tail_logmass.double(), ref_t, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(got.logprobs.double(), ref_v, rtol=1e-6, atol=1e-5)
