@@ -577,3 +577,28 @@ def test_minhash_run_loads_neither_scipy_nor_pyarrow_compute(shared_data, tmp_pa
     assert res["corr"] == [14.0] and res["dot"] == 14.0 and res["scipy_after_dot"]
     kept = pl.read_ndjson(next((tmp_path / "out").rglob("*.jsonl")))
     assert len({"3", "200"} & set(kept["id"].to_list())) == 1  # the planted copy or its original went
+
+
+_EXIT_SCRIPT = r'''
+import atexit, gc, os
+atexit.register(lambda: os.write(1, f"frozen at exit {gc.get_freeze_count()}\n".encode()))  # runs last (LIFO)
+import numpy as np
+from curate.filters import _minhash_kernels as K
+K.union_find(3, np.array([0]), np.array([1]))
+print("frozen during run", gc.get_freeze_count(), flush=True)
+'''
+
+
+def test_numba_start_up_freezes_the_gc_only_at_exit():
+    """Python's exit-time collections over numba's ~130k registry objects cost 0.3-0.4 CPU-s a process:
+    curate/core/jit.py freezes the GC at exit (and only then: during the run it collects as usual)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, cwd=root,
+                       env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    during, at_exit = (int(line.split()[-1]) for line in r.stdout.strip().splitlines())
+    assert during == 0
+    assert at_exit > 50_000
