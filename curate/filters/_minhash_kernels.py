@@ -562,6 +562,11 @@ def codepoint_modes(data, offsets, cp_kind):
         i = offsets[d]
         end = offsets[d + 1]
         m = 0
+        acc = np.uint8(0)
+        for j in range(i, end):  # an OR over the bytes (vectorised): most texts are ASCII
+            acc |= data[j]
+        if acc < 0x80:
+            continue
         while i < end:
             if data[i] < 0x80:
                 i += 1

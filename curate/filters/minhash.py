@@ -117,12 +117,11 @@ class _SimplifyTable:
             cps = [int(c) for c in cps if self.kind[c] == 0]
             if not cps:
                 return
-            ch = [chr(c) for c in cps]
-            ctx = {"mid": [f"a{c}a" for c in ch], "num": [f"1{c}1" for c in ch], "alone": ch,
-                   "left": [f"a{c}" for c in ch], "right": [f"{c}a" for c in ch], "twice": [f"a{c}{c}a" for c in ch]}
-            got = pl.DataFrame(ctx).select(simplify_text(pl.col(k)).alias(k) for k in ctx)
-            rows = zip(*(got[k].to_list() for k in ctx))
-            for c, (mid, num, alone, left, right, twice) in zip(cps, rows):
+            forms = ("a{}a", "1{}1", "{}", "a{}", "{}a", "a{}{}a")  # mid, num, alone, left, right, twice
+            ctx = [f.replace("{}", chr(c)) for c in cps for f in forms]
+            got = pl.Series(ctx).to_frame("t").select(simplify_text(pl.col("t"))).to_series().to_list()
+            for i, c in enumerate(cps):
+                mid, num, alone, left, right, twice = got[6 * i: 6 * i + 6]
                 kind = 3
                 x = mid[1:-1] if len(mid) > 2 and mid[0] == mid[-1] == "a" else ""
                 if unicodedata.category(chr(c)) == "Cn":  # unassigned here: leave it to simplify_text
