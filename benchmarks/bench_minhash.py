@@ -191,20 +191,28 @@ def child_curate(corpus: Path, res: Path, workers: int, verify: bool, fmt: str, 
              RejectsSpec(path=str(d / "rejects"), format=fmt, compression_level=level),
              ).run(work_dir=str(d / "work"), workers=workers, progress=False)
     secs, cpu = time.perf_counter() - t, cpu_now() - c
-    rss = self_rss_mb()
+    run_stats = json.loads((d / "work" / "stats.json").read_text())
+    stats = next(s for s in run_stats["steps"] if s["step"] == "minhash_dedup")["counters"]
+    # the clusters are read back by the driver (curate_clusters), as DataTrove's are: this process's CPU
+    # and memory are the run's alone
+    (res / "result.json").write_text(json.dumps({"seconds": secs, "cpu_work": cpu, "self_rss_mb": self_rss_mb(),
+                                                 "stats": stats}))
+
+
+def curate_clusters(corpus: Path, res: Path, fmt: str) -> None:
+    """Per doc (input order) curate's dup_cluster_id (-1: none) from a finished run's outputs, into
+    ``cluster.npy``, and the number removed into ``result.json`` (run in the driver, not timed)."""
+    d = res / "run"
     ext = _ext(fmt)
     kept = [pl.read_ndjson(f).select("id", "dup_cluster_id") for f in (d / "out").rglob(f"*{ext}")]
-    rej_files = list((d / "rejects").rglob(f"*{ext}"))
     rej = [pl.read_ndjson(f, schema_overrides={"dup_cluster_id": pl.Int64}).select("id", "dup_cluster_id")
-           for f in rej_files]
+           for f in (d / "rejects").rglob(f"*{ext}")]
     both = pl.concat([x.select("id", pl.col("dup_cluster_id").cast(pl.Int64)) for x in kept + rej])
     ids = pl.read_parquet(corpus / "parquet", columns=["id", "order"])
     cl = ids.join(both, on="id", how="left").sort("order")
     np.save(res / "cluster.npy", cl["dup_cluster_id"].fill_null(-1).to_numpy())
-    run_stats = json.loads((d / "work" / "stats.json").read_text())
-    stats = next(s for s in run_stats["steps"] if s["step"] == "minhash_dedup")["counters"]
-    (res / "result.json").write_text(json.dumps({"seconds": secs, "cpu_work": cpu, "self_rss_mb": rss,
-                                                 "removed": sum(x.height for x in rej), "stats": stats}))
+    out = json.loads((res / "result.json").read_text())
+    (res / "result.json").write_text(json.dumps({**out, "removed": sum(x.height for x in rej)}))
 
 
 def child_cluster_stage(res: Path, verify: bool) -> None:
@@ -395,6 +403,8 @@ def run_child(kind: str, corpus: Path, res: Path, *extra: str, py: str = sys.exe
     if kind == "cluster":
         return {**m, **json.loads((res / "cluster_stage.json").read_text())}
     (res / "measure.json").write_text(json.dumps(m))
+    if kind == "curate":
+        curate_clusters(corpus, res, extra[extra.index("--fmt") + 1] if "--fmt" in extra else "jsonl")
     return load_result(res)
 
 

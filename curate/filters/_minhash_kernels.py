@@ -532,17 +532,93 @@ BYTE_CLASSES_NORM = _byte_classes(True)
 BYTE_CLASSES_RAW = _byte_classes(False)
 
 
+@njit(inline="always")
+def _decode(data, i, end):
+    """(code point, byte width) of the UTF-8 sequence starting at ``data[i]`` (a lead byte >= 0x80 of
+    valid UTF-8, as Arrow strings are); a truncated sequence reads as code point 2^31."""
+    c = np.int64(data[i])
+    if c < 0xE0:
+        if i + 1 >= end:
+            return np.int64(1 << 31), 1
+        return ((c & 0x1F) << 6) | (np.int64(data[i + 1]) & 0x3F), 2
+    if c < 0xF0:
+        if i + 2 >= end:
+            return np.int64(1 << 31), 1
+        return (((c & 0x0F) << 12) | ((np.int64(data[i + 1]) & 0x3F) << 6)
+                | (np.int64(data[i + 2]) & 0x3F)), 3
+    return np.int64(1 << 31), 4  # beyond the table either way
+
+
 @njit(cache=True)
-def word_shingle_hashes(data, offsets, n, seed, norm):
+def codepoint_modes(data, offsets, cp_kind):
+    """Per text, how :func:`word_shingle_hashes` can normalise it: 0 = ASCII only; 1 = every non-ASCII code
+    point has a table entry in ``cp_kind`` (1 = word break, 2 = replaced by fixed bytes); 2 = some code
+    point needs the full ``simplify_text`` (entry 3, or beyond the table); 3 = some code point has no
+    entry yet (0: see :func:`unknown_codepoints`). Precedence 3 > 2 > 1 > 0."""
+    ndoc = offsets.shape[0] - 1
+    out = np.zeros(ndoc, dtype=np.uint8)
+    lim = cp_kind.shape[0]
+    for d in range(ndoc):
+        i = offsets[d]
+        end = offsets[d + 1]
+        m = 0
+        acc = np.uint8(0)
+        for j in range(i, end):  # an OR over the bytes (vectorised): most texts are ASCII
+            acc |= data[j]
+        if acc < 0x80:
+            continue
+        while i < end:
+            if data[i] < 0x80:
+                i += 1
+                continue
+            cp, w = _decode(data, i, end)
+            i += w
+            if cp >= lim:
+                m = max(m, 2)
+                continue
+            k = cp_kind[cp]
+            if k == 0:
+                m = 3
+                break
+            m = max(m, 2 if k == 3 else 1)
+        out[d] = m
+    return out
+
+
+@njit(cache=True)
+def unknown_codepoints(data, offsets, rows, cp_kind):
+    """Sorted distinct code points of texts ``rows`` that lie inside ``cp_kind`` with no entry yet (0)."""
+    lim = cp_kind.shape[0]
+    seen = np.zeros(lim, dtype=np.bool_)
+    for r in range(rows.shape[0]):
+        d = rows[r]
+        i = offsets[d]
+        end = offsets[d + 1]
+        while i < end:
+            if data[i] < 0x80:
+                i += 1
+                continue
+            cp, w = _decode(data, i, end)
+            i += w
+            if cp < lim and cp_kind[cp] == 0:
+                seen[cp] = True
+    return np.nonzero(seen)[0]
+
+
+@njit(cache=True)
+def word_shingle_hashes(data, offsets, n, seed, norm, modes, cp_kind, rep_len, rep):
     """Fast word n-gram hashes in one pass over the bytes, without building normalised strings.
 
     With ``norm``, each text is tokenised exactly as :func:`curate.core.text.simplify_text` would leave
-    it for ASCII input: A-Z lowercased, a number (digits, optionally one ``.``/``,`` and more digits)
-    becomes "0", ASCII punctuation/symbols/whitespace separate words (callers pass non-ASCII texts
-    through ``simplify_text`` first; the kernel is idempotent on its output). Without ``norm``, words are
-    runs of non-whitespace bytes. A word hash is FNV-1a 64 of its normalised bytes, fmix64-finalised; an
-    n-gram hash is fmix64 of the polynomial (x P1) combination of its n word hashes. Bytes are classified
-    by one table look-up (:func:`_byte_classes`).
+    it: ASCII by rule (A-Z lowercased, a number -- digits, optionally one ``.``/``,`` and more digits --
+    becomes "0", ASCII punctuation/symbols/whitespace separate words), and in texts with ``modes[d] == 1``
+    each non-ASCII code point by its table entry (``cp_kind`` 1: a word break; 2: the ``rep_len[cp]``
+    bytes ``rep[cp]``, what ``simplify_text`` makes of it: "é" -> "e"; learnt from ``simplify_text``
+    itself, :class:`curate.filters.minhash._SimplifyTable`). Other texts (``modes[d]`` 2: callers pass
+    them through ``simplify_text`` first; the kernel is idempotent on its output) read non-ASCII bytes as
+    word bytes. Without ``norm``, words are runs of non-whitespace bytes. A word hash is FNV-1a 64 of its
+    normalised bytes, fmix64-finalised; an n-gram hash is fmix64 of the polynomial (x P1) combination of
+    its n word hashes. Bytes are classified by one table look-up (:func:`_byte_classes`).
     Returns (hashes, counts per text); texts with fewer than n words get none.
     """
     cls = BYTE_CLASSES_NORM if norm else BYTE_CLASSES_RAW
@@ -561,6 +637,7 @@ def word_shingle_hashes(data, offsets, n, seed, norm):
         s1 = offsets[d + 1]
         if words.shape[0] < s1 - s0 + 1:
             words = np.empty(s1 - s0 + 1, dtype=np.uint64)
+        mapped = norm and modes[d] == 1
         nw = 0
         h = basis
         wl = 0
@@ -568,7 +645,20 @@ def word_shingle_hashes(data, offsets, n, seed, norm):
         while i < s1:
             c = data[i]
             k = cls[c]
-            if k == 0:
+            if mapped and c >= 0x80:  # a table code point: a break or its replacement bytes
+                cp, w = _decode(data, i, s1)
+                i += w
+                if cp_kind[cp] == 1:
+                    if wl > 0:
+                        words[nw] = fmix64(h ^ U64(wl))
+                        nw += 1
+                        h = basis
+                        wl = 0
+                else:
+                    for r in range(rep_len[cp]):
+                        h = (h ^ U64(rep[cp, r])) * fnv
+                    wl += rep_len[cp]
+            elif k == 0:
                 h = (h ^ U64(c)) * fnv
                 wl += 1
                 i += 1

@@ -75,6 +75,32 @@ def test_fast_word_kernel_normalises_like_simplify_text(shared_data):
     np.testing.assert_array_equal(c1[-600:], [len(shingles_py(t)) for t in texts[-600:]])  # incl. EDGE
 
 
+MULTI = ["ΣΟΦΙΑ και ΟΔΟΣ σοφός Σ", "Привет, мир! Ёлка 123,45 руб.", "مرحبا بالعالم ١٢٣ ٣،٤ 3،4 كَتَبَ",
+         "İstanbul'da ĞÜŞ ı", "naïve café — “quoted” … ½ £3.50 e\u0301t\u0301e 1\u03015 x", "Việt Nam Tiếng Việt ễ ữ",
+         "हिन्दी भाषा १२३ क़", "tab\u00a0nbsp\u2003em\u2028line", "\u0096dash\u0085nel\u0097", "ǅungla Ǆ ǆ ﬁne ﬂ",
+         "1.\u03015 2,\u00a03 4\u00b45 ÉCOLE É", "日本語 テキスト"]
+
+
+@pytest.mark.parametrize("ngram", [1, 5])
+def test_word_kernel_code_point_table_gives_simplify_text_shingles(shared_data, ngram):
+    """Non-ASCII texts whose code points the table covers are normalised in the kernel (no regex pass),
+    with the same shingles as through simplify_text; the others (Greek capital sigma, Arabic digits and
+    comma, combining marks, CJK) fall back and still agree."""
+    with gzip.open(shared_data / "reviews" / "aclImdb_v1.jsonl.gz", "rt") as fh:
+        reviews = [t for t in (json.loads(line)["text"] for _, line in zip(range(6000), fh)) if not t.isascii()]
+    s = pl.Series(reviews + MULTI)
+    h1, c1 = shingle_hashes(s, shingle="word", ngram=ngram, normalize=True, kind=0, seed=3)
+    simplified = s.to_frame("t").select(simplify_text(pl.col("t"))).to_series()
+    h2, c2 = shingle_hashes(simplified, shingle="word", ngram=ngram, normalize=False, kind=0, seed=3)
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(h1, h2)
+    from curate.filters.minhash import _TABLE, _utf8_buffers
+
+    modes = K.codepoint_modes(*_utf8_buffers(s), _TABLE.kind)
+    assert len(reviews) > 100 and (modes[:len(reviews)] == 1).mean() > 0.9  # the kernel's own path
+    assert modes[len(reviews):].tolist() == [2, 1, 2, 1, 2, 1, 2, 1, 1, 2, 2, 2]
+
+
 def _signatures_numpy(hv: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray, scheme: int) -> np.ndarray:
     """The three signature schemes written out in numpy, shingle by shingle (the kernel's definition)."""
     m32 = np.uint64(0xFFFFFFFF)
@@ -551,3 +577,28 @@ def test_minhash_run_loads_neither_scipy_nor_pyarrow_compute(shared_data, tmp_pa
     assert res["corr"] == [14.0] and res["dot"] == 14.0 and res["scipy_after_dot"]
     kept = pl.read_ndjson(next((tmp_path / "out").rglob("*.jsonl")))
     assert len({"3", "200"} & set(kept["id"].to_list())) == 1  # the planted copy or its original went
+
+
+_EXIT_SCRIPT = r'''
+import atexit, gc, os
+atexit.register(lambda: os.write(1, f"frozen at exit {gc.get_freeze_count()}\n".encode()))  # runs last (LIFO)
+import numpy as np
+from curate.filters import _minhash_kernels as K
+K.union_find(3, np.array([0]), np.array([1]))
+print("frozen during run", gc.get_freeze_count(), flush=True)
+'''
+
+
+def test_numba_start_up_freezes_the_gc_only_at_exit():
+    """Python's exit-time collections over numba's ~130k registry objects cost 0.3-0.4 CPU-s a process:
+    curate/core/jit.py freezes the GC at exit (and only then: during the run it collects as usual)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, cwd=root,
+                       env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    during, at_exit = (int(line.split()[-1]) for line in r.stdout.strip().splitlines())
+    assert during == 0
+    assert at_exit > 50_000
