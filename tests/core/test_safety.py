@@ -359,8 +359,13 @@ def test_second_run_on_a_busy_work_dir_fails_at_once_naming_the_holder(tmp_path)
 
 # -- 15. Ctrl-C, SIGTERM, a killed worker, a failing write -------------------------------------------------
 
+BUSY_COPIES = 30
+
+
 def _busy_run(tmp_path: Path, workers: int = 2, **kw) -> tuple[subprocess.Popen, Path]:
-    src = _corpus(tmp_path / "in", files=4, copies=6)
+    # big enough that the run is still in its shards a second after the workers start: forked workers
+    # (the fork server) start in well under a second, and 6 copies finished before the signal came
+    src = _corpus(tmp_path / "in", files=4, copies=BUSY_COPIES)
     cfg = _yaml(tmp_path / "p.yaml", src, tmp_path / "out", tmp_path / "w", workers=workers)
     return _curate("run", str(cfg), "--no-progress", **kw), tmp_path / "out"
 
@@ -419,7 +424,7 @@ def test_a_killed_worker_is_an_error_naming_its_shard_and_the_rerun_completes(tm
     assert rerun.returncode == 0, rerun.stderr
     assert not list(out.glob(".tmp-*"))  # the killed worker's half-written part is gone
     stats = json.loads((tmp_path / "w" / "stats.json").read_text())
-    assert read_output(out).height == stats["docs_out"] and stats["docs_in"] == 6 * len(_rows())
+    assert read_output(out).height == stats["docs_out"] and stats["docs_in"] == BUSY_COPIES * len(_rows())
 
 
 def test_a_failing_write_names_the_path(tmp_path):
