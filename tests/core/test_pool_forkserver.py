@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from pipeline_corpus import EXAMPLE
+from proc_tree import alive, ppid
 
 from curate import Pipeline, read, read_output, write
 from curate.core.errors import CurateError
@@ -32,18 +33,6 @@ ENV = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux") or "forkserver" not in mp.get_all_start_methods(),
                                 reason="the fork server's guarantees are Linux ones (PR_SET_PDEATHSIG, /proc)")
 pytestmark = linux_only
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def _wait(cond, timeout: float, what: str) -> None:
@@ -125,11 +114,11 @@ def test_forked_workers_run_polars_with_the_drivers_environment(monkeypatch):
     monkeypatch.delenv("POLARS_MAX_THREADS", raising=False)
     with shared_pool("forkserver"):
         first = list(iter_tasks(_whoami, [(i,) for i in range(4)], 2))
-        server = _ppid(first[0]["pid"])
+        server = ppid(first[0]["pid"])
         # set after the server started: a worker started later must still see it, as a spawned one would
         monkeypatch.setenv("CURATE_TEST_MARKER", "after-start")
         later = list(iter_tasks(_whoami, [(i,) for i in range(4)], 3))  # 3 workers: a new pool
-        assert _ppid(later[0]["pid"]) == server  # forked by the same server
+        assert ppid(later[0]["pid"]) == server  # forked by the same server
         threads = _server_threads()
     want = str(max(1, _cores() // 2))
     assert {r["sum"] for r in first + later} == {3 * sum(range(2000))}
@@ -185,7 +174,7 @@ def test_a_failing_task_stops_the_other_forked_workers(tmp_path: Path, monkeypat
             list(iter_tasks(_fail, [(i,) for i in range(3)], 2))
     pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
     assert len(pids) == 2 and os.getpid() not in pids
-    _wait(lambda: not [p for p in pids if _alive(p)], 10, "the other worker to be stopped")
+    _wait(lambda: not [p for p in pids if alive(p)], 10, "the other worker to be stopped")
     assert time.time() - t0 < 30  # it was killed, not waited for (it sleeps 30 s)
 
 
@@ -233,10 +222,10 @@ def test_killing_the_main_process_ends_forked_workers_and_the_server(tmp_path: P
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         workers = [int(p.stem) for p in (tmp_path / "pids").glob("*.pid")]
         servers = {int(p.read_text()) for p in (tmp_path / "pids").glob("*.pid")}
-        assert len(servers) == 1 and proc.pid not in servers and _ppid(next(iter(servers))) == proc.pid
+        assert len(servers) == 1 and proc.pid not in servers and ppid(next(iter(servers))) == proc.pid
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        _wait(lambda: not [p for p in workers + list(servers) if _alive(p)], 15, "workers and server to exit")
+        _wait(lambda: not [p for p in workers + list(servers) if alive(p)], 15, "workers and server to exit")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from proc_tree import alive, descendants, ppid
 
 from curate import ConfigError, Pipeline, RejectsSpec, read, read_output, write
 from curate.cli import main as cli_main
@@ -80,50 +81,18 @@ def _curate(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _descendants(pid: int) -> set[int]:
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            for c in kids:
-                if c not in out:
-                    out.add(c)
-                    todo.append(c)
-    return out
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _workers(pid: int) -> list[int]:
     """Pool workers (not multiprocessing's resource tracker or fork server) among the descendants of
     ``pid``: spawned ones run ``spawn_main``; forked ones are children of a fork server started by ``pid``
     (they share its command line)."""
     cmds: dict[int, bytes] = {}
-    for c in _descendants(pid):
+    for c in descendants(pid):
         try:
             cmds[c] = Path(f"/proc/{c}/cmdline").read_bytes()
         except OSError:
             continue
-    servers = {c for c, cmd in cmds.items() if b"multiprocessing.forkserver" in cmd and _ppid(c) == pid}
-    return sorted(c for c, cmd in cmds.items() if b"spawn_main" in cmd or _ppid(c) in servers)
+    servers = {c for c, cmd in cmds.items() if b"multiprocessing.forkserver" in cmd and ppid(c) == pid}
+    return sorted(c for c, cmd in cmds.items() if b"spawn_main" in cmd or ppid(c) in servers)
 
 
 def _wait_for(cond, timeout: float = 60.0, what: str = "condition") -> None:
@@ -375,14 +344,14 @@ def test_sigterm_leaves_no_orphan_workers(tmp_path):
     proc, _ = _busy_run(tmp_path)
     _wait_for(lambda: len(_workers(proc.pid)) >= 2 or proc.poll() is not None, what="two workers")
     time.sleep(1.0)  # into the shards
-    kids = _descendants(proc.pid)
+    kids = descendants(proc.pid)
     assert proc.poll() is None and len(kids) >= 2
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     deadline = time.time() + 5
-    while time.time() < deadline and any(_alive(k) for k in kids):
+    while time.time() < deadline and any(alive(k) for k in kids):
         time.sleep(0.05)
-    assert not [k for k in kids if _alive(k)], "worker processes outlived the main process"
+    assert not [k for k in kids if alive(k)], "worker processes outlived the main process"
     assert proc.returncode == 143 and "Traceback" not in err and "terminated" in err
 
 
@@ -391,15 +360,15 @@ def test_ctrl_c_prints_one_line_and_stops_the_workers(tmp_path):
     proc, _ = _busy_run(tmp_path, start_new_session=True)
     _wait_for(lambda: len(_workers(proc.pid)) >= 2 or proc.poll() is not None, what="two workers")
     time.sleep(1.0)
-    kids = _descendants(proc.pid)
+    kids = descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the whole foreground group gets it
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["interrupted: finished shards are kept; rerun the same command to resume"]
     deadline = time.time() + 5
-    while time.time() < deadline and any(_alive(k) for k in kids):
+    while time.time() < deadline and any(alive(k) for k in kids):
         time.sleep(0.05)
-    assert not [k for k in kids if _alive(k)]
+    assert not [k for k in kids if alive(k)]
 
 
 @needs_proc

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -188,20 +189,28 @@ def _counters(work: Path) -> dict[str, dict]:
     return {s["step"]: s["counters"] for s in json.loads((work / "stats.json").read_text())["steps"]}
 
 
-def test_minhash_without_verify_on_ray_equals_local(near_dups, tmp_path, local_ray):
-    """Buckets grouped and components found on Ray: the same clusters, kept documents and rejects."""
-    def spec(root: Path, executor: str):
-        return Pipeline(read(str(near_dups / "*.jsonl"), batch_size=100), ExactDedup(),
-                        MinHashDedup(threshold=0.6, verify=False, keep="longest"),
-                        write(str(root / "out"), format="parquet")
-                        ).spec(work_dir=str(root / "work"), workers=2, executor=executor)
-
-    LocalExecutor(spec(tmp_path / "l", "local")).run(progress=False)
-    RayExecutor(spec(tmp_path / "r", "ray")).run(progress=False)
+def _same_on_ray(tmp_path: Path, pipeline: Callable[[Path], Pipeline]) -> dict[str, dict]:
+    """Run ``pipeline(root)`` (whose output is ``root / "out"``) with 2 workers under the local executor
+    (root ``tmp_path / "l"``) and on Ray (``tmp_path / "r"``); assert the same output, rejects and step
+    counters byte for byte, and return the counters."""
+    for executor, root in (("local", tmp_path / "l"), ("ray", tmp_path / "r")):
+        spec = pipeline(root).spec(work_dir=str(root / "work"), workers=2, executor=executor)
+        (LocalExecutor if executor == "local" else RayExecutor)(spec).run(progress=False)
     assert _digest(tmp_path / "l" / "out") == _digest(tmp_path / "r" / "out")
     assert _digest(tmp_path / "l" / "work" / "rejects") == _digest(tmp_path / "r" / "work" / "rejects")
     local, on_ray = _counters(tmp_path / "l" / "work"), _counters(tmp_path / "r" / "work")
     assert local == on_ray
+    return on_ray
+
+
+def test_minhash_without_verify_on_ray_equals_local(near_dups, tmp_path, local_ray):
+    """Buckets grouped and components found on Ray: the same clusters, kept documents and rejects."""
+    def pipeline(root: Path) -> Pipeline:
+        return Pipeline(read(str(near_dups / "*.jsonl"), batch_size=100), ExactDedup(),
+                        MinHashDedup(threshold=0.6, verify=False, keep="longest"),
+                        write(str(root / "out"), format="parquet"))
+
+    on_ray = _same_on_ray(tmp_path, pipeline)
     assert on_ray["minhash_dedup"]["removed"] >= 40  # the planted chains were found (real clusters compared)
     # the components were computed by the Ray ops (a graph this small: handed to one Ray task, round 0)
     assert list((tmp_path / "r" / "work").rglob("minhash_components_*/round000-final/labels-0000.parquet"))
@@ -212,18 +221,12 @@ def test_minhash_verified_on_ray_equals_local(near_dups, tmp_path, local_ray):
     """Verified MinHash: components found on Ray, then the verified union run per group of components in
     Ray tasks (a hash join of the pairs with their component, a shuffle by component): the same clusters,
     kept documents, rejects and counters (verified and rejected pairs included) as the local executor."""
-    def spec(root: Path, executor: str):
+    def pipeline(root: Path) -> Pipeline:
         return Pipeline(read(str(near_dups / "*.jsonl"), batch_size=100),
                         MinHashDedup(threshold=0.7, verify=True, keep="longest"),
-                        write(str(root / "out"), format="parquet")
-                        ).spec(work_dir=str(root / "work"), workers=2, executor=executor)
+                        write(str(root / "out"), format="parquet"))
 
-    LocalExecutor(spec(tmp_path / "l", "local")).run(progress=False)
-    RayExecutor(spec(tmp_path / "r", "ray")).run(progress=False)
-    assert _digest(tmp_path / "l" / "out") == _digest(tmp_path / "r" / "out")
-    assert _digest(tmp_path / "l" / "work" / "rejects") == _digest(tmp_path / "r" / "work" / "rejects")
-    local, on_ray = _counters(tmp_path / "l" / "work"), _counters(tmp_path / "r" / "work")
-    assert local == on_ray
+    on_ray = _same_on_ray(tmp_path, pipeline)
     c = on_ray["minhash_dedup"]
     assert c["removed"] >= 100 and c["verified_pairs"] >= 100 and c["false_positive_pairs"] > 0
     # locally one partition; on Ray the groups were spread over several (2 CPUs: 4 partitions)
@@ -251,17 +254,11 @@ def test_semdedup_on_ray_equals_local(shared_data, tmp_path, local_ray):
         (src / f"part{k}.jsonl").write_text("".join(json.dumps({"id": f"d{i:04d}", "text": t}) + "\n"
                                                     for i, t in enumerate(texts) if i % 3 == k))
 
-    def spec(root: Path, executor: str):
+    def pipeline(root: Path) -> Pipeline:
         return Pipeline(read(str(src / "*.jsonl")), SemDeDup(eps=0.1, n_clusters=4, backend="model2vec"),
-                        write(str(root / "out"), format="parquet")
-                        ).spec(work_dir=str(root / "work"), workers=2, executor=executor)
+                        write(str(root / "out"), format="parquet"))
 
-    LocalExecutor(spec(tmp_path / "l", "local")).run(progress=False)
-    RayExecutor(spec(tmp_path / "r", "ray")).run(progress=False)
-    assert _digest(tmp_path / "l" / "out") == _digest(tmp_path / "r" / "out")
-    assert _digest(tmp_path / "l" / "work" / "rejects") == _digest(tmp_path / "r" / "work" / "rejects")
-    local, on_ray = _counters(tmp_path / "l" / "work"), _counters(tmp_path / "r" / "work")
-    assert local == on_ray
+    on_ray = _same_on_ray(tmp_path, pipeline)
     assert on_ray["semdedup"]["removed"] >= 10 and on_ray["semdedup"]["clusters"] == 4
     reports = [json.loads(next((tmp_path / x / "work").rglob("eps_report.json")).read_text()) for x in "lr"]
     assert reports[0] == reports[1]
@@ -290,18 +287,13 @@ def test_moore_lewis_on_ray_selects_from_score_files_as_local(shared_data, tmp_p
     for k in range(3):
         (src / f"part{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[k::3]))
 
-    def spec(root: Path, executor: str):
+    def pipeline(root: Path) -> Pipeline:
         return Pipeline(read(str(src / "*.jsonl"), batch_size=100),
                         MooreLewis(in_domain_model=str(tmp_path / "gsm.arpa"),
                                    general_model=str(tmp_path / "news.arpa"), fraction=0.4),
-                        write(str(root / "out"), format="parquet")
-                        ).spec(work_dir=str(root / "work"), workers=2, executor=executor)
+                        write(str(root / "out"), format="parquet"))
 
-    LocalExecutor(spec(tmp_path / "l", "local")).run(progress=False)
-    RayExecutor(spec(tmp_path / "r", "ray")).run(progress=False)
-    assert _digest(tmp_path / "l" / "out") == _digest(tmp_path / "r" / "out")
-    assert _digest(tmp_path / "l" / "work" / "rejects") == _digest(tmp_path / "r" / "work" / "rejects")
-    assert _counters(tmp_path / "l" / "work") == _counters(tmp_path / "r" / "work")
+    _same_on_ray(tmp_path, pipeline)
     kept = pl.read_parquet(sorted((tmp_path / "r" / "out").rglob("*.parquet")))
     assert kept.height == 200 and kept["id"].str.starts_with("g").mean() > 0.9  # in-domain kept
     (rule,) = (tmp_path / "r" / "work").rglob("rule.json")  # selected by a rule over the score files
