@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit
 
 from curate.core.jit import prepare
+from curate.core.tokens import decode_utf8
 
 prepare()  # numba's registries without SciPy, before any kernel loads (curate/core/jit.py)
 
@@ -532,23 +533,6 @@ BYTE_CLASSES_NORM = _byte_classes(True)
 BYTE_CLASSES_RAW = _byte_classes(False)
 
 
-@njit(inline="always")
-def _decode(data, i, end):
-    """(code point, byte width) of the UTF-8 sequence starting at ``data[i]`` (a lead byte >= 0x80 of
-    valid UTF-8, as Arrow strings are); a truncated sequence reads as code point 2^31."""
-    c = np.int64(data[i])
-    if c < 0xE0:
-        if i + 1 >= end:
-            return np.int64(1 << 31), 1
-        return ((c & 0x1F) << 6) | (np.int64(data[i + 1]) & 0x3F), 2
-    if c < 0xF0:
-        if i + 2 >= end:
-            return np.int64(1 << 31), 1
-        return (((c & 0x0F) << 12) | ((np.int64(data[i + 1]) & 0x3F) << 6)
-                | (np.int64(data[i + 2]) & 0x3F)), 3
-    return np.int64(1 << 31), 4  # beyond the table either way
-
-
 @njit(cache=True)
 def codepoint_modes(data, offsets, cp_kind):
     """Per text, how :func:`word_shingle_hashes` can normalise it: 0 = ASCII only; 1 = every non-ASCII code
@@ -571,8 +555,7 @@ def codepoint_modes(data, offsets, cp_kind):
             if data[i] < 0x80:
                 i += 1
                 continue
-            cp, w = _decode(data, i, end)
-            i += w
+            cp, i = decode_utf8(data, i)
             if cp >= lim:
                 m = max(m, 2)
                 continue
@@ -598,8 +581,7 @@ def unknown_codepoints(data, offsets, rows, cp_kind):
             if data[i] < 0x80:
                 i += 1
                 continue
-            cp, w = _decode(data, i, end)
-            i += w
+            cp, i = decode_utf8(data, i)
             if cp < lim and cp_kind[cp] == 0:
                 seen[cp] = True
     return np.nonzero(seen)[0]
@@ -646,8 +628,7 @@ def word_shingle_hashes(data, offsets, n, seed, norm, modes, cp_kind, rep_len, r
             c = data[i]
             k = cls[c]
             if mapped and c >= 0x80:  # a table code point: a break or its replacement bytes
-                cp, w = _decode(data, i, s1)
-                i += w
+                cp, i = decode_utf8(data, i)
                 if cp_kind[cp] == 1:
                     if wl > 0:
                         words[nw] = fmix64(h ^ U64(wl))
