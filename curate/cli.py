@@ -11,6 +11,7 @@ import sys
 
 from curate._version import __version__
 from curate.core.errors import DISTRIBUTION, CurateError
+from curate.core.jit import freeze_gc_at_exit
 
 #: modules that add subcommands, each with ``add_commands(subparsers)``; every one must import.
 _COMMAND_MODULES = (
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `curate` command's own process, not a call from a user's script
+        freeze_gc_at_exit()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

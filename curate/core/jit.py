@@ -16,11 +16,12 @@ registries are already loaded.
 Exit: once numba's registries are loaded (~130k objects the cyclic GC tracks), the collections Python runs
 while it shuts down cost 0.3-0.4 CPU-s per process (measured: 1.37 CPU-s at the last line of a script
 that loaded the MinHash kernels, 1.81 at exit; ``gc_collect_main`` was 19% of its perf samples), more
-than a 20k-document MinHash run's clustering. :func:`prepare` registers ``gc.freeze`` with ``atexit``,
-so those collections skip every object (exit then costs 0.03 CPU-s). What that changes: objects that are
-garbage only through a reference cycle when the interpreter exits are not finalised by the GC (objects
-freed by reference counting still are; Python does not promise to finalise what is alive at exit, and
-curate closes its own files before a run returns). During the run the GC works as usual.
+than a 20k-document MinHash run's clustering. :func:`freeze_gc_at_exit` registers ``gc.freeze`` with
+``atexit``, so those collections skip every object (exit then costs 0.03 CPU-s). What that changes:
+objects that are garbage only through a reference cycle when the interpreter exits are not finalised by
+the GC. That is safe only in a process whose every object is curate's (curate closes its own files before
+a run returns), so it is called by curate's pool workers and the ``curate`` command, never by importing or
+running curate from a user's own script, whose objects (an unflushed file in a cycle) it would touch too.
 """
 
 from __future__ import annotations
@@ -62,5 +63,16 @@ def prepare() -> None:
         finally:
             if hide:
                 sys.meta_path.remove(finder)
-        atexit.register(gc.freeze)  # skip the exit-time collections over numba's objects (module docstring)
         _DONE = True
+
+
+_FREEZE_AT_EXIT = False
+
+
+def freeze_gc_at_exit() -> None:
+    """Skip Python's exit-time GC collections in this process (see the module docstring). Only for
+    processes curate owns: its pool workers and the ``curate`` command. Idempotent."""
+    global _FREEZE_AT_EXIT
+    if not _FREEZE_AT_EXIT:
+        atexit.register(gc.freeze)
+        _FREEZE_AT_EXIT = True

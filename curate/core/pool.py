@@ -58,6 +58,7 @@ from typing import Any
 
 from curate.core import _forkserver
 from curate.core.errors import CurateError
+from curate.core.jit import freeze_gc_at_exit
 
 log = logging.getLogger("curate")
 
@@ -95,6 +96,7 @@ def _init_worker(q: Any, parent: int, env: dict[str, str] | None) -> None:
     if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while spawning (see _signals_blocked)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     _die_with_parent(parent, forked=env is not None)
+    freeze_gc_at_exit()  # a worker holds only curate's objects (curate/core/jit.py)
     _QUEUE = q
 
 
