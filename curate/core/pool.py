@@ -224,7 +224,7 @@ class _Pool:
                         self.stop.set()
                         self.th.join(timeout=1.0)
                         self._drain()  # a task that died at once: its "start" may still be in the queue
-                        raise _dead_worker_error(self.procs, self.running) from None
+                        raise _dead_worker_error(self.procs, self.running, ex) from None
                     yield result
         except BaseException:
             # no Future.cancel(): the pool's manager thread would then fail setting their exception
@@ -432,7 +432,14 @@ def _kill_workers(ex: ProcessPoolExecutor) -> None:
             p.join(timeout=1.0)
 
 
-def _dead_worker_error(procs: dict[int, Any], running: dict[int, str]) -> CurateError:
+def _dead_worker_error(procs: dict[int, Any], running: dict[int, str],
+                       ex: ProcessPoolExecutor | None = None) -> CurateError:
+    # The pool's manager thread fails the futures first and then reaps every worker itself. Reading exit
+    # codes while it reaps races it for waitpid(): the loser sees ECHILD and an exit code of None (the
+    # worker then read "died" instead of "was killed by SIGKILL" under load), so let it finish first.
+    manager = getattr(ex, "_executor_manager_thread", None)  # private: CPython 3.9-3.14
+    if manager is not None and manager is not threading.current_thread():
+        manager.join(timeout=10.0)
     dead = []
     for pid, p in procs.items():
         p.join(timeout=2.0)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from multiprocessing.connection import wait as sentinel_ready
 from pathlib import Path
 
 import polars as pl
@@ -166,6 +167,37 @@ def test_a_killed_worker_is_an_error_naming_its_task_even_when_it_dies_at_once(m
         assert "while running shard 1" in str(e.value) and "SIGKILL" in str(e.value)
 
 
+def test_a_killed_spawned_worker_is_named_by_its_signal_while_the_pool_reaps_it(monkeypatch):
+    """The pool's manager thread reaps the dead worker itself (``Popen.poll``: ``waitpid``, then the exit
+    code is stored). Reading the exit code inside that window got ECHILD and None: the error said "died"
+    instead of "was killed by SIGKILL" (seen in CI under load). The window is widened here on purpose."""
+    import concurrent.futures.process as cfp
+
+    original = cfp._ExecutorManagerThread.terminate_broken
+
+    def reap_first(self, cause):
+        reaped = {}
+        for p in self.processes.values():  # the dead worker: reaped now, its exit code stored later
+            if p._popen is not None and p._popen.returncode is None and sentinel_ready([p.sentinel], 0):
+                reaped[p] = os.waitpid(p.pid, 0)[1]  # its pipes close just before it can be waited for
+        join = self.join_executor_internals
+
+        def store_late():
+            time.sleep(2.0)  # past the driver's wait for its progress thread (up to 1 s)
+            for p, status in reaped.items():
+                p._popen.returncode = os.waitstatus_to_exitcode(status)
+            join()
+
+        self.join_executor_internals = store_late
+        original(self, cause)  # fails the futures (the driver wakes), stops the others, joins
+
+    monkeypatch.setattr(cfp._ExecutorManagerThread, "terminate_broken", reap_first)
+    with pytest.raises(CurateError) as e:
+        with shared_pool("spawn"):
+            list(iter_tasks(_kill_self, [(i,) for i in range(4)], 2, labels=[f"shard {i}" for i in range(4)]))
+    assert "while running shard 1" in str(e.value) and "killed by SIGKILL" in str(e.value)
+
+
 def test_a_failing_task_stops_the_other_forked_workers(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("CURATE_TEST_PIDS", str(tmp_path))  # reaches the workers through the env hand-over
     t0 = time.time()
@@ -182,6 +214,7 @@ def test_a_failing_task_stops_the_other_forked_workers(tmp_path: Path, monkeypat
 
 _DRIVER = '''
 import os, sys, threading, time
+from multiprocessing.connection import wait as sentinel_ready
 from pathlib import Path
 from curate.core.pool import iter_tasks, shared_pool
 
@@ -234,6 +267,7 @@ def test_killing_the_main_process_ends_forked_workers_and_the_server(tmp_path: P
 # -- a user's script ---------------------------------------------------------------------------------------
 
 _BARE_SCRIPT = '''
+from multiprocessing.connection import wait as sentinel_ready
 from pathlib import Path
 from curate import Pipeline, read, write
 from curate.filters.gopher import GopherQuality
