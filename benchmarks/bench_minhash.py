@@ -180,8 +180,13 @@ def child_curate(corpus: Path, res: Path, workers: int, verify: bool, fmt: str, 
     (``jsonl`` or ``jsonl.gz``: DataTrove's JsonlWriter without / with its default gzip); ``level``: gzip
     level of jsonl.gz (None: curate's default 6; 9 is what DataTrove's fsspec ``GzipFile`` writes)."""
     from curate import Pipeline, RejectsSpec, read, write
+    from curate.core.jit import freeze_gc_at_exit
     from curate.filters.minhash import MinHashDedup
 
+    # this process stands for the `curate run` command's (a process curate owns), which freezes the GC at
+    # exit (curate.cli.main); a user's own script calling Pipeline.run pays ~0.45 CPU s more at exit
+    # (Python's shutdown collections over numba's registry objects; RESULTS.md, minhash section)
+    freeze_gc_at_exit()
     d = res / "run"
     shutil.rmtree(d, ignore_errors=True)
     t, c = time.perf_counter(), cpu_now()

@@ -357,3 +357,26 @@ def test_rename_moves_a_user_field_out_of_the_way(tmp_path):
     g.write_bytes(_jsonl([{"text": "t", "a": 1, "b": 2}]))
     with pytest.raises(InputError, match="c.jsonl.*rename.*'b'"):
         _read(InputSpec(path=str(g), rename={"a": "b"}))
+
+
+# -- line blocks: blank lines, CRLF, no final newline, block boundaries -----------------------------------
+
+@pytest.mark.parametrize("layout", ["clean", "blank_lines", "crlf", "no_final_newline", "blank_first_and_last"])
+def test_rows_and_line_numbers_of_every_block_layout(tmp_path, layout):
+    """The reader hands polars whole blocks of lines when no line is blank (no split and re-join): the
+    rows and their ``file:line`` ids must be those of a plain line-by-line read, across 1 MB blocks."""
+    lines = [json.dumps({"text": f"line {i} " + _word(i) * 40}) for i in range(9000)]  # ~3.3 MB
+    if layout in ("blank_lines", "blank_first_and_last"):
+        for i in (7, 3001, 3002, 6500):
+            lines[i] = ["", "   ", "\t", " \r"][i % 4]
+    if layout == "blank_first_and_last":
+        lines[0], lines[-1] = "", "  "
+    sep = "\r\n" if layout == "crlf" else "\n"
+    data = sep.join(lines) + ("" if layout == "no_final_newline" else sep)
+    (tmp_path / "in.jsonl").write_bytes(data.encode())
+    df, rep = _read(InputSpec(path=str(tmp_path / "in.jsonl"), batch_size=256))
+    # reference: line by line, 1-based, skipping lines that are blank once stripped
+    want = [(f"in.jsonl:{n}", json.loads(ln)["text"]) for n, ln in enumerate(data.split("\n"), 1)
+            if ln.strip() and n <= len(lines)]
+    assert list(zip(df["id"].to_list(), df["text"].to_list())) == want
+    assert rep.lines == len(want) and not rep.skipped
