@@ -1,8 +1,11 @@
 """Process-tree probes over Linux's /proc, shared by the pool tests (tests/core): whether a process is
-alive, its parent, and its descendants. Each reads only /proc, independently of curate's code."""
+alive, its parent, and its descendants, and a poll until a condition holds. Each reads only /proc,
+independently of curate's code."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -39,3 +42,13 @@ def descendants(pid: int) -> set[int]:
                     out.add(c)
                     todo.append(c)
     return out
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``cond`` every 20 ms until it is true; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

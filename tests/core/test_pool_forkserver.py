@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from pipeline_corpus import EXAMPLE
-from proc_tree import alive, ppid
+from proc_tree import alive, ppid, wait_until
 
 from curate import Pipeline, read, read_output, write
 from curate.core.errors import CurateError
@@ -36,13 +36,6 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux") or "forkser
 pytestmark = linux_only
 
 
-def _wait(cond, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- tasks (top-level: the workers import them from this module) -------------------------------------------
@@ -206,7 +199,7 @@ def test_a_failing_task_stops_the_other_forked_workers(tmp_path: Path, monkeypat
             list(iter_tasks(_fail, [(i,) for i in range(3)], 2))
     pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
     assert len(pids) == 2 and os.getpid() not in pids
-    _wait(lambda: not [p for p in pids if alive(p)], 10, "the other worker to be stopped")
+    wait_until(lambda: not [p for p in pids if alive(p)], 10, "the other worker to be stopped")
     assert time.time() - t0 < 30  # it was killed, not waited for (it sleeps 30 s)
 
 
@@ -250,7 +243,7 @@ def test_killing_the_main_process_ends_forked_workers_and_the_server(tmp_path: P
     proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), where], cwd=REPO, env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
-        _wait(lambda: len(list((tmp_path / "pids").glob("*.pid"))) >= 2 or proc.poll() is not None, 120,
+        wait_until(lambda: len(list((tmp_path / "pids").glob("*.pid"))) >= 2 or proc.poll() is not None, 120,
               "two forked workers")
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         workers = [int(p.stem) for p in (tmp_path / "pids").glob("*.pid")]
@@ -258,7 +251,7 @@ def test_killing_the_main_process_ends_forked_workers_and_the_server(tmp_path: P
         assert len(servers) == 1 and proc.pid not in servers and ppid(next(iter(servers))) == proc.pid
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        _wait(lambda: not [p for p in workers + list(servers) if alive(p)], 15, "workers and server to exit")
+        wait_until(lambda: not [p for p in workers + list(servers) if alive(p)], 15, "workers and server to exit")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from proc_tree import alive, descendants, ppid
+from proc_tree import alive, descendants, ppid, wait_until
 
 from curate import ConfigError, Pipeline, RejectsSpec, read, read_output, write
 from curate.cli import main as cli_main
@@ -95,13 +95,6 @@ def _workers(pid: int) -> list[int]:
     return sorted(c for c, cmd in cmds.items() if b"spawn_main" in cmd or ppid(c) in servers)
 
 
-def _wait_for(cond, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find workers")
@@ -307,7 +300,7 @@ def test_second_run_on_a_busy_work_dir_fails_at_once_naming_the_holder(tmp_path)
     a = _curate("run", str(a_cfg), "--no-progress")
     lock = work / ".curate-lock"
     try:
-        _wait_for(lambda: lock.exists() and str(a.pid) in lock.read_text(), what="run A to take the lock")
+        wait_until(lambda: lock.exists() and str(a.pid) in lock.read_text(), what="run A to take the lock")
         os.kill(a.pid, signal.SIGSTOP)  # A holds the lock, mid-run, for as long as B needs
         t0 = time.time()
         b = subprocess.run([sys.executable, "-m", "curate.cli", "run", str(b_cfg), "--no-progress"], env=ENV,
@@ -342,7 +335,7 @@ def _busy_run(tmp_path: Path, workers: int = 2, **kw) -> tuple[subprocess.Popen,
 @needs_proc
 def test_sigterm_leaves_no_orphan_workers(tmp_path):
     proc, _ = _busy_run(tmp_path)
-    _wait_for(lambda: len(_workers(proc.pid)) >= 2 or proc.poll() is not None, what="two workers")
+    wait_until(lambda: len(_workers(proc.pid)) >= 2 or proc.poll() is not None, what="two workers")
     time.sleep(1.0)  # into the shards
     kids = descendants(proc.pid)
     assert proc.poll() is None and len(kids) >= 2
@@ -358,7 +351,7 @@ def test_sigterm_leaves_no_orphan_workers(tmp_path):
 @needs_proc
 def test_ctrl_c_prints_one_line_and_stops_the_workers(tmp_path):
     proc, _ = _busy_run(tmp_path, start_new_session=True)
-    _wait_for(lambda: len(_workers(proc.pid)) >= 2 or proc.poll() is not None, what="two workers")
+    wait_until(lambda: len(_workers(proc.pid)) >= 2 or proc.poll() is not None, what="two workers")
     time.sleep(1.0)
     kids = descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the whole foreground group gets it
@@ -380,7 +373,7 @@ def test_a_killed_worker_is_an_error_naming_its_shard_and_the_rerun_completes(tm
         writing[:] = sorted(out.glob(".tmp-*-part-*.jsonl")) if out.exists() else []
         return bool(writing) or proc.poll() is not None
 
-    _wait_for(a_worker_writes, what="a worker writing its shard")
+    wait_until(a_worker_writes, what="a worker writing its shard")
     tmp = writing[0].name  # .tmp-<pid>-part-<shard>.jsonl
     pid, shard = int(tmp.split("-")[1]), int(tmp.split("-")[3].split(".")[0])
     os.kill(pid, signal.SIGKILL)
