@@ -45,10 +45,12 @@ def flock_or_fail(fd: int, what: str, *, holder_fd: int | None = None) -> None:
 
 
 class RunLock:
-    """``<folder>/.curate-lock``: held from :meth:`acquire` to :meth:`release`, holder recorded inside."""
+    """``<folder>/<name>`` (default ``.curate-lock``): held from :meth:`acquire` to :meth:`release`, holder
+    recorded inside. ``what`` names the guarded thing in the error (default: the work dir, ``folder``)."""
 
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / LOCK_NAME
+    def __init__(self, folder: Path, *, name: str = LOCK_NAME, what: str | None = None):
+        self.path = Path(folder) / name
+        self.what = what or f"work dir '{self.path.parent}'"
         self.fd: int | None = None
 
     def acquire(self, is_foreign: Callable[[Path], bool] | None = None) -> None:
@@ -62,7 +64,7 @@ class RunLock:
         except OSError as e:
             raise CurateError(f"cannot create the run lock '{self.path}': {e.strerror or e}") from None
         try:
-            flock_or_fail(fd, f"work dir '{self.path.parent}'", holder_fd=fd)
+            flock_or_fail(fd, self.what, holder_fd=fd)
             if existed and is_foreign is not None and is_foreign(self.path):
                 raise ConfigError(f"'{self.path}' exists and was not written by curate: curate will not replace "
                                   "it; move it away or choose another work_dir")

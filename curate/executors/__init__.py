@@ -15,9 +15,10 @@ if TYPE_CHECKING:
 def run_spec(spec: RunSpec, *, progress: bool = True) -> RunResult:
     """Run ``spec`` on the executor its ``executor.type`` names (Ray is imported only when asked for).
 
-    An output or rejects path that is a URI (``s3://...``) is checked first (a non-empty prefix curate did
-    not write is refused unless ``output.overwrite``), the run writes to its local stage in the work dir,
-    and the stage is uploaded when the run is complete (:mod:`curate.io.storage`)."""
+    An output or rejects path that is a URI (``s3://...``) is locked for this run on this machine
+    (:func:`curate.io.storage.prefix_lock`) and checked (a non-empty prefix curate did not write is refused
+    unless ``output.overwrite``), the run writes to its local stage in the work dir, and the stage is
+    uploaded when the run is complete (:mod:`curate.io.storage`)."""
     from curate.io.storage import is_uri
 
     if is_uri(spec.output.path) or is_uri(spec.rejects_spec.path):
@@ -43,18 +44,28 @@ def stage_remote(spec: RunSpec) -> tuple[RunSpec, list[tuple[RemoteRoot, Path]]]
 
 
 def _run_remote(spec: RunSpec, *, progress: bool) -> RunResult:
+    import contextlib
+
     from curate.core.errors import ConfigError
+    from curate.io.storage import prefix_lock
 
     staged, remotes = stage_remote(spec)
-    problems: list[str] = []
-    for root, _ in remotes:
-        name = "output.path" if root.uri == spec.output.path else "rejects.path"
-        problems += root.problems(name, overwrite=spec.output.overwrite)
-    if problems:
-        raise ConfigError(problems)
-    result = _run_local(staged, progress=progress)
-    # after a complete run only: a failed run leaves the prefix as it was, and its rerun resumes locally
-    result.remote = {root.uri: root.sync(stage) for root, stage in remotes}  # type: ignore[arg-type]
+    with contextlib.ExitStack() as held:
+        # one run per remote prefix on this machine, whatever its work dir (the work dir's own lock only
+        # sees runs sharing it): taken before the prefix is checked, released after the upload
+        for uri in sorted({root.uri.rstrip("/") for root, _ in remotes}):
+            lock = prefix_lock(uri, "output.path" if uri == spec.output.path.rstrip("/") else "rejects.path")
+            lock.acquire()
+            held.callback(lock.release)
+        problems: list[str] = []
+        for root, _ in remotes:
+            name = "output.path" if root.uri == spec.output.path else "rejects.path"
+            problems += root.problems(name, overwrite=spec.output.overwrite)
+        if problems:
+            raise ConfigError(problems)
+        result = _run_local(staged, progress=progress)
+        # after a complete run only: a failed run leaves the prefix as it was, and its rerun resumes locally
+        result.remote = {root.uri: root.sync(stage) for root, stage in remotes}  # type: ignore[arg-type]
     return result
 
 

@@ -358,6 +358,11 @@ class RayExecutor(Executor):
                     submit(i)
             ray.get(list(pending.values()))
         except Exception as e:
+            # the shards whose writer task started are written out before the failure is raised, so a failed
+            # run leaves no task writing output, rejects or markers after it returned and let go of its locks
+            # (a rerun would resume a shard that a late writer was still finishing, or miss it)
+            if pending:
+                ray.wait(list(pending.values()), num_returns=len(pending))
             cause = _curate_cause(e)
             if cause is not e:
                 raise cause from None

@@ -18,8 +18,11 @@ unchanged (a resumed run uploads nothing).
 
 The work dir, the run lock and the completion markers stay local: they are rewritten many times per
 run, a lock needs an atomic create-or-fail that S3's API (as pyarrow exposes it) lacks, and keeping the
-staged copy lets a rerun resume without downloading anything. The lock therefore guards one machine's
-work dir; two machines must not write one prefix at the same time.
+staged copy lets a rerun resume without downloading anything. Besides the work dir's lock, a run holds
+one lock per remote prefix it writes (:func:`prefix_lock`: a file named by the URI under
+``$CURATE_CACHE_DIR/locks``, default ``~/.cache/curate/locks``), so a second run on this machine writing
+the same prefix is refused even from another work dir, as a second run on one local output folder is.
+Both locks guard one machine: two machines must not write one prefix at the same time.
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from curate.core.errors import ConfigError, CurateError
+
+if TYPE_CHECKING:
+    from curate.core.lock import RunLock
 
 log = logging.getLogger("curate.io")
 
@@ -170,6 +176,23 @@ def stage_dir(work_dir: str | Path, uri: str) -> Path:
     """The local folder a remote output is written to before upload; named by the URI, so pointing the
     output elsewhere gets a fresh stage (and a fresh fingerprint: nothing is skipped by mistake)."""
     return Path(work_dir) / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:12]
+
+
+def lock_dir() -> Path:
+    """Where the locks of remote prefixes live: ``$CURATE_CACHE_DIR/locks``, else ``~/.cache/curate/locks``
+    (the cache root of :mod:`curate.models.causal_lm`)."""
+    root = os.environ.get("CURATE_CACHE_DIR")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "curate") / "locks"
+
+
+def prefix_lock(uri: str, what: str = "output.path") -> RunLock:
+    """The run lock of one remote prefix on this machine (not yet taken: :meth:`RunLock.acquire`): a file
+    in :func:`lock_dir` named by the URI (a trailing ``/`` does not count), holding the holder's pid, host
+    and start time. ``what`` names the prefix in the error a second run gets (``output.path``)."""
+    from curate.core.lock import RunLock
+
+    name = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16] + ".lock"
+    return RunLock(lock_dir(), name=name, what=f"{what} '{uri}'")
 
 
 def put_atomic(fs: Any, key: str, chunks: Iterable[bytes]) -> int:
