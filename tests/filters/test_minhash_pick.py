@@ -76,7 +76,7 @@ def _old_cluster(c: _Cands, s: dict, stats: dict, *, labels: pl.DataFrame) -> pl
 
 @pytest.fixture(scope="module")
 def corpus(shared_data) -> pl.DataFrame:
-    """~1,700 documents: Gutenberg paragraphs (>= 30 words), near copies (0-8% of words replaced) of
+    """~1,700 documents: Gutenberg paragraphs (>= 30 words), near copies (0-3% of words replaced) of
     them and of earlier copies (chains), exact copies (equal lengths: ties for ``longest``), a few short
     texts; a score ``q`` with ties, nulls and NaN (the ``score`` rule's tie-breaks)."""
     rng = random.Random(7)
@@ -93,7 +93,7 @@ def corpus(shared_data) -> pl.DataFrame:
         if rng.random() < 0.2:  # an exact copy
             texts.append(" ".join(w))
             continue
-        for _ in range(int(len(w) * rng.uniform(0.0, 0.08))):
+        for _ in range(int(len(w) * rng.uniform(0.0, 0.03))):
             w[rng.randrange(len(w))] = rng.choice(["alpha", "beta", "gamma", "the", "and"])
         texts.append(" ".join(w))
     texts += ["a short one", "a short one", "tiny"]
