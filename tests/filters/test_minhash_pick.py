@@ -104,10 +104,11 @@ def corpus(shared_data) -> pl.DataFrame:
 
 
 def _context(tmp: Path, df: pl.DataFrame, ops: GlobalOps) -> FitContext:
-    """Three spilled shards (row keys interleaved across them, as the executors' shards) and ``ops``."""
+    """Three spilled shards (row keys 7i + 2 interleaved across them: not all in one residue of the 3 or
+    5 hash partitions below) and ``ops``."""
     shards = []
     for i in range(3):
-        part = df.with_columns(pl.Series(UID, np.arange(df.height) * 3 + 1, dtype=pl.UInt64))[i::3]
+        part = df.with_columns(pl.Series(UID, np.arange(df.height) * 7 + 2, dtype=pl.UInt64))[i::3]
         w = SpillWriter(tmp / "spill" / f"shard-{i:05d}")
         w.write(part)
         w.close()
@@ -139,7 +140,7 @@ def _check_against_old(ctx: FitContext, op: MinHashDedup, tmp: Path, df: pl.Data
         firsts = want.group_by("dup_cluster_id").agg(pl.col(UID).min().alias("first"))
         assert (firsts["dup_cluster_id"] != firsts["first"]).sum() >= 20
     op.setup(ctx)
-    batch = df.with_columns(pl.Series(UID, np.arange(df.height) * 3 + 1, dtype=pl.UInt64))
+    batch = df.with_columns(pl.Series(UID, np.arange(df.height) * 7 + 2, dtype=pl.UInt64))
     assert_frame_equal(op.apply(batch), batch.join(want, on=UID, how="left", maintain_order="left"))
     return len(parts)
 
@@ -185,7 +186,7 @@ def test_keep_step_with_no_candidates_leaves_an_empty_state(tmp_path, shared_dat
     assert ctx.numbers.counters["bucket_pairs"] == 0
     assert [p.name for p in (ctx.state_dir / _STATE).iterdir()] == ["part-empty.parquet"]
     op.setup(ctx)
-    batch = df.with_columns(pl.Series(UID, np.arange(df.height) * 3 + 1, dtype=pl.UInt64))
+    batch = df.with_columns(pl.Series(UID, np.arange(df.height) * 7 + 2, dtype=pl.UInt64))
     out = op.apply(batch)
     assert out.height == df.height and out["dup_of"].null_count() == df.height
 
