@@ -7,8 +7,9 @@ scratch files of a finished verified run (``bench_minhash_scale.py --keep-work``
 the one-process keep step: ``_old_cluster`` of tests/filters/test_minhash_pick.py); ``local``/``ray``: the
 spill with row keys only, then ``map_groups`` of ``_pick_group`` with the local / Ray global ops (a local Ray
 instance with 2 CPUs). Imports, numba kernels and (ray) a small warm-up map_groups come first; then the
-process's peak RSS is reset (``/proc/self/clear_refs``) and the step's peak above the RSS before it is
-printed as JSON with the state rows (the same in every mode).
+process's peak RSS is reset (``/proc/self/clear_refs``) and the peaks above the RSS at their start of the
+two phases (the spill into the memory maps, whose written pages count as RSS; the keep step) are printed as
+JSON with the state rows and counters (the same in every mode).
 """
 
 from __future__ import annotations
@@ -70,8 +71,16 @@ def main() -> None:
     rss0 = _status_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     t0 = time.perf_counter()
+    phases = {}
+
+    def phase(name: str, rss: float) -> float:  # the phase's peak above the RSS it started with; reset
+        phases[name] = round(_status_mb("VmHWM") - rss)
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_mb("VmRSS")
+
     if mode == "old":
         cands = _spill_candidates(cand_files, k, True, out / "mm")
+        rss1 = phase("spill_peak_above_mb", rss0)
         labels = pl.read_parquet(label_files)
         stats: dict = {}
         state = mod._old_cluster(cands, s, stats, labels=labels)
@@ -81,6 +90,7 @@ def main() -> None:
         c = _spill_candidates(cand_files, k, True, mm, columns=(UID,))
         n = c.meta.height
         del c
+        rss1 = phase("spill_peak_above_mb", rss0)
         files, counts = ops.map_groups(cand_files, key=UID, columns=[UID, "id", "length", "score"],
                                        labels=label_files, order=[UID],
                                        fn=partial(_pick_group, str(mm), "earliest", True),
@@ -88,10 +98,9 @@ def main() -> None:
         rows = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in files)
         stats = {"clusters": counts["clusters"], "removed": counts["removed"]}
     secs = time.perf_counter() - t0
-    hwm = _status_mb("VmHWM")
+    phase("keep_step_peak_above_mb", rss1)
     print(json.dumps({"mode": mode, "candidates_files": len(cand_files), "state_rows": rows, **stats,
-                      "rss_before_mb": round(rss0), "step_peak_mb": round(hwm),
-                      "step_peak_above_mb": round(hwm - rss0),
+                      "rss_before_mb": round(rss0), "rss_after_spill_mb": round(rss1), **phases,
                       "seconds": round(secs, 1)}))
 
 
