@@ -176,8 +176,8 @@ class GlobalOps:
         the groups were partitioned (locally ``star_parts(nrows, memory_mb)`` partitions, on Ray twice
         the CPUs). ``file_index`` names a column to add holding the row's file's position in ``files``.
         Returns each partition's result file (``group_part_name``; empty partitions have none) and the
-        counters of ``fn`` summed. Used by verified MinHash (groups: components of the bucket graph) and
-        SemDeDup (groups: k-means clusters)."""
+        counters of ``fn`` summed. Used by MinHash (the verified union, groups: components of the bucket
+        graph; the keep step, groups: clusters) and SemDeDup (groups: k-means clusters)."""
         shutil.rmtree(out_dir, ignore_errors=True)  # another partition count would leave stale parts
         out_dir.mkdir(parents=True)
         totals: dict[str, int] = {}

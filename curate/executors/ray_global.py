@@ -17,9 +17,9 @@ result as parquet on the shared work dir. What comes back to the driver is one s
   until no node has two smaller neighbours or both a smaller and a larger one: the graph is then a forest
   of stars centred on each component's smallest node, which is every node's label (the local union-find's
   label). O(log^2 n) rounds in the worst case (the paper's bound), a few on real dedup graphs.
-* ``map_groups`` (verified MinHash, SemDeDup): the rows, with their group label joined on where the
-  group comes from a label file (a Ray Data hash join), partitioned by group; each partition runs the
-  stage's group function and writes its result file; the driver gets the counters.
+* ``map_groups`` (MinHash's verified union and keep step, SemDeDup): the rows, with their group label
+  joined on where the group comes from a label file (a Ray Data hash join), partitioned by group; each
+  partition runs the stage's group function and writes its result file; the driver gets the counters.
 * ``top_k`` (selectors): the k best rows of each block in ``map_batches``, then the best k of those
   k * blocks candidates on the driver.
 """

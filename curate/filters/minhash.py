@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import threading
 from functools import partial
 from pathlib import Path
@@ -31,7 +32,8 @@ _SCHEMES = {"fast": ("fast", 0), "datasketch": ("affine32", 1), "datasketch_lega
 _SCHEME_CODE = {"fast": 0, "affine32": 1, "legacy": 2}
 #: seed of the xxh64 shingle hashes used for exact-Jaccard sets (independent of the signature hash).
 _SET_SEED = np.uint64(0x5EED)
-_STATE = "minhash_dups.parquet"
+#: the state folder under the stage's state dir: parquet parts of (UID, _OUT_COLS) for clustered docs
+_STATE = "minhash_dups"
 _OUT_COLS = ("dup_cluster_id", "dup_of", "dup_jaccard_est", "dup_jaccard")
 
 
@@ -319,7 +321,10 @@ class MinHashDedup(GlobalStage):
     and the connected components of the bucket graph found: without verification they are the clusters;
     with it the verified union runs per group of components (``global_ops.map_groups``), each group's
     buckets in the one-process (band, head, member) order, which gives the one-process clusters since a
-    bucket never reaches outside its component (see :func:`_verify_group`).
+    bucket never reaches outside its component (see :func:`_verify_group`); then the keep step runs per
+    cluster there too (``global_ops.map_groups`` of the candidates by cluster label, :func:`_pick_group`),
+    each group writing its part of the state (``state_dir/minhash_dups/part-*.parquet``: the clustered
+    documents only), so the process running the fit holds file names and counters, not the candidates.
 
     Defaults: threshold 0.8, num_perm 128, verification on when threshold >= 0.7. (bands, rows), when not
     given, follow ``bands_rule``: ``recall`` (the default when verifying, since verification removes every
@@ -460,8 +465,7 @@ class MinHashDedup(GlobalStage):
                 out_dir=ctx.scratch_dir / f"minhash_buckets_{key}", active="n_shingles",
                 memory_mb=s["bucket_memory_mb"], nrows=stats["docs"])
         stats["bucket_pairs"] = _num_rows(pair_files)
-        stats.update(verified_pairs=0, false_positive_pairs=0, clusters=0, removed=0)  # set by _cluster if pairs
-        state = _empty_state()
+        stats.update(verified_pairs=0, false_positive_pairs=0, clusters=0, removed=0)  # set below if pairs
         if stats["bucket_pairs"]:
             cand_path = ctx.scratch_dir / f"minhash_cand_{key}.parquet"
             with ctx.timer("candidates"):
@@ -471,8 +475,12 @@ class MinHashDedup(GlobalStage):
                 cand_files = ctx.map_shards(partial(_cand_shard, cfg, sig_dir, cand_path, s["verify"]),
                                             f"minhash_cand_{key}_{int(s['verify'])}")
             with ctx.timer("cluster"):
-                cands = _spill_candidates(cand_files, int(s["num_perm"]), bool(s["verify"]),
-                                          ctx.scratch_dir / f"minhash_mmap_{key}")
+                mmap_dir = ctx.scratch_dir / f"minhash_mmap_{key}"
+                # only the row keys stay here: the keep step reads id, length and score with the groups
+                cands = _spill_candidates(cand_files, int(s["num_perm"]), bool(s["verify"]), mmap_dir,
+                                          columns=(UID,))
+                n_cands, n_set_vals = cands.meta.height, int(cands.off[-1])
+                del cands
                 # components of all bucket pairs, where the executor computes them: the clusters
                 # without verification, the independent groups of the verified union with it
                 label_files = ctx.global_ops.connected_components(
@@ -480,16 +488,31 @@ class MinHashDedup(GlobalStage):
                 if s["verify"]:
                     label_files, counts = ctx.global_ops.map_groups(
                         pair_files, key="a", labels=label_files, file_index="file", order=["file", "a", "b"],
-                        fn=partial(_verify_group, str(ctx.scratch_dir / f"minhash_mmap_{key}"),
-                                   float(s["threshold"]), int(s["verify_heads"])),
+                        fn=partial(_verify_group, str(mmap_dir), float(s["threshold"]),
+                                   int(s["verify_heads"])),
                         out_dir=ctx.scratch_dir / f"minhash_verified_{key}",
                         memory_mb=s["bucket_memory_mb"], nrows=stats["bucket_pairs"])
                     stats["verified_pairs"] = counts.get("passed", 0)
                     stats["false_positive_pairs"] = counts.get("failed", 0)
-                labels = pl.read_parquet(label_files) if label_files else pl.DataFrame(
-                    schema={"node": pl.UInt64, "label": pl.UInt64})
-                state = _cluster(cands, s, stats, labels=labels)
-        state.write_parquet(ctx.state_dir / _STATE)
+                # the keep step per cluster, also where the executor runs groups: the candidates' small
+                # columns grouped by cluster label; each group writes its state rows under the state dir
+                # (map_groups sizes partitions at 64 bytes a row: a group also copies its members'
+                # signatures, 4 * num_perm bytes each, and shingle sets, 8 bytes a value, out of the maps)
+                _, counts = ctx.global_ops.map_groups(
+                    cand_files, key=UID, columns=[UID, "id", "length", "score"], labels=label_files,
+                    order=[UID], fn=partial(_pick_group, str(mmap_dir), str(s["keep"]), bool(s["verify"])),
+                    out_dir=ctx.state_dir / _STATE, memory_mb=s["bucket_memory_mb"],
+                    nrows=n_cands * (2 + int(s["num_perm"]) // 16) + n_set_vals // 8)
+                if counts.get("candidates", 0) != n_cands:
+                    raise ValueError(f"connected components labelled {counts.get('candidates', 0)} of "
+                                     f"{n_cands} candidate documents")
+                stats["clusters"], stats["removed"] = counts.get("clusters", 0), counts.get("removed", 0)
+        state_dir = ctx.state_dir / _STATE
+        if not stats["bucket_pairs"]:  # (with pairs, map_groups replaced the folder)
+            shutil.rmtree(state_dir, ignore_errors=True)
+        if not any(state_dir.glob("*.parquet")):  # no clustered documents: one empty part
+            state_dir.mkdir(parents=True, exist_ok=True)
+            _empty_state().write_parquet(state_dir / "part-empty.parquet")
         for name, value in stats.items():
             ctx.stat(name, value)
         if stats["short_docs"]:
@@ -497,7 +520,9 @@ class MinHashDedup(GlobalStage):
                      stats["short_docs"], s["ngram"], s["shingle"])
 
     def setup(self, ctx: RunContext) -> None:
-        self._state = pl.read_parquet(Path(ctx.state_dir) / _STATE)
+        """Reads the state parts the fit's keep step wrote (``state_dir/minhash_dups/``): one row per
+        document of a cluster (kept and removed)."""
+        self._state = pl.read_parquet(sorted((Path(ctx.state_dir) / _STATE).glob("*.parquet")))
 
     def apply(self, batch: pl.DataFrame) -> pl.DataFrame:
         batch = batch.drop([c for c in _OUT_COLS if c in batch.columns])
@@ -524,11 +549,14 @@ def _num_rows(files: list[Path]) -> int:
 
 
 class _Cands:
-    """The candidate documents of the clustering step, sorted by row key: ``meta`` (UID, id, length, score)
-    in memory (~40 bytes a doc), and the two big parts as memory-mapped ``.npy`` files under the scratch
-    dir: ``sig`` (docs x num_perm uint32) and the concatenated sorted shingle-hash sets ``vals`` (uint64,
-    doc i at ``vals[off[i]:off[i + 1]]``). File-backed pages are dropped by the kernel under memory
-    pressure, so the step's anonymous memory does not grow with the candidates' signatures and sets."""
+    """The candidate documents of the clustering step, sorted by row key: ``meta`` (UID and the asked-for
+    columns of id, length, score) in memory (~40 bytes a doc with all of them), and the two big parts as
+    memory-mapped ``.npy`` files under the scratch dir: ``sig`` (docs x num_perm uint32) and the
+    concatenated sorted shingle-hash sets ``vals`` (uint64, doc i at ``vals[off[i]:off[i + 1]]``; the
+    row keys and offsets are saved beside them, ``uids.npy`` and ``off.npy``, for the group steps that
+    run in other processes: :func:`_verify_group`, :func:`_pick_group`). File-backed pages are dropped
+    by the kernel under memory pressure, so the step's anonymous memory does not grow with the
+    candidates' signatures and sets."""
 
     def __init__(self, meta: pl.DataFrame, sig: np.ndarray, off: np.ndarray, vals: np.ndarray):
         self.meta, self.sig, self.off, self.vals = meta, sig, off, vals
@@ -546,17 +574,20 @@ def _list_parts(col) -> tuple[np.ndarray, np.ndarray]:
     return off - off[0], vals
 
 
-def _spill_candidates(cand_files: list[Path], k: int, verify: bool, out_dir: Path) -> _Cands:
+def _spill_candidates(cand_files: list[Path], k: int, verify: bool, out_dir: Path,
+                      columns: tuple[str, ...] = (UID, "id", "length", "score")) -> _Cands:
     """Gather the per-shard candidate files into :class:`_Cands`, one file in memory at a time: a first
-    pass reads the small columns and the set sizes, a second scatters signatures and sets into the
-    memory-mapped arrays at their sorted positions. (Reading them all as one DataFrame held every
-    signature and shingle set in RAM three times over: ~3 KB a candidate, ~8 GB at 10M documents.)"""
+    pass reads the small columns (``columns`` of ``meta``; :meth:`MinHashDedup.fit` asks for the row key
+    only, as its keep step reads the rest with the groups) and the set sizes, a second scatters signatures
+    and sets into the memory-mapped arrays at their sorted positions. (Reading them all as one DataFrame
+    held every signature and shingle set in RAM three times over: ~3 KB a candidate, ~8 GB at 10M
+    documents.)"""
     import pyarrow.parquet as pq
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metas, lens = [], []
     for f in cand_files:
-        metas.append(pl.read_parquet(f, columns=[UID, "id", "length", "score"]))
+        metas.append(pl.read_parquet(f, columns=list(dict.fromkeys((UID, *columns)))))
         if verify:
             off_f, _ = _list_parts(pq.ParquetFile(f).read(columns=["shingles"]).column(0))
             lens.append(np.diff(off_f))
@@ -642,53 +673,77 @@ def _verify_group(mmap_dir: str, threshold: float, max_heads: int,
             {"passed": int(n_pass), "failed": int(n_fail)})
 
 
-def _cluster(c: _Cands, s: dict, stats: dict, *, labels: pl.DataFrame) -> pl.DataFrame:
-    """Pick the kept doc per cluster; returns the state rows of clustered docs. The clusters are
-    ``labels`` (node -> smallest node of its cluster, from ``ctx.global_ops``): without verification the
-    connected components of the bucket pairs (every bucket is one clique, DataTrove's semantics), with it
-    the verified union of :func:`_verify_group`."""
+def _pick_group(mmap_dir: str, keep: str, verify: bool,
+                rows: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The keep step for some clusters (a group function of ``ctx.global_ops.map_groups``): ``rows`` are
+    their candidate documents (``UID``, ``id``, ``length``, ``score``) with the cluster's label as
+    ``GROUP`` (the smallest row key of the cluster: without verification a connected component of the
+    bucket pairs, every bucket one clique as in DataTrove; with it a set of :func:`_verify_group`'s union).
+    In each cluster of two or more documents one is kept by ``keep`` (``earliest``: smallest row key;
+    ``longest``: most characters; ``score``: highest score, nulls and NaN last; ties by smallest row key)
+    and the others are removed. Returns the state rows of the clustered documents (``dup_cluster_id``:
+    the kept one's row key; on removed rows ``dup_of``, the kept one's id, and their Jaccard with it,
+    estimated from the signatures and, verifying, exact on the shingle sets read out of the memory maps
+    under ``mmap_dir``) and the counters ``candidates`` (rows seen), ``clusters`` and ``removed``. Each
+    cluster's result depends only on its own rows, so any split of the clusters over partitions gives
+    the same rows."""
+    from curate.core.global_ops import GROUP
     from curate.filters import _minhash_kernels as K
 
-    cands = c.meta
-    uids = cands[UID].to_numpy()
-    sig, off, vals = c.sig, c.off, c.vals
-    verify = bool(s["verify"])
-    # a cluster is named by its smallest node; as an index it groups the rows like a union-find root
-    lab = cands.select(UID).join(labels.rename({"node": UID}), on=UID, how="left", maintain_order="left")
-    if lab["label"].null_count():
-        raise ValueError("connected components left a candidate document without a label")
-    root = np.searchsorted(uids, lab["label"].to_numpy()).astype(np.int64)
+    uids = rows[UID].to_numpy()
     n = len(uids)
-    if s["keep"] == "earliest":
+    _, root = np.unique(rows[GROUP].to_numpy(), return_inverse=True)  # cluster index of each row
+    root = root.astype(np.int64).reshape(-1)
+    if keep == "earliest":
         primary = np.zeros(n)
-    elif s["keep"] == "longest":
-        primary = -cands["length"].to_numpy().astype(np.float64)
+    elif keep == "longest":
+        primary = -rows["length"].to_numpy().astype(np.float64)
     else:
-        sc = cands["score"].to_numpy().astype(np.float64)
+        sc = rows["score"].cast(pl.Float64).to_numpy().astype(np.float64)
         primary = np.where(np.isnan(sc), np.inf, -sc)
     order = np.lexsort((uids, primary, root))
     first = np.ones(n, dtype=bool)
     first[1:] = root[order][1:] != root[order][:-1]
-    kept_of_root = np.empty(n, dtype=np.int64)
+    kept_of_root = np.empty(int(root.max(initial=-1)) + 1, dtype=np.int64)
     kept_of_root[root[order][first]] = order[first]
-    size = np.bincount(root, minlength=n)
+    size = np.bincount(root, minlength=len(kept_of_root))
     in_cluster = size[root] > 1
     kept = kept_of_root[root]
     removed = in_cluster & (kept != np.arange(n))
     node = np.nonzero(in_cluster)[0]
     rem = np.nonzero(removed)[0]
-    e2, x2 = K.pair_jaccards(rem, kept[rem], sig, vals, off, verify)
-    kept_id = cands["id"].gather(kept[node])
+    # the clustered documents' signatures and sets, copied out of the memory maps (rows by node order)
+    d = Path(mmap_dir)
+    all_uids = np.load(d / "uids.npy", mmap_mode="r")
+    g = np.searchsorted(all_uids, uids[node]).astype(np.int64)
+    if len(g) and (g.max() >= len(all_uids) or not np.array_equal(all_uids[g], uids[node])):
+        raise ValueError("a clustered document is not among the spilled candidates")
+    local = np.full(n, -1, dtype=np.int64)
+    local[node] = np.arange(len(node))
+    sig = (np.ascontiguousarray(np.load(d / "sig.npy", mmap_mode="r")[g]) if len(g)
+           else np.zeros((0, 1), dtype="<u4"))
+    loff = np.zeros(len(node) + 1, dtype=np.int64)
+    lvals = np.zeros(0, dtype=np.uint64)
+    if verify and len(g):
+        off = np.load(d / "off.npy", mmap_mode="r")
+        lens = np.asarray(off[g + 1] - off[g], dtype=np.int64)
+        loff[1:] = np.cumsum(lens)
+        if loff[-1]:
+            vals = np.load(d / "vals.npy", mmap_mode="r")
+            src = np.repeat(np.asarray(off[g], dtype=np.int64) - loff[:-1], lens) + np.arange(int(loff[-1]))
+            lvals = np.ascontiguousarray(vals[src])
+    est, exact = K.pair_jaccards(local[rem], local[kept[rem]], sig, lvals, loff, verify)
     j_est = np.full(n, np.nan)
-    j_est[rem] = e2
+    j_est[rem] = est
     j_ex = np.full(n, np.nan)
-    j_ex[rem] = x2
-    stats["clusters"] = int(in_cluster.sum() - removed.sum())
-    stats["removed"] = int(removed.sum())
-    return pl.DataFrame({
+    j_ex[rem] = exact
+    kept_id = rows["id"].cast(pl.String).gather(kept[node])
+    out = pl.DataFrame({
         UID: pl.Series(uids[node], dtype=pl.UInt64),
         "dup_cluster_id": pl.Series(uids[kept[node]], dtype=pl.UInt64),
-        "dup_of": pl.select(pl.when(pl.Series(removed[node])).then(kept_id)).to_series(),
+        "dup_of": pl.select(pl.when(pl.Series(removed[node], dtype=pl.Boolean)).then(kept_id)).to_series(),
         "dup_jaccard_est": pl.Series(j_est[node], dtype=pl.Float64).fill_nan(None),
         "dup_jaccard": pl.Series(j_ex[node], dtype=pl.Float64).fill_nan(None),
-    })
+    }).cast(_empty_state().schema)  # type: ignore[arg-type]
+    return out, {"candidates": n, "clusters": int(in_cluster.sum() - removed.sum()),
+                 "removed": int(removed.sum())}
