@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 Keep = Literal["hard", "easy", "random"]
 DEFAULT_REPORT_EPS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+#: rows per parquet row group of the per-shard vector files (curate: 16,384, 24 MiB of 384-d float32), the
+#: unit the training-row gather and the per-shard assignment read
+VECTOR_ROW_GROUP = 16_384
 
 
 def default_n_clusters(n: int) -> int:
@@ -56,31 +60,119 @@ def _faiss_gpu(device: str) -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+#: faiss ``ClusteringParameters.max_points_per_centroid`` (faiss's default, set explicitly): k-means trains on
+#: at most this many points per centroid, a seeded subsample of the input (:func:`faiss_training_rows`).
+MAX_POINTS_PER_CENTROID = 256
+
+
+def _kmeans(d: int, k: int, *, niter: int, seed: int, spherical: bool, device: str) -> Any:
+    """A ``faiss.Kmeans`` with the subsampling pinned to what :func:`faiss_training_rows` reproduces
+    (``max_points_per_centroid`` 256, the ``rand_perm`` sampler, plain Lloyd iterations): faiss's defaults,
+    stated so a faiss whose defaults move cannot make the sampled path differ from the full-matrix one."""
+    import faiss
+
+    extra = {}
+    cp = faiss.ClusteringParameters()
+    for name, value in (("use_faster_subsampling", False), ("use_super_kmeans", False)):
+        if hasattr(cp, name):
+            extra[name] = value
+    return faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=spherical, gpu=_faiss_gpu(device),
+                        verbose=False, max_points_per_centroid=MAX_POINTS_PER_CENTROID, **extra)
+
+
+def kmeans_centroids(x: np.ndarray, n_clusters: int, *, niter: int = 100, seed: int = 1234,
+                     spherical: bool = True, device: str = "cpu") -> np.ndarray:
+    """faiss k-means centroids of the (L2-normalised) rows of ``x`` (``min(n_clusters, n)`` of them); the
+    mean row when ``n_clusters <= 1`` or ``n < 2``. Given only the rows :func:`faiss_training_rows`
+    names (in that order) it returns the same centroids, bit for bit, as given all rows."""
+    n, d = x.shape
+    if n_clusters <= 1 or n < 2:
+        return x.mean(axis=0, keepdims=True)
+    km = _kmeans(d, int(min(n_clusters, n)), niter=niter, seed=seed, spherical=spherical, device=device)
+    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    return km.centroids.copy()
+
+
+def centroid_index(centroids: np.ndarray, *, spherical: bool = True, device: str = "cpu") -> Any:
+    """The faiss flat index k-means assigns with (inner product for spherical k-means, L2 otherwise; on
+    GPU when available), holding ``centroids``."""
+    import faiss
+
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    index = faiss.IndexFlatIP(c.shape[1]) if spherical else faiss.IndexFlatL2(c.shape[1])
+    if _faiss_gpu(device):
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(c)
+    return index
+
+
+def assign_nearest(x: np.ndarray, centroids: np.ndarray, index: Any = None, *, spherical: bool = True,
+                   device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(label int64, ``1 - cos(x, c)`` float32) of each (normalised) row of ``x``: its nearest centroid
+    (``index``: :func:`centroid_index` of ``centroids``, built when None), and the cosine distance to it
+    as in SemDeDup's ``sort_clusters.py``. Row by row, so per-shard calls give today's whole-matrix
+    values (up to float rounding of the search)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if len(centroids) == 1 or len(x) == 0:
+        labels = np.zeros(len(x), dtype=np.int64)
+    else:
+        if index is None:
+            index = centroid_index(centroids, spherical=spherical, device=device)
+        _, idx = index.search(x, 1)
+        labels = idx[:, 0].astype(np.int64)
+    cn = l2_normalize(np.asarray(centroids, dtype=np.float32))
+    dist = 1.0 - np.einsum("ij,ij->i", x, cn[labels])
+    return labels, dist.astype(np.float32)
+
+
 def kmeans_assign(x: np.ndarray, n_clusters: int, *, niter: int = 100, seed: int = 1234,
                   spherical: bool = True,
                   device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """faiss k-means on the (L2-normalised) rows of ``x``.
+    """faiss k-means on the (L2-normalised) rows of ``x``, all in memory (the vector core's path).
 
     Returns (labels int64, cosine distance to the assigned centroid float32, centroids). Assignment is
     the nearest centroid (by inner product for spherical k-means, L2 otherwise); the distance is
-    ``1 - cos(x, c)`` as in SemDeDup's ``sort_clusters.py``.
+    ``1 - cos(x, c)`` as in SemDeDup's ``sort_clusters.py``. :class:`SemDeDup` computes the same
+    without holding ``x``: :func:`faiss_training_rows`, :func:`kmeans_centroids`, then
+    :func:`assign_nearest` per shard.
     """
-    n, d = x.shape
-    if n_clusters <= 1 or n < 2:
-        c = x.mean(axis=0, keepdims=True)
-        labels = np.zeros(n, dtype=np.int64)
-    else:
-        import faiss
+    c = kmeans_centroids(x, n_clusters, niter=niter, seed=seed, spherical=spherical, device=device)
+    labels, dist = assign_nearest(x, c, spherical=spherical, device=device)
+    return labels, dist, c
 
-        km = faiss.Kmeans(d, int(min(n_clusters, n)), niter=niter, seed=seed, spherical=spherical,
-                          gpu=_faiss_gpu(device), verbose=False)
-        km.train(x)
-        c = km.centroids.copy()
-        _, idx = km.index.search(x, 1)
-        labels = idx[:, 0].astype(np.int64)
-    cn = l2_normalize(c)
-    dist = 1.0 - np.einsum("ij,ij->i", x, cn[labels])
-    return labels, dist.astype(np.float32), c
+
+def faiss_training_rows(n: int, n_clusters: int, seed: int = 1234) -> np.ndarray | None:
+    """The rows (positions, in order) faiss's k-means trains on when clustering ``n`` rows into
+    ``n_clusters``, or None when it trains on all of them.
+
+    faiss (``Clustering::train_encoded``) subsamples when ``n > k * max_points_per_centroid`` (k =
+    ``min(n_clusters, n)``): ``subsample_training_set`` takes the first ``k * 256`` entries of
+    ``rand_perm(n, seed)``, a forward Fisher-Yates shuffle whose step i swaps position i with
+    ``i + mt() % (n - i)``, ``mt`` a ``std::mt19937`` seeded with ``(unsigned) seed``. Step i fixes
+    position i, so the first m entries need only m steps: numpy's legacy ``RandomState(seed)`` is the same
+    MT19937 (``init_genrand``), and the swaps are kept in a dict of the positions they touched, O(m)
+    memory. Training on exactly these rows gives the centroids training on all rows gives (faiss sees
+    ``m = k * 256`` rows and does not subsample again; its initialisation draws from those m). A negative
+    ``seed`` makes faiss seed from the clock: then any uniform sample is as faithful, and a fresh one is
+    drawn."""
+    k = min(max(int(n_clusters), 1), n)
+    m = k * MAX_POINTS_PER_CENTROID
+    if n <= m or n_clusters <= 1:
+        return None
+    if n > np.iinfo(np.int32).max:
+        raise ValueError(f"{n:,} rows: faiss's standard subsampling takes at most 2**31 - 1")
+    if seed < 0:
+        return np.random.default_rng().choice(n, size=m, replace=False).astype(np.int64)
+    raw = np.random.RandomState(seed & 0xFFFFFFFF)._bit_generator.random_raw(m).astype(np.uint64)
+    steps = np.arange(m, dtype=np.uint64)
+    targets = (steps + raw % (np.uint64(n) - steps)).tolist()
+    moved: dict[int, int] = {}
+    out = []
+    for i, j in zip(range(m), targets):
+        at_i = moved.get(i, i)
+        out.append(moved.get(j, j))
+        moved[j] = at_i
+    return np.asarray(out, dtype=np.int64)
 
 
 def cluster_order(labels: np.ndarray, dist: np.ndarray, *, which: Keep = "hard",
@@ -225,9 +317,92 @@ def _embed_shard(shard: Path, out: Path, spec: EmbedSpec, device: str, cache: Pa
             done += b.height
             report(done, None, f"docs embedded ({shard.name})")
     if frames:
-        pl.concat(frames).write_parquet(out)
+        pl.concat(frames).write_parquet(out, row_group_size=VECTOR_ROW_GROUP)
     else:
         pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String}).write_parquet(out)
+
+
+def _column_shard(shard: Path, out: Path, column: str) -> None:
+    """map_shards worker: (uid, id, raw embedding) of one spilled shard from its ``column`` (as float32
+    lists, the values the stage computes with), the same file shape as :func:`_embed_shard`'s."""
+    from curate.io.spill import read_spill
+
+    frames = [b.select(UID, "id", pl.col(column).cast(pl.List(pl.Float32)).alias(EMBEDDING_COLUMN))
+              for b in read_spill(shard, [UID, "id", column]) if b.height]
+    if frames:
+        pl.concat(frames, how="vertical_relaxed").write_parquet(out, row_group_size=VECTOR_ROW_GROUP)
+    else:
+        pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String}).write_parquet(out)
+
+
+def _file_rows(f: Path) -> int:
+    """Rows of a parquet file, from its footer (polars: the driver need not load pyarrow for it)."""
+    return int(pl.scan_parquet(f).select(pl.len()).collect().item())
+
+
+def read_vector_rows(f: Path, positions: np.ndarray) -> np.ndarray:
+    """The L2-normalised float32 embeddings at the (sorted) row ``positions`` of one per-shard vector
+    file, reading only the row groups that hold them, one at a time (``VECTOR_ROW_GROUP`` rows each)."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(f)
+    parts = []
+    start = 0
+    for g in range(pf.num_row_groups):
+        rows = pf.metadata.row_group(g).num_rows
+        lo, hi = np.searchsorted(positions, [start, start + rows])
+        if hi > lo:
+            col = pl.from_arrow(pf.read_row_group(g, columns=[EMBEDDING_COLUMN])).get_column(EMBEDDING_COLUMN)
+            x = embeddings_to_numpy(col.gather(pl.Series(positions[lo:hi] - start)))
+            parts.append(l2_normalize(np.ascontiguousarray(x, dtype=np.float32)))
+        start += rows
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _sample_shard(shard: Path, out: Path, vector_dir: Path, position_dir: Path) -> None:
+    """map_shards worker: the k-means training rows that lie in this shard (``position_dir/<shard>.npy``:
+    sorted row positions in its vector file), normalised, as one ``.npy`` matrix in that order."""
+    pos_file = position_dir / f"{shard.name}.npy"
+    rows = np.zeros((0, 0), np.float32)
+    if pos_file.exists():
+        rows = read_vector_rows(vector_dir / f"{shard.name}.parquet", np.load(pos_file))
+    with open(out, "wb") as fh:
+        np.save(fh, rows)
+
+
+def _assign_shard(shard: Path, out: Path, vector_dir: Path, centroids: Path, offsets: dict[str, int],
+                  which: Keep, seed: int, spherical: bool, device: str, permutation: Path | None) -> None:
+    """map_shards worker: each document's cluster and keep-order key, the ``semdedup_clusters`` label
+    file of one shard (``node`` uid, ``label``, ``okey`` as :func:`order_key`, ``pos`` the input
+    position: ``offsets[shard]`` + row), reading its vector file ``VECTOR_ROW_GROUP`` rows at a time.
+    ``random`` order reads its keys from ``permutation`` (the corpus-wide one, memory-mapped)."""
+    import pyarrow.parquet as pq
+
+    f = vector_dir / f"{shard.name}.parquet"
+    frames = []
+    if f.exists() and _file_rows(f):
+        cents = np.load(centroids)
+        index = centroid_index(cents, spherical=spherical, device=device) if len(cents) > 1 else None
+        perm = np.load(permutation, mmap_mode="r") if permutation is not None else None
+        start = offsets[shard.name]
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=VECTOR_ROW_GROUP, columns=[UID, EMBEDDING_COLUMN]):
+            b = pl.from_arrow(rb)
+            assert isinstance(b, pl.DataFrame)
+            x = l2_normalize(np.ascontiguousarray(embeddings_to_numpy(b.get_column(EMBEDDING_COLUMN)),
+                                                  dtype=np.float32))
+            labels, dist = assign_nearest(x, cents, index, spherical=spherical, device=device)
+            pos = np.arange(start, start + len(x), dtype=np.int64)
+            okey = (np.asarray(perm[pos], dtype=np.float64) if perm is not None
+                    else order_key(dist, which=which, seed=seed))
+            frames.append(b.select(pl.col(UID).alias(NODE)).with_columns(
+                pl.Series(LABEL, labels, dtype=pl.Int64), pl.Series("okey", okey, dtype=pl.Float64),
+                pl.Series("pos", pos, dtype=pl.Int64)))
+            start += len(x)
+    if frames:
+        pl.concat(frames).write_parquet(out)
+    else:
+        pl.DataFrame(schema={NODE: pl.UInt64, LABEL: pl.Int64, "okey": pl.Float64,
+                             "pos": pl.Int64}).write_parquet(out)
 
 
 def _semdedup_group(eps: float, eps_list: list[float], batch_size: int, faiss_min: int, device: str,
@@ -269,7 +444,10 @@ class SemDeDup(GlobalStage):
     default; ``backend: model2vec`` uses a static model distilled from it, ~200x faster on CPU, see
     ``benchmarks/RESULTS.md`` for its agreement with MiniLM). Vectors are L2-normalised and clustered with faiss k-means (``niter`` 100, ``seed`` 1234,
     spherical: SemDeDup's ``clustering_configs.yaml``; GPU when available); ``n_clusters`` defaults to
-    round(sqrt(N)) capped at N/39 (1000 at 1M docs, NeMo's default). Each cluster is sorted by cosine
+    round(sqrt(N)) capped at N/39 (1000 at 1M docs, NeMo's default). The vectors stay in per-shard files:
+    the driver loads only the rows faiss trains on (its own subsample of ``256 * n_clusters`` rows,
+    reproduced, so the centroids are those of a whole-matrix run) and each shard's documents are assigned
+    to their nearest centroid where the executor runs shard work (Ray tasks on Ray). Each cluster is sorted by cosine
     distance to its centroid, ``hard`` (default, SemDeDup's ``which_to_keep``) = farthest first, ``easy``
     = nearest first, ``random``; ties keep input order. Document j is removed iff its max cosine to any
     earlier item in that order (removed ones included, as in ``semdedup.py``) exceeds ``1 - eps``
@@ -337,10 +515,10 @@ class SemDeDup(GlobalStage):
                                 "null when not removed", rejects_only=self.params.report_eps is None),
         }
 
-    def _load_vectors(self, ctx: FitContext) -> tuple[pl.DataFrame, np.ndarray, list[Path]]:
-        """(uid, id) frame and the matching raw embeddings, from the column or computed (cached); and the
-        files holding them (uid, id, ``embedding``) for the per-cluster step: the per-shard files of the
-        embedding, or one scratch file of the column."""
+    def _vector_files(self, ctx: FitContext) -> tuple[Path, list[Path]]:
+        """The per-shard files of (uid, id, raw ``embedding``), in shard order, and their folder: from the
+        column (one ``map_shards`` pass copying it) or computed there (cached). No vector reaches the
+        driver here."""
         col = self.params.embedding_column
         has_col = False
         for shard in ctx.shards:
@@ -350,67 +528,125 @@ class SemDeDup(GlobalStage):
             else:
                 continue
             break
-        empty = pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String})
         if has_col:
-            frames = [b.select(UID, "id", col) for b in ctx.iter_batches([UID, "id", col])]
-            df = pl.concat(frames) if frames else empty
-            x = embeddings_to_numpy(df.get_column(col)) if df.height else np.zeros((0, 1), np.float32)
-            f = ctx.scratch_dir / "semdedup_vectors.parquet"
-            if df.height:
-                df.rename({col: EMBEDDING_COLUMN}).write_parquet(f)
-            return df.select(UID, "id"), x, [f] if df.height else []
+            return ctx.scratch_dir / "semdedup_vectors", ctx.map_shards(partial(_column_shard, column=col),
+                                                                        "semdedup_vectors")
         p = self.params
         spec = EmbedSpec(p.model, p.embed_batch_size, p.fp16, p.max_seq_length, p.backend, p.pca_dims)
         fn = partial(_embed_shard, spec=spec, device=ctx.device, cache=cache_root(p.cache, p.cache_dir, ctx))
-        outs = ctx.map_shards(fn, "embeddings")
-        frames = [pl.read_parquet(o) for o in outs]
-        full = [(o, f) for o, f in zip(outs, frames) if f.height]
-        if not full:
-            return empty, np.zeros((0, 1), np.float32), []
-        df = pl.concat([f for _, f in full])
-        return df.select(UID, "id"), embeddings_to_numpy(df.get_column(EMBEDDING_COLUMN)), [o for o, _ in full]
+        return ctx.scratch_dir / "embeddings", ctx.map_shards(fn, "embeddings")
+
+    def _training_rows(self, ctx: FitContext, vector_dir: Path, counts: list[int],
+                       rows: np.ndarray) -> np.ndarray:
+        """The normalised embeddings at corpus positions ``rows`` (the vector files concatenated in shard
+        order), in that order: each shard's task reads its own rows (``map_shards``), the driver holds
+        only the result (len(rows) x dim)."""
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        fidx = np.searchsorted(starts, rows, side="right") - 1
+        local = rows - starts[fidx]
+        order = np.lexsort((local, fidx))  # training-row indices by shard, then row in shard
+        bounds = np.searchsorted(fidx[order], np.arange(len(counts) + 1))
+        pos_dir = ctx.scratch_dir / "semdedup_sample_rows"
+        for d in (pos_dir, ctx.scratch_dir / "semdedup_sample"):
+            shutil.rmtree(d, ignore_errors=True)  # a former run's rows, for another seed or corpus
+        pos_dir.mkdir(parents=True)
+        for i, shard in enumerate(ctx.shards):
+            if bounds[i + 1] > bounds[i]:
+                np.save(pos_dir / f"{shard.name}.npy", local[order[bounds[i]:bounds[i + 1]]])
+        outs = ctx.map_shards(partial(_sample_shard, vector_dir=vector_dir, position_dir=pos_dir),
+                              "semdedup_sample", suffix=".npy")
+        sample: np.ndarray | None = None
+        for i, o in enumerate(outs):
+            if bounds[i + 1] > bounds[i]:
+                part = np.load(o)
+                if sample is None:
+                    sample = np.empty((len(rows), part.shape[1]), np.float32)
+                sample[order[bounds[i]:bounds[i + 1]]] = part
+                del part
+        shutil.rmtree(pos_dir, ignore_errors=True)
+        shutil.rmtree(ctx.scratch_dir / "semdedup_sample", ignore_errors=True)
+        assert sample is not None
+        return sample
+
+    def _centroids(self, ctx: FitContext, vector_dir: Path, files: list[Path], counts: list[int],
+                   k: int) -> np.ndarray:
+        """k-means centroids from the training rows only (:func:`faiss_training_rows`: the rows faiss
+        itself would subsample, so the same centroids as on the whole matrix). ``n_clusters`` 1 (or one
+        document) is the mean vector: exactly today's from all rows up to ``MAX_POINTS_PER_CENTROID``
+        documents, else a float64 running mean over the files, read batch by batch."""
+        p = self.params
+        n = sum(counts)
+        if (k <= 1 or n < 2) and n > MAX_POINTS_PER_CENTROID:
+            import pyarrow.parquet as pq
+
+            total: np.ndarray | None = None
+            for f, c in zip(files, counts):
+                if not c:
+                    continue
+                for rb in pq.ParquetFile(f).iter_batches(batch_size=VECTOR_ROW_GROUP, columns=[EMBEDDING_COLUMN]):
+                    x = l2_normalize(np.ascontiguousarray(embeddings_to_numpy(
+                        pl.Series(EMBEDDING_COLUMN, rb.column(0))), dtype=np.float32))
+                    s = x.sum(axis=0, dtype=np.float64)
+                    total = s if total is None else total + s
+            assert total is not None
+            return (total / n).astype(np.float32)[None, :]
+        rows = faiss_training_rows(n, k, p.seed) if k > 1 else None
+        x = self._training_rows(ctx, vector_dir, counts, np.arange(n, dtype=np.int64) if rows is None else rows)
+        return kmeans_centroids(x, k, niter=p.niter, seed=p.seed, spherical=p.spherical, device=ctx.device)
 
     def fit(self, ctx: FitContext) -> None:
+        """Vectors per shard (:meth:`_vector_files`), k-means on the driver from the training rows only,
+        each document's cluster and keep-order key per shard (:func:`_assign_shard`), then the
+        within-cluster pruning per group of clusters (``global_ops.map_groups``). The driver holds the
+        training rows (at most ``256 * n_clusters`` x dim) and the centroids, never every embedding
+        (``random`` keep order adds one int32 per document: the corpus-wide permutation it is defined by)."""
         p = self.params
         with ctx.timer("vectors"):
-            keys, x, vector_files = self._load_vectors(ctx)
-        n = keys.height
+            vector_dir, files = self._vector_files(ctx)
+            counts = [_file_rows(f) for f in files]
+        n = sum(counts)
         state = Path(ctx.state_dir)
         eps_list = sorted(set(p.report_eps or DEFAULT_REPORT_EPS) | {p.eps})
-        counts: dict[str, int] = {}
+        counts_out: dict[str, int] = {}
         n_clusters = 0
         out_dir = state / "semdup"
         if n:
             with ctx.timer("semdedup"):
-                dim = x.shape[1]
-                xn = l2_normalize(np.ascontiguousarray(x, dtype=np.float32))
-                del x
                 k = default_n_clusters(n) if p.n_clusters is None else p.n_clusters
-                labels, dist, cents = kmeans_assign(xn, k, niter=p.niter, seed=p.seed, spherical=p.spherical,
-                                                    device=ctx.device)
-                del xn
+                cents = self._centroids(ctx, vector_dir, files, counts, k)
                 np.save(state / "centroids.npy", cents)
                 n_clusters = int(cents.shape[0])
+                dim = int(cents.shape[1])
+                offsets = dict(zip([s.name for s in ctx.shards],
+                                   np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()))
+                perm_file = None
+                if p.which_to_keep == "random":  # order_key's permutation, corpus-wide (int32 per doc)
+                    perm_file = ctx.scratch_dir / "semdedup_random_order.npy"
+                    np.save(perm_file, np.random.default_rng(p.seed).permutation(
+                        np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)))
                 # each doc's cluster and place in its cluster's keep order (cluster_order's sort key, then
-                # input position): the per-cluster work runs where the executor runs groups, on the
-                # per-shard embedding files, and returns counts only (semdedup_vectors' result, by cluster)
-                assign = ctx.scratch_dir / "semdedup_clusters.parquet"
-                keys.select(pl.col(UID).alias(NODE)).with_columns(
-                    pl.Series(LABEL, labels, dtype=pl.Int64),
-                    pl.Series("okey", order_key(dist, which=p.which_to_keep, seed=p.seed)),
-                    pl.Series("pos", np.arange(n, dtype=np.int64))).write_parquet(assign)
-                _, counts = ctx.global_ops.map_groups(
-                    vector_files, key=UID, columns=[UID, "id", EMBEDDING_COLUMN], labels=[assign],
-                    order=["okey", "pos"], out_dir=out_dir,
+                # input position), per shard where the executor runs shard work; the per-cluster work runs
+                # where it runs groups, on the per-shard embedding files, and returns counts only
+                shutil.rmtree(ctx.scratch_dir / "semdedup_clusters", ignore_errors=True)
+                labels = ctx.map_shards(partial(
+                    _assign_shard, vector_dir=vector_dir, centroids=state / "centroids.npy", offsets=offsets,
+                    which=p.which_to_keep, seed=p.seed, spherical=p.spherical, device=ctx.device,
+                    permutation=perm_file), "semdedup_clusters")
+                full = [(f, lab) for f, lab, c in zip(files, labels, counts) if c]
+                _, counts_out = ctx.global_ops.map_groups(
+                    [f for f, _ in full], key=UID, columns=[UID, "id", EMBEDDING_COLUMN],
+                    labels=[lab for _, lab in full], order=["okey", "pos"], out_dir=out_dir,
                     fn=partial(_semdedup_group, p.eps, eps_list, p.batch_size, p.faiss_min_cluster, ctx.device),
                     # map_groups sizes partitions at 64 bytes a row: an embedding row is 4 * dim more
                     nrows=n * (1 + dim // 16))
+                if perm_file is not None:
+                    perm_file.unlink(missing_ok=True)
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
             pl.DataFrame(schema={UID: pl.UInt64, "semdup_cluster": pl.Int64, "semdup_max_sim": pl.Float64,
                                  "semdup_of": pl.String}).write_parquet(out_dir / "part-empty.parquet")
-        removed_n = 0 if p.report_eps is not None else counts.get("removed", 0)
-        kept = [counts.get(f"kept_{i}", 0) for i in range(len(eps_list))]
+        removed_n = 0 if p.report_eps is not None else counts_out.get("removed", 0)
+        kept = [counts_out.get(f"kept_{i}", 0) for i in range(len(eps_list))]
         report = {"documents": n, "n_clusters": n_clusters, "which_to_keep": p.which_to_keep,
                   "eps": p.eps, "report_mode": p.report_eps is not None,
                   "kept": [{"eps": float(e), "kept_fraction": c / max(n, 1), "kept": round(c / max(n, 1) * n)}
