@@ -16,15 +16,26 @@ _HASH_SEED = 0x5EED
 
 
 def _hash_expr(normalize: bool) -> pl.Expr:
+    """The text hash as a polars expression: the definition :func:`text_hashes` computes faster."""
     text = normalize_for_dedup(pl.col("text")) if normalize else pl.col("text")
     return text.hash(seed=_HASH_SEED)
+
+
+def text_hashes(text: pl.Series, normalize: bool) -> pl.Series:
+    """:func:`_hash_expr` of ``text``: polars' 64-bit hash of the text, normalised by the one-pass kernel
+    (:func:`curate.filters._dedup_kernel.dedup_normalized`, the same strings as ``normalize_for_dedup``)."""
+    if normalize:
+        from curate.filters._dedup_kernel import dedup_normalized
+
+        text = dedup_normalized(text)
+    return text.hash(seed=_HASH_SEED).alias("h")
 
 
 def _hash_shard(normalize: bool, shard: Path, out: Path) -> None:
     """Per shard: (row key, id, text hash) -> parquet."""
     from curate.io.spill import read_spill
 
-    frames = [b.select(pl.col(UID), pl.col("id"), _hash_expr(normalize).alias("h"))
+    frames = [b.select(pl.col(UID), pl.col("id")).with_columns(text_hashes(b.get_column("text"), normalize))
               for b in read_spill(shard, [UID, "id", "text"])]
     (pl.concat(frames) if frames else pl.DataFrame(schema={UID: pl.UInt64, "id": pl.String, "h": pl.UInt64})
      ).write_parquet(out)

@@ -13,7 +13,6 @@ from curate.core.text import split_lines
 from curate.core.tokens import (
     TOK_ALPHA,
     TOK_PUNCT,
-    S,
     WordTable,
     batch_word_table,
     char_classes,
@@ -22,6 +21,9 @@ from curate.core.tokens import (
 )
 
 STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
+#: GopherQuality's output columns, in order
+_OUT = ("gq_n_words", "gq_avg_word_len", "gq_hash_ratio", "gq_ellipsis_ratio", "gq_bullet_lines",
+        "gq_ellipsis_lines", "gq_alpha_ratio", "gq_stop_words")
 
 
 def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
@@ -102,7 +104,27 @@ class GopherQuality(Filter):
         }
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
-        # word statistics from the batch's shared token table (tokenised once for every filter)
+        """Word statistics from the batch's shared token table (tokenised once for every filter); the "#"
+        and ellipsis counts and the bullet / end-ellipsis line shares in one numba pass over the batch's
+        bytes (:func:`curate.filters._gopher_kernel.gopher_line_stats`; :meth:`_score_polars` is the
+        polars definition it replays, kept for the tests)."""
+        from curate.filters._gopher_kernel import gopher_line_stats
+
+        stats = _word_stats(batch_word_table(batch), self.params.stop_words)
+        data, offsets = utf8_buffers(batch.get_column("text"))
+        n_hash, n_ell, n_lines, n_bullet, n_ell_lines = gopher_line_stats(data, offsets, char_classes(data))
+        n = stats[0].to_numpy().astype(np.float64)
+        lines = n_lines.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero denominator gives null, as _ratio
+            cols = [pl.Series(name, np.where(den > 0, num / den, np.nan), dtype=pl.Float64, nan_to_null=True)
+                    for name, num, den in (("gq_hash_ratio", n_hash, n), ("gq_ellipsis_ratio", n_ell, n),
+                                           ("gq_bullet_lines", n_bullet, lines),
+                                           ("gq_ellipsis_lines", n_ell_lines, lines),
+                                           ("gq_alpha_ratio", stats[3].to_numpy(), n))]
+        return batch.with_columns(*stats[1:3], stats[4], *cols).select(*batch.columns, *_OUT)
+
+    def _score_polars(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The line and symbol ratios as polars expressions: the definition :meth:`score`'s kernel replays."""
         stats = _word_stats(batch_word_table(batch), self.params.stop_words)
         lines = pl.col("__gq_lines")
         n = pl.col("__gq_n")
@@ -118,9 +140,7 @@ class GopherQuality(Filter):
             _ratio(lines.list.eval(pl.element().str.strip_chars_end().str.contains("(\\.\\.\\.|\u2026)$")).list.sum(),
                    n_lines).alias("gq_ellipsis_lines"),
             _ratio(pl.col("__gq_alpha"), n).alias("gq_alpha_ratio"),
-        ).drop("__gq_lines", "__gq_n", "__gq_alpha").select(
-            *batch.columns, "gq_n_words", "gq_avg_word_len", "gq_hash_ratio", "gq_ellipsis_ratio", "gq_bullet_lines",
-            "gq_ellipsis_lines", "gq_alpha_ratio", "gq_stop_words")
+        ).drop("__gq_lines", "__gq_n", "__gq_alpha").select(*batch.columns, *_OUT)
 
     def rules(self) -> list[Rule]:
         p = self.params
@@ -189,15 +209,15 @@ class GopherRepetition(Filter):
 
         text = pl.col("text")
         L = text.str.len_chars()
-        # duplicate lines and paragraphs in one pass over the bytes (same definitions as the polars split:
+        # duplicate paragraphs and lines in one pass over the bytes (same definitions as the polars split:
         # see dup_segment_stats)
         data, offsets = utf8_buffers(batch.get_column("text"))
-        space = (char_classes(data) & S).astype(np.uint8)
         length = batch.select(L).to_series().to_numpy().astype(np.float64)
+        stats = dup_segment_stats(data, offsets, char_classes(data))
         cols = []
         with np.errstate(divide="ignore", invalid="ignore"):
-            for name, paragraphs in (("para", True), ("line", False)):
-                n, u, ch, uch = dup_segment_stats(data, offsets, space, paragraphs)
+            for k, name in enumerate(("para", "line")):
+                n, u, ch, uch = stats[4 * k:4 * k + 4]
                 cols += [pl.Series(f"gr_dup_{name}_frac", np.where(n > 0, (n - u) / np.maximum(n, 1), np.nan),
                                    nan_to_null=True),
                          pl.Series(f"gr_dup_{name}_char_frac", np.where(length > 0, (ch - uch) / length, np.nan),

@@ -136,11 +136,13 @@ def test_a_rewritten_text_is_tokenised_again():
 def test_duplicate_line_and_paragraph_kernel_equals_the_polars_split(real):
     """GopherRepetition's dup line/paragraph numbers (a numba pass) against the polars definition it
     replaced: split on runs of newlines (2+ for paragraphs, after stripping), distinct by string equality."""
-    from curate.core.tokens import S, char_classes, utf8_buffers
+    from curate.core.tokens import char_classes, utf8_buffers
     from curate.filters._repetition_kernel import dup_segment_stats
 
     texts = pl.concat([real, pl.Series(["a\n\nb\n\n\na", "x\x00y\n\x00y", " \u3000 para\n\npara \u2028", "\n\n",
-                                        "one\ntwo\none\n", "\u00a0", "é\n\né\n\nè"])])
+                                        "one\ntwo\none\n", "\u00a0", "é\n\né\n\nè", "", "\t",
+                                        "\n\n  a\n\nb\n\n  ", "\x00\n\n\x00", "  \x00 a\x00\n\n\x00  ",
+                                        "  \n a \n\n a \n", "a\n\n\n\n", "\u2028a\nb\n\na\nb\u3000"])])
     t = pl.col("text")
     ref = pl.DataFrame({"text": texts}).select(
         *[e for name, col in (("para", t.str.strip_chars().str.replace_all(r"\n{2,}", "\x00").str.split("\x00")),
@@ -149,8 +151,7 @@ def test_duplicate_line_and_paragraph_kernel_equals_the_polars_split(real):
                     col.list.eval(pl.element().str.len_chars()).list.sum().alias(f"{name}_c"),
                     col.list.unique().list.eval(pl.element().str.len_chars()).list.sum().alias(f"{name}_uc"))])
     data, offsets = utf8_buffers(texts)
-    space = (char_classes(data) & S).astype(np.uint8)
-    for name, paragraphs in (("para", True), ("line", False)):
-        got = dup_segment_stats(data, offsets, space, paragraphs)
-        for arr, col in zip(got, ("n", "u", "c", "uc")):
+    got = dup_segment_stats(data, offsets, char_classes(data))  # paragraphs and lines in one pass
+    for k, name in enumerate(("para", "line")):
+        for arr, col in zip(got[4 * k:4 * k + 4], ("n", "u", "c", "uc")):
             np.testing.assert_array_equal(arr, ref.get_column(f"{name}_{col}").to_numpy(), err_msg=f"{name}_{col}")
