@@ -85,16 +85,37 @@ def decode_utf8(data: np.ndarray, i: int) -> tuple[np.int64, int]:
 
 
 @njit(cache=True)
-def _first_unknown(data: np.ndarray, cls: np.ndarray) -> int:
-    """Byte index of the first code point whose class is not known yet, -1 if none (the common case)."""
+def _first_unknown_at(data: np.ndarray, words: np.ndarray, cls: np.ndarray) -> int:
+    """Byte index of the first code point whose class is not known yet, -1 if none (the common case).
+    ``words``: ``data``'s first ``8 * len(words)`` bytes as uint64; once every ASCII code point is known,
+    a word without a byte >= 0x80 is skipped whole."""
     n = data.shape[0]
+    ascii_known = True
+    for c in range(128):
+        if (cls[c] & 128) == 0:
+            ascii_known = False
+    high = np.uint64(0x8080808080808080)
+    n8 = words.shape[0]
     i = 0
     while i < n:
+        if ascii_known and (i & 7) == 0:
+            k = i >> 3
+            while k < n8 and (words[k] & high) == 0:
+                k += 1
+            if k > i >> 3:
+                i = k << 3
+                continue
         cp, j = decode_utf8(data, i)
         if (cls[cp] & 128) == 0:
             return i
         i = j
     return -1
+
+
+def _first_unknown(data: np.ndarray, cls: np.ndarray) -> int:
+    """:func:`_first_unknown_at` of the UTF-8 ``data`` for the class table ``cls`` (bit 128: known)."""
+    n8 = len(data) // 8
+    return _first_unknown_at(data, data[:8 * n8].view(np.uint64), cls)
 
 
 @njit(cache=True)
@@ -365,8 +386,7 @@ class WordTable:
 
     def take(self, rows: np.ndarray) -> WordTable:
         """The table of rows ``rows`` (in that order)."""
-        off, idx = _gather_index(self.offsets, rows.astype(np.int64))
-        return WordTable(off, self.hashes[idx], self.lengths[idx], self.flags[idx])
+        return WordTable(*_gather_rows(self.offsets, rows.astype(np.int64), self.hashes, self.lengths, self.flags))
 
     @staticmethod
     def concat(parts: list[WordTable]) -> WordTable:
@@ -380,18 +400,26 @@ class WordTable:
 
 
 @njit(cache=True)
-def _gather_index(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _gather_rows(offsets: np.ndarray, rows: np.ndarray, hashes: np.ndarray, lengths: np.ndarray,
+                 flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The token arrays of rows ``rows`` (in that order) and their offsets: each row's tokens copied as
+    one block (an index of every token and three fancy-indexing passes cost twice as much)."""
     out_off = np.zeros(rows.shape[0] + 1, dtype=np.int64)
     for k in range(rows.shape[0]):
         r = rows[k]
         out_off[k + 1] = out_off[k] + offsets[r + 1] - offsets[r]
-    idx = np.empty(out_off[-1], dtype=np.int64)
+    n = out_off[-1]
+    h = np.empty(n, dtype=hashes.dtype)
+    ln = np.empty(n, dtype=lengths.dtype)
+    fl = np.empty(n, dtype=flags.dtype)
     for k in range(rows.shape[0]):
         r = rows[k]
-        s = offsets[r]
-        for j in range(offsets[r + 1] - s):
-            idx[out_off[k] + j] = s + j
-    return out_off, idx
+        a, b = offsets[r], offsets[r + 1]
+        o = out_off[k]
+        h[o:o + b - a] = hashes[a:b]
+        ln[o:o + b - a] = lengths[a:b]
+        fl[o:o + b - a] = flags[a:b]
+    return out_off, h, ln, fl
 
 
 def _utf8_buffers(text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -417,6 +445,8 @@ def utf8_buffers(text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 def char_classes(data: np.ndarray) -> np.ndarray:
     """The per-code-point class table (bits ``W``, ``S``, ``A``, ``P``), every code point of the UTF-8
     ``data`` classified in it."""
+    if not (_CLASS[:128] & KNOWN).all():  # every ASCII code point first: lets the scan skip ASCII words
+        _classify(np.flatnonzero((_CLASS[:128] & KNOWN) == 0))
     at = _first_unknown(data, _CLASS)
     if at >= 0:
         _classify(_unknown_codepoints(data, at, _CLASS))

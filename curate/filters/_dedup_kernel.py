@@ -52,6 +52,8 @@ def _classify(cps: np.ndarray) -> None:
 
 def norm_classes(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The class and lower-case tables, every code point of the UTF-8 ``data`` classified in them."""
+    if not (_NORM_CLASS[:128] & KNOWN).all():  # every ASCII code point first: lets the scan skip ASCII words
+        _classify(np.flatnonzero((_NORM_CLASS[:128] & KNOWN) == 0))
     at = _first_unknown(data, _NORM_CLASS)
     if at >= 0:
         _classify(_unknown_codepoints(data, at, _NORM_CLASS))

@@ -78,40 +78,32 @@ def _ends_with_ellipsis(data: np.ndarray, a: int, b: int, cls: np.ndarray) -> bo
     return False
 
 
+#: per byte: 0 nothing to do, 1 a possible line break (or U+2026's first byte), 2 "#", 3 "."
+_BYTE_KIND = np.zeros(256, dtype=np.uint8)
+_BYTE_KIND[[10, 11, 12, 13, 28, 29, 30, 0xC2, 0xE2]] = 1
+_BYTE_KIND[35] = 2
+_BYTE_KIND[46] = 3
+
+
 @njit(cache=True)
 def gopher_line_stats(data: np.ndarray, offsets: np.ndarray,
                       cls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per document (UTF-8 ``data`` with row ``offsets``, ``cls`` the class table of
     :func:`curate.core.tokens.char_classes`): "#" characters, ellipses ("..." non-overlapping, and
-    U+2026), lines (``split_lines``), lines starting with a bullet, lines ending with an ellipsis."""
+    U+2026), lines (``split_lines``), lines starting with a bullet, lines ending with an ellipsis. One pass
+    over the bytes: the counts are taken while each line's end is looked for (the dropped trailing break
+    holds no "#" or ".")."""
     n_docs = offsets.shape[0] - 1
     n_hash = np.zeros(n_docs, dtype=np.int64)
     n_ell = np.zeros(n_docs, dtype=np.int64)
     n_lines = np.zeros(n_docs, dtype=np.int64)
     n_bullet = np.zeros(n_docs, dtype=np.int64)
     n_ell_lines = np.zeros(n_docs, dtype=np.int64)
+    kind = _BYTE_KIND
     for d in range(n_docs):
         s, e = offsets[d], offsets[d + 1]
         if s == e:  # split_lines: no line in an empty text
             continue
-        hashes = 0
-        ell = 0
-        i = s
-        while i < e:
-            c = data[i]
-            if c == 35:
-                hashes += 1
-            elif c == 46 and i + 2 < e and data[i + 1] == 46 and data[i + 2] == 46:
-                ell += 1
-                i += 3
-                continue
-            elif c == 0xE2 and i + 2 < e and data[i + 1] == 0x80 and data[i + 2] == 0xA6:
-                ell += 1
-                i += 3
-                continue
-            i += 1
-        n_hash[d] = hashes
-        n_ell[d] = ell
         # one trailing break is dropped (``replace("\n$", "")`` after every break became "\n")
         end = e
         last = _prev_start(data, s, e)
@@ -119,6 +111,8 @@ def gopher_line_stats(data: np.ndarray, offsets: np.ndarray,
             end = e - 2
         elif _break_len(data, last, e) == e - last:
             end = last
+        hashes = 0
+        ell = 0
         lines = 0
         bullets = 0
         ells = 0
@@ -127,10 +121,25 @@ def gopher_line_stats(data: np.ndarray, offsets: np.ndarray,
         while True:
             while i < end:
                 c = data[i]
-                if c == 13 or (10 <= c <= 12) or (28 <= c <= 30) or c == 0xC2 or c == 0xE2:
-                    if _break_len(data, i, end) > 0:
-                        break
-                i += 1
+                k = kind[c]
+                if k == 0:
+                    i += 1
+                elif k == 2:
+                    hashes += 1
+                    i += 1
+                elif k == 3:
+                    if i + 2 < e and data[i + 1] == 46 and data[i + 2] == 46:
+                        ell += 1
+                        i += 3
+                    else:
+                        i += 1
+                elif c == 0xE2 and i + 2 < e and data[i + 1] == 0x80 and data[i + 2] == 0xA6:
+                    ell += 1
+                    i += 3
+                elif _break_len(data, i, end) > 0:
+                    break
+                else:
+                    i += 1
             # one line: data[a:i]
             lines += 1
             if _bullet(data, a, i, cls):
@@ -141,6 +150,8 @@ def gopher_line_stats(data: np.ndarray, offsets: np.ndarray,
                 break
             i += _break_len(data, i, end)
             a = i
+        n_hash[d] = hashes
+        n_ell[d] = ell
         n_lines[d] = lines
         n_bullet[d] = bullets
         n_ell_lines[d] = ells
