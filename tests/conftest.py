@@ -125,3 +125,15 @@ def golden_and_udhr_texts(shared_data: Path) -> list[str]:
                 texts.append(z.read(name).decode("utf-8", errors="replace")[:4000])
     return texts
 
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance (2 CPUs, as the CI box), one per test module that asks for it; skips without
+    the ray extra."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'curate-llm[ray]')")
+    # a small object store: the tests move little data, and the box is shared
+    ray.init(num_cpus=2, object_store_memory=512 << 20, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

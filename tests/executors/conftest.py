@@ -1,5 +1,5 @@
-"""A local Ray instance for the Ray executor tests (2 CPUs, as the CI box), one per test module; real
-documents with planted near-duplicate chains for the global-stage tests."""
+"""Real documents with planted near-duplicate chains for the Ray executor's global-stage tests (the local
+Ray instance, ``local_ray``, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,6 @@ import random
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'curate-llm[ray]')")
-    # a small object store: the tests move little data, and the box is shared
-    ray.init(num_cpus=2, object_store_memory=512 << 20, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

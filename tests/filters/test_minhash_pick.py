@@ -191,16 +191,6 @@ def test_keep_step_with_no_candidates_leaves_an_empty_state(tmp_path, shared_dat
     assert out.height == df.height and out["dup_of"].null_count() == df.height
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'curate-llm[ray]')")
-    ray.init(num_cpus=2, object_store_memory=512 << 20, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def test_keep_step_on_ray_equals_driver_keep_step(corpus, tmp_path, local_ray):
     """The keep step's groups in Ray tasks (a hash join of the candidates with their labels, a shuffle
     by cluster), reading the memory maps from the scratch dir in the workers: the same state. With
